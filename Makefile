@@ -1,0 +1,36 @@
+# syntho-agent: the commands a developer (and CI) runs. `make help` lists them.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help venv engine images lint test unit build demo clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(VENV)/.done: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.done ## the development virtualenv (.venv)
+
+engine: ## install (if needed) and start the Docker engine, wait until it answers
+	bash .ci/engine.sh
+
+images: venv engine ## build the test images that are missing (cached by recipe hash)
+	$(PY) tests/images/build.py
+
+lint: venv ## ruff and mypy
+	$(PY) -m ruff check agent tests
+	$(PY) -m mypy
+
+unit: venv ## the unit tests only (no engine needed)
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+test: venv engine images lint ## everything CI runs: lint, unit and integration tests on the real engine
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+clean: ## remove build output
+	rm -rf dist build *.egg-info

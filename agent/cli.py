@@ -1,0 +1,135 @@
+"""The command line: `syntho-agent head | worker | app | status | down | logs | version`.
+
+Thin: it parses options into Settings (agent.config), connects to the engine, and hands over to
+agent.deploy or agent.ops. Every expected failure leaves as one line and a documented exit code.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import docker.errors
+
+from agent import __version__, deploy, ops
+from agent.config import COMMON, JOIN, RAY, Settings, config_option, options
+from agent.engine import Engine
+from agent.errors import EXIT_ENVIRONMENT, EXIT_USAGE, AgentError
+
+BUILD_COMMIT = "unknown"  # replaced by build.py in the zipapp
+
+
+def say(line: str) -> None:
+    click.echo(line)
+
+
+def _settings(params: dict[str, Any]) -> Settings:
+    return Settings.from_params(params)
+
+
+def _run(action: Callable[[Engine, Settings, Callable[[str], None]], None],
+         params: dict[str, Any]) -> None:
+    settings = _settings(params)
+    engine = Engine.connect()
+    action(engine, settings, say)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def cli() -> None:
+    """Stand up a Syntho deployment on plain VMs: the Ray head, its workers, and the app.
+
+    Run the same command again at any time (after a crash, a reboot, a config change): it
+    converges to the desired state without losing anything.
+    """
+
+
+@cli.command()
+@config_option
+@options(COMMON + RAY)
+def head(**params: Any) -> None:
+    """Run the Ray head on this VM."""
+    _run(deploy.run_head, params)
+
+
+@cli.command()
+@config_option
+@options(COMMON + JOIN + RAY)
+def worker(**params: Any) -> None:
+    """Run a Ray worker that joins the head at --head."""
+    if not params.get("head"):
+        raise click.UsageError("worker needs --head (the Ray head's IP address or hostname)")
+    _run(deploy.run_worker, params)
+
+
+@cli.command()
+@config_option
+@options(COMMON + JOIN + RAY)
+def app(**params: Any) -> None:
+    """Run the Syntho application stack, wired to the Ray head at --head."""
+    raise click.UsageError("the app role is not available yet")
+
+
+@cli.command()
+@config_option
+@options(COMMON)
+def status(**params: Any) -> None:
+    """Show what the agent manages here: containers, health, Ray nodes, the app's URL."""
+    settings = _settings(params)
+    not_ready = ops.status(Engine.connect(), settings.data_dir, settings.instance, say)
+    sys.exit(1 if not_ready else 0)
+
+
+@cli.command()
+@config_option
+@options(COMMON)
+@click.option("--purge", is_flag=True, help="also remove volumes (the database!) and the data dir")
+@click.option("--yes", is_flag=True, help="do not ask before --purge")
+def down(purge: bool, yes: bool, **params: Any) -> None:
+    """Stop and remove the containers the agent made (volumes and data dir are kept)."""
+    settings = _settings(params)
+    if purge and not yes:
+        click.confirm(f"remove every volume (the database) and {settings.data_dir}?", abort=True)
+    ops.down(Engine.connect(), settings.data_dir, settings.instance, purge, say)
+
+
+@cli.command()
+@config_option
+@options(COMMON)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("syntho_logs.log"), show_default=True, help="file to write")
+def logs(output: Path, **params: Any) -> None:
+    """Write every managed container's logs, timestamped and redacted, into one file."""
+    settings = _settings(params)
+    ops.logs(Engine.connect(), settings.data_dir, settings.instance, output, say)
+
+
+@cli.command()
+def version() -> None:
+    """Print the version, the build's commit, and the Python and platform it runs on."""
+    say(f"syntho-agent {__version__} (commit {BUILD_COMMIT}) on Python "
+        f"{platform.python_version()}, {platform.system()} {platform.machine()}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one-line errors, documented exit codes."""
+    try:
+        cli.main(args=argv, prog_name="syntho-agent", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("syntho-agent: aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        click.echo(f"syntho-agent: error: {exc.format_message()}", err=True)
+        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+    except AgentError as exc:
+        click.echo(f"syntho-agent: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except docker.errors.DockerException as exc:
+        explanation = getattr(exc, "explanation", None) or str(exc)
+        click.echo(f"syntho-agent: error: the Docker engine failed: {explanation}", err=True)
+        sys.exit(EXIT_ENVIRONMENT)
+    except KeyboardInterrupt:
+        click.echo("syntho-agent: interrupted", err=True)
+        sys.exit(130)

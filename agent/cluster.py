@@ -1,0 +1,88 @@
+"""Talking to a Ray cluster from outside it: the token, reachability, and who has joined."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from agent import store
+from agent.config import Settings
+from agent.errors import UsageError
+from agent.roles.ray import DASHBOARD_PORT, GCS_PORT
+
+TOKEN_FILE = "ray-token"
+
+
+def _supplied_token(settings: Settings) -> str | None:
+    token = settings.token
+    if token is None and settings.token_file is not None:
+        token = store.read_secret(settings.token_file)
+    if token is not None:
+        token = token.strip()
+        if len(token) < 16 or any(ch.isspace() for ch in token):
+            raise UsageError("the Ray token given is not valid: it must be one word of at least "
+                             "16 characters, as the head wrote it in its data dir's ray-token")
+    return token
+
+
+def head_token(settings: Settings) -> tuple[str | None, bool]:
+    """The head's token: stored, or supplied once, or generated once; (token, created)."""
+    if not settings.auth:
+        return None, False
+    path = settings.data_dir / TOKEN_FILE
+    supplied = _supplied_token(settings)
+    stored = store.read_secret(path)
+    if supplied and stored and supplied != stored:
+        raise UsageError(f"this head already has a different Ray token in {path}: omit the token, "
+                         "or delete that file to change the cluster's token (then re-join "
+                         "every worker and the app)")
+    if supplied and not stored:
+        store.write_atomic(path, supplied + "\n")
+        return supplied, True
+    return store.secret(path, store.token_hex(32))
+
+
+def joining_token(settings: Settings) -> str | None:
+    """A worker's or the app's token: supplied (and then remembered) or remembered."""
+    if not settings.auth:
+        return None
+    path = settings.data_dir / TOKEN_FILE
+    supplied = _supplied_token(settings)
+    stored = store.read_secret(path)
+    if supplied is None and stored is None:
+        raise UsageError(
+            "the Ray head uses token auth: give its token with SYNTHO_AGENT_TOKEN or --token-file "
+            "(copy the head's <data-dir>/ray-token), or pass --no-auth if the head runs without")
+    if supplied is not None and supplied != stored:
+        store.write_atomic(path, supplied + "\n")
+        return supplied
+    return stored
+
+
+def source_ip_towards(host: str, port: int = GCS_PORT) -> str:
+    """The local address this machine uses to reach host: what Ray detects as the node IP."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((host, port))
+        return str(sock.getsockname()[0])
+
+
+def alive_nodes(address: str, token: str | None, timeout: float = 3.0) -> list[dict[str, Any]]:
+    """The cluster's live nodes, from the head's dashboard; [] when it does not answer."""
+    url = f"http://{address}:{DASHBOARD_PORT}/api/v0/nodes?detail=false&limit=1000"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=timeout) as resp:
+            data = json.load(resp)
+    except (OSError, urllib.error.URLError, ValueError):
+        return []
+    nodes = data.get("data", {}).get("result", {}).get("result", [])
+    return [n for n in nodes if n.get("state") == "ALIVE"]
+
+
+def token_path(data_dir: Path) -> Path:
+    return data_dir / TOKEN_FILE

@@ -1,0 +1,41 @@
+"""One agent at a time per data directory: an flock held for the whole run."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+from agent.errors import LockedError
+
+
+@contextmanager
+def data_dir_lock(data_dir: Path, wait: float, say: Callable[[str], None]) -> Iterator[None]:
+    path = data_dir / "agent.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                if time.monotonic() >= deadline:
+                    raise LockedError(
+                        f"another syntho-agent (pid {holder}) is working on {data_dir}; wait "
+                        "for it to finish, or pass --lock-wait SECONDS to wait longer") from None
+                if not told:
+                    say(f"waiting for another syntho-agent (pid {holder}) on {data_dir}")
+                    told = True
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,142 @@
+"""The day-two commands: status, down and logs, over everything the agent manages here."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from agent import cluster, store
+from agent import spec as s
+from agent.engine import Engine, Observed
+from agent.roles.ray import GCS_PORT
+
+Say = Callable[[str], None]
+_SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|LICENSE|_KEY", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"://[^:/@\s]+:([^@/\s]+)@")
+
+
+def managed(engine: Engine, instance: str) -> list[Observed]:
+    order = {"head": 0, "worker": 1, "app": 2}
+    found = engine.managed(instance)
+    return sorted(found, key=lambda o: (order.get(o.sdk.labels.get(s.LABEL_ROLE, ""), 9), o.name))
+
+
+def secrets_to_redact(engine: Engine, data_dir: Path, observed: list[Observed]) -> list[str]:
+    """Every secret the agent knows of: its data dir's secret files and containers' secret env."""
+    values: set[str] = set()
+    for path in [cluster.token_path(data_dir), *sorted((data_dir / "secrets").glob("*"))]:
+        try:
+            stored = store.read_secret(path)
+        except Exception:
+            stored = None
+        if stored:
+            values.add(stored)
+    for o in observed:
+        for item in o.sdk.attrs.get("Config", {}).get("Env") or []:
+            key, _, value = item.partition("=")
+            if _SECRET_KEY.search(key) and len(value) >= 4:
+                values.add(value)
+            for m in _URL_PASSWORD.finditer(value):
+                values.add(m.group(1))
+    return sorted(values, key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _ray_address(o: Observed) -> str:
+    settings = o.sdk.attrs.get("HostConfig", {})
+    if settings.get("NetworkMode") == "host":
+        return "127.0.0.1"
+    nets = o.sdk.attrs.get("NetworkSettings", {}).get("Networks", {})
+    for net in nets.values():
+        if net.get("IPAddress"):
+            return str(net["IPAddress"])
+    return "127.0.0.1"
+
+
+def status(engine: Engine, data_dir: Path, instance: str, say: Say) -> int:
+    """Print what runs here; returns how many managed containers are not ready."""
+    observed = managed(engine, instance)
+    if not observed:
+        where = f" (instance {instance})" if instance else ""
+        say(f"nothing managed by syntho-agent here{where}")
+        return 0
+    say(f"{'ROLE':<8} {'CONTAINER':<24} {'STATE':<10} HEALTH")
+    not_ready = 0
+    for o in observed:
+        health = o.health or "-"
+        say(f"{o.sdk.labels.get(s.LABEL_ROLE, '?'):<8} {o.name:<24} {o.status:<10} {health}")
+        if o.status != "running" or o.health not in (None, "healthy"):
+            not_ready += 1
+    for o in observed:
+        if o.service == "ray-head" and o.status == "running":
+            address = _ray_address(o)
+            try:
+                token = store.read_secret(cluster.token_path(data_dir))
+            except Exception:
+                token = None
+            nodes = cluster.alive_nodes(address, token)
+            say(f"ray cluster at {address}:{GCS_PORT}: {len(nodes)} node(s) alive")
+            for n in sorted(nodes, key=lambda n: (not n.get("is_head_node"), n.get("node_ip", ""))):
+                kind = "head" if n.get("is_head_node") else "worker"
+                cpus = n.get("resources_total", {}).get("CPU", 0)
+                say(f"  {kind:<7} {n.get('node_ip', '?'):<16} {cpus:g} CPU")
+    for line in app_urls(observed):
+        say(line)
+    return not_ready
+
+
+def app_urls(observed: list[Observed]) -> list[str]:
+    for o in observed:
+        if o.service == "frontend":
+            ports = o.sdk.attrs.get("NetworkSettings", {}).get("Ports") or {}
+            for bindings in ports.values():
+                for b in bindings or []:
+                    host = b.get("HostIp") or "0.0.0.0"
+                    host = "<this VM>" if host in ("0.0.0.0", "::") else host
+                    return [f"open the app at http://{host}:{b.get('HostPort')}"]
+    return []
+
+
+def down(engine: Engine, data_dir: Path, instance: str, purge: bool, say: Say) -> None:
+    observed = managed(engine, instance)
+    for o in reversed(observed):
+        engine.remove(o.sdk)
+        say(f"removed {o.name}")
+    labels = [f"{s.LABEL_MANAGED}=true", f"{s.LABEL_INSTANCE}={instance}"]
+    for net in engine.client.networks.list(filters={"label": labels}):
+        net.reload()
+        users = sorted(c.get("Name", "?") for c in (net.attrs.get("Containers") or {}).values())
+        if users:
+            say(f"kept network {net.name} (still used by {', '.join(users)})")
+            continue
+        net.remove()
+        say(f"removed network {net.name}")
+    if not purge:
+        if not observed:
+            say("nothing to remove")
+        say(f"kept volumes and {data_dir} (--purge removes them)")
+        return
+    for vol in engine.client.volumes.list(filters={"label": labels}):
+        vol.remove(force=True)
+        say(f"removed volume {vol.name}")
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+        say(f"removed {data_dir}")
+
+
+def logs(engine: Engine, data_dir: Path, instance: str, output: Path, say: Say) -> None:
+    observed = managed(engine, instance)
+    secrets = secrets_to_redact(engine, data_dir, observed)
+    lines: list[str] = []
+    for o in observed:
+        lines.append(f"===== {o.name} ({o.status}{', ' + o.health if o.health else ''}) =====")
+        lines.extend(redact(line, secrets) for line in engine.logs(o.sdk))
+    store.write_atomic(output, "\n".join(lines) + "\n", mode=0o600)
+    say(f"wrote the logs of {len(observed)} container(s) to {output} (secrets redacted)")

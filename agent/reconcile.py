@@ -1,0 +1,146 @@
+"""The reconciler: compare a Spec with what the engine runs, then act, in start order.
+
+Plan first (pure: `plan`), then act (`apply`): create what is missing, start what is stopped,
+recreate what drifted (its config hash differs), remove what this role made and no longer wants.
+A run with nothing to do makes no engine call that changes anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from agent import spec as s
+from agent.engine import Engine, Observed
+from agent.errors import ConvergeError, EnvironmentProblem
+from agent.waits import poll
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Action:
+    verb: str  # create | recreate | start | unchanged | remove
+    name: str
+    container: s.Container | None = None
+    config_hash: str = ""
+    reason: str = ""
+
+
+def image_ids(engine: Engine, spec: s.Spec) -> dict[str, str]:
+    """Each image's ID; a missing image is an error before anything changes."""
+    ids: dict[str, str] = {}
+    for c in spec.containers:
+        if c.image in ids:
+            continue
+        image_id = engine.image_id(c.image)
+        if image_id is None:
+            raise EnvironmentProblem(
+                f"image {c.image} (for {c.name}) is not on this engine: load it with "
+                "`docker load -i FILE` or pass --images PATH, or pull it with --registry")
+        ids[c.image] = image_id
+    return ids
+
+
+def plan(spec: s.Spec, observed: list[Observed], ids: dict[str, str]) -> list[Action]:
+    """What to do, removals first, then every wanted container in start order."""
+    wanted = {c.name for c in spec.containers}
+    current = {o.name: o for o in observed}
+    actions = [Action("remove", o.name, reason="no longer wanted")
+               for o in observed if o.name not in wanted]
+    for c in spec.ordered():
+        h = c.config_hash(ids[c.image])
+        o = current.get(c.name)
+        if o is None:
+            actions.append(Action("create", c.name, c, h))
+        elif o.config_hash != h:
+            actions.append(Action("recreate", c.name, c, h, "configuration changed"))
+        elif o.status != "running":
+            actions.append(Action("start", c.name, c, h, f"was {o.status}"))
+        else:
+            actions.append(Action("unchanged", c.name, c, h))
+    return actions
+
+
+def check_names(engine: Engine, spec: s.Spec, observed: list[Observed]) -> None:
+    """A container with a wanted name that the agent did not make is never touched."""
+    mine = {o.name for o in observed}
+    for c in spec.containers:
+        if c.name in mine:
+            continue
+        other = engine.observe(c.name)
+        if other is not None:
+            raise EnvironmentProblem(
+                f"a container named {c.name} exists that this agent did not create (or that "
+                "belongs to another --instance); remove or rename it, then run again")
+
+
+def is_ready(o: Observed | None, c: s.Container) -> bool:
+    if o is None or o.status != "running":
+        return False
+    return o.health == "healthy" if c.health else True
+
+
+def wait_ready(engine: Engine, c: s.Container, timeout: float, say: Say) -> None:
+    what = f"{c.name} to be {'healthy' if c.health else 'running'}"
+    if not poll(lambda: is_ready(engine.observe(c.name), c), timeout, what, say):
+        raise ConvergeError(
+            f"{c.name} did not become {'healthy' if c.health else 'ready'} within "
+            f"{timeout:.0f}s; last health output: {engine.health_log_tail(c.name)}; "
+            f"see `syntho-agent logs` (or --ready-timeout to wait longer)")
+
+
+def apply(engine: Engine, spec: s.Spec, actions: list[Action], say: Say,
+          ready_timeout: float) -> int:
+    """Carry out the plan; returns how many changes were made."""
+    changes = 0
+    by_service = {c.service: c for c in spec.containers}
+    for net in spec.networks:
+        if engine.ensure_network(net.name, {s.LABEL_MANAGED: "true",
+                                            s.LABEL_INSTANCE: spec.instance}):
+            say(f"created network {net.name}")
+            changes += 1
+    for vol in spec.volumes:
+        if engine.ensure_volume(vol.name, {s.LABEL_MANAGED: "true",
+                                           s.LABEL_INSTANCE: spec.instance}):
+            say(f"created volume {vol.name}")
+            changes += 1
+    observed = {o.name: o for o in engine.managed(spec.instance, spec.role)}
+    for action in actions:
+        if action.verb == "unchanged":
+            say(f"unchanged {action.name}")
+            continue
+        if action.verb == "remove":
+            engine.remove(observed[action.name].sdk)
+            say(f"removed {action.name} ({action.reason})")
+            changes += 1
+            continue
+        c = action.container
+        assert c is not None
+        # Start order, gated by health: the services this one waits for must be ready first.
+        for dep in c.after:
+            if dep in by_service:
+                wait_ready(engine, by_service[dep], ready_timeout, say)
+        if action.verb == "start":
+            engine.start(observed[c.name].sdk, c.name)
+            say(f"started {c.name} ({action.reason})")
+        else:
+            if action.verb == "recreate":
+                engine.remove(observed[c.name].sdk)
+            labels = {**spec.labels(c), s.LABEL_HASH: action.config_hash}
+            engine.start(engine.create(c, labels), c.name)
+            say(f"{action.verb}d {c.name}" + (f" ({action.reason})" if action.reason else ""))
+        changes += 1
+    return changes
+
+
+def reconcile(engine: Engine, spec: s.Spec, say: Say, ready_timeout: float) -> int:
+    """Converge the engine to spec; returns the number of changes (0: it was up to date)."""
+    ids = image_ids(engine, spec)
+    observed = engine.managed(spec.instance, spec.role)
+    check_names(engine, spec, observed)
+    actions = plan(spec, observed, ids)
+    changes = apply(engine, spec, actions, say, ready_timeout)
+    if changes == 0:
+        say(f"nothing to do: {len(spec.containers)} container(s) up to date")
+    return changes

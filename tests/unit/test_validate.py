@@ -1,0 +1,53 @@
+import pytest
+
+from agent import validate
+
+
+@pytest.mark.parametrize("value", ["10.0.0.4", "ray-head", "head.example.internal", "::1"])
+def test_host_accepts(value: str) -> None:
+    assert validate.host(value) == value
+
+
+@pytest.mark.parametrize("value", ["10.0.0.256", "1.2.3", "-bad", "a b", "", "x" * 300])
+def test_host_rejects(value: str) -> None:
+    with pytest.raises(ValueError):
+        validate.host(value)
+
+
+@pytest.mark.parametrize("value,expected", [("1", 1), ("65535", 65535), (8000, 8000)])
+def test_port_accepts(value: str, expected: int) -> None:
+    assert validate.port(value) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "65536", "-1", "http", "80.5"])
+def test_port_rejects(value: str) -> None:
+    with pytest.raises(ValueError):
+        validate.port(value)
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("4gb", 4 * 1024**3), ("4GB", 4 * 1024**3), ("512m", 512 * 1024**2), ("1.5GiB", 3 * 1024**3 // 2),
+    ("1024", 1024), (2048, 2048),
+])
+def test_size(value: str, expected: int) -> None:
+    assert validate.size(value) == expected
+
+
+@pytest.mark.parametrize("value", ["4 lots", "gb", "-4gb", "0", ""])
+def test_size_rejects(value: str) -> None:
+    with pytest.raises(ValueError):
+        validate.size(value)
+
+
+@pytest.mark.parametrize("value", [
+    "syntho-ray:latest", "registry.example:5000/syntho/syntho-ray:1.2.3", "postgres",
+    "redis:6.2-alpine", "localhost:5000/x@sha256:" + "a" * 64,
+])
+def test_image_accepts(value: str) -> None:
+    assert validate.image(value) == value
+
+
+@pytest.mark.parametrize("value", ["Syntho-Ray", "ray::latest", "ray:", "", "a b", "ray:lat est"])
+def test_image_rejects(value: str) -> None:
+    with pytest.raises(ValueError):
+        validate.image(value)
