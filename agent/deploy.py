@@ -12,7 +12,7 @@ from agent.config import Settings
 from agent.engine import Engine
 from agent.errors import ConvergeError, EnvironmentProblem
 from agent.lock import data_dir_lock
-from agent.reconcile import image_ids, reconcile
+from agent.reconcile import image_ids, reconcile, require_images
 from agent.roles import ray
 from agent.waits import http_ok, poll, tcp_open
 
@@ -31,6 +31,7 @@ def head_address(engine: Engine, settings: Settings) -> str:
 def run_head(engine: Engine, settings: Settings, say: Say) -> None:
     store.ensure_dir(settings.data_dir)
     with data_dir_lock(settings.data_dir, settings.lock_wait, say):
+        require_images(engine, {settings.ray_image: settings.suffix("ray-head")})
         token, created = cluster.head_token(settings)
         if not settings.auth:
             say("WARNING: Ray token auth is OFF (--no-auth): anyone who reaches ports 6379, 8265 "

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from docker.models.containers import Container as SdkContainer
+
 from agent import spec as s
 from agent.engine import Engine, Observed
 from agent.errors import ConvergeError, EnvironmentProblem
@@ -27,19 +29,24 @@ class Action:
     reason: str = ""
 
 
-def image_ids(engine: Engine, spec: s.Spec) -> dict[str, str]:
-    """Each image's ID; a missing image is an error before anything changes."""
+def require_images(engine: Engine, wanted: dict[str, str]) -> dict[str, str]:
+    """Each image's ID, by reference; wanted maps reference -> the container that needs it.
+
+    A missing image is an error before anything changes.
+    """
     ids: dict[str, str] = {}
-    for c in spec.containers:
-        if c.image in ids:
-            continue
-        image_id = engine.image_id(c.image)
+    for ref, user in wanted.items():
+        image_id = engine.image_id(ref)
         if image_id is None:
             raise EnvironmentProblem(
-                f"image {c.image} (for {c.name}) is not on this engine: load it with "
-                "`docker load -i FILE` or pass --images PATH, or pull it with --registry")
-        ids[c.image] = image_id
+                f"image {ref} (for {user}) is not on this engine: load it with "
+                "`docker load -i FILE`, or pull it (docker pull) and run again")
+        ids[ref] = image_id
     return ids
+
+
+def image_ids(engine: Engine, spec: s.Spec) -> dict[str, str]:
+    return require_images(engine, {c.image: c.name for c in reversed(spec.containers)})
 
 
 def plan(spec: s.Spec, observed: list[Observed], ids: dict[str, str]) -> list[Action]:
@@ -125,13 +132,41 @@ def apply(engine: Engine, spec: s.Spec, actions: list[Action], say: Say,
             engine.start(observed[c.name].sdk, c.name)
             say(f"started {c.name} ({action.reason})")
         else:
-            if action.verb == "recreate":
-                engine.remove(observed[c.name].sdk)
             labels = {**spec.labels(c), s.LABEL_HASH: action.config_hash}
-            engine.start(engine.create(c, labels), c.name)
+            old = observed[c.name].sdk if action.verb == "recreate" else None
+            replace(engine, c, labels, old)
             say(f"{action.verb}d {c.name}" + (f" ({action.reason})" if action.reason else ""))
         changes += 1
     return changes
+
+
+def replace(engine: Engine, c: s.Container, labels: dict[str, str],
+            old: SdkContainer | None) -> None:
+    """Create and start c; if it fails, put the old container (if any) back as it was.
+
+    The old one is stopped and renamed aside first (a host-network container holds its ports);
+    a run killed midway leaves it as an unwanted container that the next run removes.
+    """
+    was_running = False
+    if old is not None:
+        old.reload()
+        was_running = old.status == "running"
+        engine.stop(old)
+        old.rename(f"{c.name}-replaced-{old.short_id}")
+    new = None
+    try:
+        new = engine.create(c, labels)
+        engine.start(new, c.name)
+    except BaseException:
+        if new is not None:
+            engine.remove(new)
+        if old is not None:
+            old.rename(c.name)
+            if was_running:
+                old.start()
+        raise
+    if old is not None:
+        engine.remove(old)
 
 
 def reconcile(engine: Engine, spec: s.Spec, say: Say, ready_timeout: float) -> int:

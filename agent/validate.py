@@ -64,7 +64,11 @@ def size(value: str | int) -> int:
 
 def image(value: str) -> str:
     value = value.strip()
-    if not value or not _IMAGE.match(value):
+    first, _, rest = value.partition("/")
+    # As docker parses it: the first component is a registry only if it looks like a host.
+    is_registry = bool(rest) and ("." in first or ":" in first or first == "localhost")
+    uppercase_path = bool(rest) and not is_registry and first != first.lower()
+    if not value or not _IMAGE.match(value) or uppercase_path:
         raise ValueError(
             f"{value!r} is not an image reference (example: registry.example/syntho-ray:1.2)")
     return value

@@ -26,7 +26,8 @@ def test_port_rejects(value: str) -> None:
 
 
 @pytest.mark.parametrize("value,expected", [
-    ("4gb", 4 * 1024**3), ("4GB", 4 * 1024**3), ("512m", 512 * 1024**2), ("1.5GiB", 3 * 1024**3 // 2),
+    ("4gb", 4 * 1024**3), ("4GB", 4 * 1024**3), ("512m", 512 * 1024**2),
+    ("1.5GiB", 3 * 1024**3 // 2),
     ("1024", 1024), (2048, 2048),
 ])
 def test_size(value: str, expected: int) -> None:
@@ -47,7 +48,8 @@ def test_image_accepts(value: str) -> None:
     assert validate.image(value) == value
 
 
-@pytest.mark.parametrize("value", ["Syntho-Ray", "ray::latest", "ray:", "", "a b", "ray:lat est"])
+@pytest.mark.parametrize("value", ["Syntho-Ray", "UPPER/case", "ray::latest", "ray:", "", "a b",
+                                   "ray:lat est"])
 def test_image_rejects(value: str) -> None:
     with pytest.raises(ValueError):
         validate.image(value)
