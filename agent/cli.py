@@ -15,7 +15,7 @@ import click
 import docker.errors
 
 from agent import __version__, deploy, ops
-from agent.config import COMMON, JOIN, RAY, Settings, config_option, options
+from agent.config import APP, CLUSTER, COMMON, JOIN, RAY, Settings, config_option, options
 from agent.engine import Engine
 from agent.errors import EXIT_ENVIRONMENT, EXIT_USAGE, AgentError
 
@@ -48,7 +48,7 @@ def cli() -> None:
 
 @cli.command()
 @config_option
-@options(COMMON + RAY)
+@options(COMMON + RAY + CLUSTER)
 def head(**params: Any) -> None:
     """Run the Ray head on this VM."""
     _run(deploy.run_head, params)
@@ -56,7 +56,7 @@ def head(**params: Any) -> None:
 
 @cli.command()
 @config_option
-@options(COMMON + JOIN + RAY)
+@options(COMMON + JOIN + RAY + CLUSTER)
 def worker(**params: Any) -> None:
     """Run a Ray worker that joins the head at --head."""
     if not params.get("head"):
@@ -66,10 +66,12 @@ def worker(**params: Any) -> None:
 
 @cli.command()
 @config_option
-@options(COMMON + JOIN + RAY)
+@options(COMMON + JOIN + CLUSTER + APP)
 def app(**params: Any) -> None:
     """Run the Syntho application stack, wired to the Ray head at --head."""
-    raise click.UsageError("the app role is not available yet")
+    if not params.get("head"):
+        raise click.UsageError("app needs --head (the Ray head's IP address or hostname)")
+    _run(deploy.run_app, params)
 
 
 @cli.command()

@@ -9,9 +9,11 @@ goes through the same parser before anything touches the engine.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import click
 import yaml
@@ -74,6 +76,69 @@ def _existing_file(v: Any) -> Path:
     return path
 
 
+def _host_port(v: Any) -> str:
+    host, sep, port = str(v).rpartition(":")
+    if not sep:
+        host, port = str(v), ""
+    validate.host(host)
+    if port:
+        validate.port(port)
+    return str(v)
+
+
+def _protocol(v: Any) -> str:
+    if str(v) not in ("http", "https"):
+        raise ValueError(f"{v!r} must be http or https")
+    return str(v)
+
+
+def _nonempty(v: Any) -> str:
+    if not str(v).strip() or any(ch.isspace() for ch in str(v)):
+        raise ValueError("must be one word, not empty")
+    return str(v)
+
+
+def _email(v: Any) -> str:
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+", str(v)):
+        raise ValueError(f"{v!r} is not an e-mail address")
+    return str(v)
+
+
+def _password(v: Any) -> str:
+    if len(str(v)) < 8 or "\n" in str(v):
+        raise ValueError("a password must be one line of at least 8 characters")
+    return str(v)
+
+
+def _url(v: Any, schemes: tuple[str, ...], example: str) -> str:
+    parts = urlsplit(str(v))
+    try:
+        ok = parts.scheme in schemes and bool(parts.hostname)
+        if ok:
+            validate.host(parts.hostname or "")
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"not a URL of the form {example}")
+    return str(v)
+
+
+def _postgres_url(v: Any) -> str:
+    return _url(v, ("postgresql", "postgres"), "postgresql://USER:PASSWORD@HOST[:PORT]")
+
+
+def _redis_url(v: Any) -> str:
+    return _url(v, ("redis",), "redis://[:PASSWORD@]HOST[:PORT]")
+
+
+def _address_port(v: Any) -> tuple[str, int]:
+    address, sep, port = str(v).rpartition(":")
+    if not sep:
+        raise ValueError(f"{v!r} must be ADDRESS:PORT, for example 127.0.0.1:5432")
+    return validate.ip(address), validate.port(port)
+
+
 # The options, grouped by the commands that take them (see COMMON, RAY, ...).
 COMMON = [
     Opt("data-dir", "where the agent keeps what it writes (secrets 0600, env file, lock)",
@@ -85,7 +150,6 @@ COMMON = [
 ]
 RAY = [
     Opt("ray-image", "the syntho-ray image", validate.image, "syntho-ray:latest"),
-    Opt("license-key", "the Syntho license key (LICENSE_KEY_SIGNED)", str, "", secret=True),
     Opt("network", "'host' (as on a VM) or a user-defined Docker network to run Ray on",
         _network, "host"),
     Opt("shm-size", "shared memory for Ray's object store (4gb, 12gb ...)", validate.size, "4gb"),
@@ -97,6 +161,9 @@ RAY = [
         lambda v: validate.ip(str(v))),
     Opt("ray-arg", "an extra argument for `ray start` (repeat for several)", str, (),
         multiple=True),
+]
+CLUSTER = [
+    Opt("license-key", "the Syntho license key (LICENSE_KEY_SIGNED)", str, "", secret=True),
     Opt("auth", "Ray token authentication (on by default; --no-auth turns it off)", None, True,
         flag=True),
     Opt("token", "the cluster's Ray token (prefer SYNTHO_AGENT_TOKEN or --token-file: a flag "
@@ -109,8 +176,47 @@ JOIN = [
     Opt("head", "the Ray head's IP address or hostname", _optional_host),
     Opt("wait", "seconds to wait for the head to answer on 6379 (0 = forever)", _wait, 600.0),
 ]
+APP = [
+    Opt("core-image", "the syntho-core-api image", validate.image, "syntho-core-api:latest"),
+    Opt("backend-image", "the syntho-backend image", validate.image, "syntho-backend:latest"),
+    Opt("frontend-image", "the syntho-frontend image", validate.image, "syntho-frontend:latest"),
+    Opt("postgres-image", "the bundled Postgres image", validate.image, "postgres:14.5"),
+    Opt("redis-image", "the bundled Redis image", validate.image, "redis:6.2-alpine"),
+    Opt("frontend-port", "host port of the web UI (FRONTEND_PORT)", validate.port, 3000),
+    Opt("backend-port", "host port of the backend API (BACKEND_PORT)", validate.port, 8000),
+    Opt("core-port", "port of the core API inside the app network (CORE_PORT)",
+        validate.port, 8080),
+    Opt("bind", "host address the frontend and backend ports are published on",
+        lambda v: validate.ip(str(v)), "0.0.0.0"),
+    Opt("frontend-host", "host[:port] users open (FRONTEND_HOST) [default: "
+        "localhost:<frontend-port>]", _host_port),
+    Opt("frontend-protocol", "http or https (https turns SECURE_COOKIES on)", _protocol, "http"),
+    Opt("backend-host", "host[:port] of the backend as users reach it (BACKEND_HOST) "
+        "[default: localhost:<backend-port>]", _host_port),
+    Opt("backend-protocol", "http or https", _protocol, "http"),
+    Opt("admin-username", "the admin account's user name", _nonempty, "admin"),
+    Opt("admin-email", "the admin account's e-mail", _email, "admin@example.com"),
+    Opt("admin-password", "the admin account's password [default: generated once]",
+        _password, secret=True),
+    Opt("db-password", "the database password [default: generated once]", _password,
+        secret=True),
+    Opt("rotate-db-password", "change the password of an existing database to the one "
+        "configured (otherwise a changed password is refused)", None, False, flag=True),
+    Opt("postgres-url", "an external Postgres server (postgresql://USER:PASSWORD@HOST[:PORT]) "
+        "holding both databases, instead of the bundled container; prefer the env variable",
+        _postgres_url, secret=True),
+    Opt("core-db-name", "the core's database", _nonempty, "syntho-core"),
+    Opt("backend-db-name", "the backend's database", _nonempty, "syntho-backend"),
+    Opt("redis-url", "an external Redis (redis://[:PASSWORD@]HOST[:PORT]) instead of the bundled "
+        "container", _redis_url, secret=True),
+    Opt("publish-postgres", "publish the bundled Postgres on ADDRESS:PORT of the host (off by "
+        "default)", _address_port),
+    Opt("publish-redis", "publish the bundled Redis on ADDRESS:PORT of the host (off by default)",
+        _address_port),
+    Opt("max-workers", "the core's MAX_WORKERS", validate.positive_int, 4),
+]
 
-ALL_OPTIONS = {o.key: o for o in COMMON + RAY + JOIN}
+ALL_OPTIONS = {o.key: o for o in COMMON + RAY + CLUSTER + JOIN + APP}
 
 
 @dataclass(frozen=True)
@@ -135,11 +241,36 @@ class Settings:
     ready_timeout: float = 180.0
     head: str | None = None
     wait: float = 600.0
+    core_image: str = "syntho-core-api:latest"
+    backend_image: str = "syntho-backend:latest"
+    frontend_image: str = "syntho-frontend:latest"
+    postgres_image: str = "postgres:14.5"
+    redis_image: str = "redis:6.2-alpine"
+    frontend_port: int = 3000
+    backend_port: int = 8000
+    core_port: int = 8080
+    bind: str = "0.0.0.0"
+    frontend_host: str | None = None
+    frontend_protocol: str = "http"
+    backend_host: str | None = None
+    backend_protocol: str = "http"
+    admin_username: str = "admin"
+    admin_email: str = "admin@example.com"
+    admin_password: str | None = field(default=None, repr=False)
+    db_password: str | None = field(default=None, repr=False)
+    rotate_db_password: bool = False
+    postgres_url: str | None = field(default=None, repr=False)
+    core_db_name: str = "syntho-core"
+    backend_db_name: str = "syntho-backend"
+    redis_url: str | None = field(default=None, repr=False)
+    publish_postgres: tuple[str, int] | None = None
+    publish_redis: tuple[str, int] | None = None
+    max_workers: int = 4
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Settings:
         known = {f.name for f in fields(cls)}
-        values: dict[str, Any] = {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
+        values: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v)
                                   for k, v in params.items() if k in known and v is not None}
         return cls(**values)
 

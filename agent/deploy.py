@@ -5,18 +5,28 @@ The CLI calls one function here per role; everything below it is settings -> spe
 
 from __future__ import annotations
 
+import hashlib
+import time
+from importlib import resources
 from typing import Callable
 
 from agent import cluster, store
 from agent.config import Settings
 from agent.engine import Engine
-from agent.errors import ConvergeError, EnvironmentProblem
+from agent.errors import ConvergeError, EnvironmentProblem, UsageError
 from agent.lock import data_dir_lock
-from agent.reconcile import image_ids, reconcile, require_images
-from agent.roles import ray
+from agent.ops import redact
+from agent.reconcile import image_ids, reconcile, require_images, wait_ready
+from agent.roles import app, ray
+from agent.spec import Spec
 from agent.waits import http_ok, poll, tcp_open
 
 Say = Callable[[str], None]
+
+
+def report(changes: int, spec: Spec, say: Say) -> None:
+    if changes == 0:
+        say(f"nothing to do: {len(spec.containers)} container(s) up to date")
 
 
 def head_address(engine: Engine, settings: Settings) -> str:
@@ -39,7 +49,7 @@ def run_head(engine: Engine, settings: Settings, say: Say) -> None:
         elif created:
             say(f"generated the cluster's Ray token in {cluster.token_path(settings.data_dir)}")
         spec = ray.head_spec(settings, token)
-        reconcile(engine, spec, say, settings.ready_timeout)
+        report(reconcile(engine, spec, say, settings.ready_timeout), spec, say)
         address = head_address(engine, settings)
         ready = poll(lambda: tcp_open(address, ray.GCS_PORT) and http_ok(
             f"http://{address}:{ray.DASHBOARD_PORT}/api/gcs_healthz"),
@@ -82,7 +92,7 @@ def run_worker(engine: Engine, settings: Settings, say: Say) -> None:
         spec = ray.worker_spec(settings, token)
         image_ids(engine, spec)  # a missing image fails now, not after the wait for the head
         wait_for_head(settings, say)
-        reconcile(engine, spec, say, settings.ready_timeout)
+        report(reconcile(engine, spec, say, settings.ready_timeout), spec, say)
         name = settings.suffix("ray-worker")
         if settings.network != "host":
             my_ip = engine.container_ip(name, settings.network) or ""
@@ -110,3 +120,196 @@ def last_log_line(engine: Engine, name: str, secrets: tuple[str, ...]) -> str:
     for secret in secrets:
         line = line.replace(secret, "***")
     return line[:300]
+
+
+# ---- the app role ----
+
+def app_images(settings: Settings) -> dict[str, str]:
+    """Every image the app needs, by reference, with the container that needs it."""
+    wanted = {settings.core_image: "core", settings.backend_image: "backend",
+              settings.frontend_image: "frontend"}
+    if settings.postgres_url is None:
+        wanted[settings.postgres_image] = "postgres"
+    if settings.redis_url is None:
+        wanted[settings.redis_image] = "redis"
+    return wanted
+
+
+def app_secrets(settings: Settings, token: str | None, db_supplied: str | None,
+                say: Say) -> app.Secrets:
+    """Generated once, reused forever; a value the operator supplies wins (a database
+    password only once checked against the database: see db_password_change)."""
+    folder = store.ensure_dir(settings.data_dir / "secrets")
+    created: list[str] = []
+
+    def kept(name: str, supplied: str | None, generate: Callable[[], str]) -> str:
+        path = folder / name
+        stored = store.read_secret(path)
+        if supplied is not None and supplied != stored:
+            store.write_atomic(path, supplied + "\n")
+            return supplied
+        value, new = store.secret(path, generate)
+        if new:
+            created.append(name)
+        return value
+
+    secrets = app.Secrets(
+        db_password=kept(DB_PASSWORD, db_supplied, store.token_urlsafe(24)),
+        core_secret_key=kept("core-secret-key", None, store.fernet_key),
+        backend_secret_key=kept("backend-secret-key", None, store.token_urlsafe(48)),
+        admin_password=kept(ADMIN_PASSWORD, settings.admin_password, store.token_urlsafe(15)),
+        ray_token=token,
+    )
+    if created:
+        say(f"generated {', '.join(created)} in {folder} (mode 0600, kept for every later run)")
+    return secrets
+
+
+DB_PASSWORD = "postgres-password"
+ADMIN_PASSWORD = "admin-password"
+
+
+def write_env_file(settings: Settings, secrets: app.Secrets, ray_host: str, say: Say) -> None:
+    """The guide's .env in the data dir (0600). It is output: the config wins over hand edits,
+    and a hand-edited file is kept aside, never silently lost."""
+    path = settings.data_dir / "app.env"
+    stamp = settings.data_dir / ".app.env.sha256"
+    content = app.render_env(app.env_file(settings, secrets, ray_host))
+    if path.exists():
+        current = path.read_bytes()
+        recorded = stamp.read_text().strip() if stamp.exists() else None
+        if current.decode(errors="replace") == content:
+            return
+        if recorded is not None and hashlib.sha256(current).hexdigest() != recorded:
+            aside = path.with_name(f"app.env.edited-{int(time.time())}")
+            store.write_atomic(aside, current.decode(errors="replace"))
+            say(f"{path} was edited by hand: kept as {aside.name}; put lasting changes in the "
+                "config file or flags")
+    store.write_atomic(path, content)
+    store.write_atomic(stamp, hashlib.sha256(content.encode()).hexdigest() + "\n")
+    say(f"wrote {path}")
+
+
+def write_init_script(settings: Settings) -> None:
+    folder = settings.data_dir / "postgres-init"
+    folder.mkdir(mode=0o755, exist_ok=True)
+    folder.chmod(0o755)
+    script = (resources.files("agent") / "assets" / app.INIT_SCRIPT).read_text()
+    target = folder / app.INIT_SCRIPT
+    if not target.exists() or target.read_text() != script:
+        store.write_atomic(target, script, mode=0o755)
+
+
+def db_password_change(settings: Settings, engine: Engine) -> str | None:
+    """The new database password the operator asked for, if it differs from the stored one
+    and a database already exists (else None). Refused without --rotate-db-password."""
+    if settings.postgres_url is not None or settings.db_password is None:
+        return None
+    stored = store.read_secret(settings.data_dir / "secrets" / DB_PASSWORD)
+    if stored is None or stored == settings.db_password:
+        return None
+    volume = settings.suffix("syntho-database-data")
+    if not engine.volume_exists(volume):
+        return None
+    if not settings.rotate_db_password:
+        raise UsageError(
+            f"the database in volume {volume} was created with another password (the one in "
+            f"{settings.data_dir / 'secrets' / DB_PASSWORD}); pass --rotate-db-password to "
+            "change it for real, or drop --db-password")
+    return settings.db_password
+
+
+def check_db_password(engine: Engine, settings: Settings, secrets: app.Secrets,
+                      new_password: str | None, say: Say) -> None:
+    """Prove the bundled database takes the password the app will use; rotate it if asked."""
+    name = settings.suffix("syntho-postgres")
+    if new_password is not None:
+        # Inside the container the local socket trusts its own user (as the official image
+        # sets it up); the SQL travels in the environment, never on a command line.
+        literal = new_password.replace("'", "''")
+        sql = f"ALTER ROLE \"{app.DB_USER}\" PASSWORD '{literal}'"
+        code, out = engine.exec(name, ["sh", "-c", 'printf "%s\\n" "$ROTATE_SQL" | psql -v '
+                                       f'ON_ERROR_STOP=1 -q -U {app.DB_USER} -d postgres'],
+                                env={"ROTATE_SQL": sql})
+        if code != 0:
+            raise ConvergeError(f"could not change the database password: "
+                                f"{redact(out, [new_password]).strip()[:200]}")
+        store.write_atomic(settings.data_dir / "secrets" / DB_PASSWORD, new_password + "\n")
+        say("changed the database password (rotated in Postgres and in secrets/)")
+    password = new_password or secrets.db_password
+    code, out = engine.exec(name, ["psql", "-h", "127.0.0.1", "-U", app.DB_USER, "-d",
+                                   settings.backend_db_name, "-Atc", "SELECT 1"],
+                            env={"PGPASSWORD": password})
+    if code != 0:
+        raise UsageError(
+            f"the database refuses the password in {settings.data_dir / 'secrets' / DB_PASSWORD}"
+            " (the volume was initialised with another); restore that file from a backup, or "
+            "pass the old one with --db-password and --rotate-db-password")
+
+
+def app_ray_host(settings: Settings, token: str | None, say: Say) -> str:
+    """The head's address as the app's containers reach it.
+
+    A head given as loopback runs on this VM; containers reach it at the address Ray itself
+    advertises for the head node (Ray's client port listens there, not on every address).
+    """
+    assert settings.head
+    if not app.head_is_local(settings.head):
+        return settings.head
+    found: list[str] = []
+
+    def head_node() -> bool:
+        found.extend(str(n["node_ip"]) for n in cluster.alive_nodes(settings.head or "", token)
+                     if n.get("is_head_node") and n.get("node_ip"))
+        return bool(found)
+
+    if not poll(head_node, settings.ready_timeout, "the Ray head's node address", say):
+        raise EnvironmentProblem(
+            f"the Ray head at {settings.head} answers on {ray.GCS_PORT} but its dashboard "
+            f"(port {ray.DASHBOARD_PORT}) does not list it; check the head with "
+            "`syntho-agent status` and the token")
+    say(f"the app reaches the Ray head on this VM at {found[0]}")
+    return found[0]
+
+
+def run_app(engine: Engine, settings: Settings, say: Say) -> None:
+    assert settings.head
+    store.ensure_dir(settings.data_dir)
+    with data_dir_lock(settings.data_dir, settings.lock_wait, say):
+        require_images(engine, app_images(settings))
+        rotate_to = db_password_change(settings, engine)
+        token = cluster.joining_token(settings)
+        # While a rotation is pending, the stored password is the one the database still has.
+        db_supplied = settings.db_password if rotate_to is None else None
+        secrets = app_secrets(settings, token, db_supplied, say)
+        write_init_script(settings)
+        wait_for_head(settings, say)
+        ray_host = app_ray_host(settings, token, say)
+        write_env_file(settings, secrets, ray_host, say)
+        spec = app.app_spec(settings, secrets, settings.data_dir, ray_host)
+        # Postgres and Redis first; the app's password is proven before anything uses it.
+        infra = {"postgres", "redis"}
+        changes = reconcile(engine, spec, say, settings.ready_timeout, only=infra)
+        if settings.postgres_url is None:
+            postgres = next(c for c in spec.containers if c.service == "postgres")
+            wait_ready(engine, postgres, settings.ready_timeout, say)
+            check_db_password(engine, settings, secrets, rotate_to, say)
+            if rotate_to is not None:
+                secrets = app_secrets(settings, token, rotate_to, say)
+                spec = app.app_spec(settings, secrets, settings.data_dir, ray_host)
+                write_env_file(settings, secrets, ray_host, say)
+        rest = {c.service for c in spec.containers} - infra
+        changes += reconcile(engine, spec, say, settings.ready_timeout, only=rest)
+        report(changes, spec, say)
+        for c in spec.ordered():
+            if c.health:
+                wait_ready(engine, c, settings.ready_timeout, say)
+        host = "127.0.0.1" if settings.bind == "0.0.0.0" else settings.bind
+        url = f"http://{host}:{settings.frontend_port}/"
+        if not poll(lambda: http_ok(url), settings.ready_timeout, f"the frontend at {url}", say):
+            raise ConvergeError(f"the frontend did not answer at {url} within "
+                                f"{settings.ready_timeout:.0f}s; see `syntho-agent logs`")
+        say(f"the app is up: open {settings.frontend_protocol}://{app.frontend_host(settings)}/ "
+            f"(this VM, port {settings.frontend_port})")
+        say(f"admin account: {settings.admin_username}, password in "
+            f"{settings.data_dir / 'secrets' / ADMIN_PASSWORD}")

@@ -200,6 +200,13 @@ class Engine:
         except docker.errors.NotFound:
             pass
 
+    def volume_exists(self, name: str) -> bool:
+        try:
+            self.client.volumes.get(name)
+            return True
+        except docker.errors.NotFound:
+            return False
+
     def remove_volume(self, name: str) -> bool:
         try:
             self.client.volumes.get(name).remove(force=True)

@@ -7,6 +7,7 @@ A run with nothing to do makes no engine call that changes anything.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Callable
 
@@ -49,13 +50,19 @@ def image_ids(engine: Engine, spec: s.Spec) -> dict[str, str]:
     return require_images(engine, {c.image: c.name for c in reversed(spec.containers)})
 
 
-def plan(spec: s.Spec, observed: list[Observed], ids: dict[str, str]) -> list[Action]:
-    """What to do, removals first, then every wanted container in start order."""
+def plan(spec: s.Spec, observed: list[Observed], ids: dict[str, str],
+         only: set[str] | None = None) -> list[Action]:
+    """What to do, removals first, then every wanted container in start order.
+
+    With `only`, just those services (and the removals).
+    """
     wanted = {c.name for c in spec.containers}
     current = {o.name: o for o in observed}
     actions = [Action("remove", o.name, reason="no longer wanted")
                for o in observed if o.name not in wanted]
     for c in spec.ordered():
+        if only is not None and c.service not in only:
+            continue
         h = c.config_hash(ids[c.image])
         o = current.get(c.name)
         if o is None:
@@ -169,13 +176,39 @@ def replace(engine: Engine, c: s.Container, labels: dict[str, str],
         engine.remove(old)
 
 
-def reconcile(engine: Engine, spec: s.Spec, say: Say, ready_timeout: float) -> int:
-    """Converge the engine to spec; returns the number of changes (0: it was up to date)."""
+def check_ports(actions: list[Action], observed: list[Observed]) -> None:
+    """A host port that a new container would publish must be free, before anything changes."""
+    current = {o.name: o for o in observed}
+    for action in actions:
+        if action.verb not in ("create", "recreate") or action.container is None:
+            continue
+        held = published_ports(current[action.name]) if action.name in current else set()
+        for p in action.container.ports:
+            if p.host in held:
+                continue  # the container being replaced holds it
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((p.host_ip or "0.0.0.0", p.host))
+                except OSError:
+                    raise EnvironmentProblem(
+                        f"port {p.host} on {p.host_ip or '0.0.0.0'} is already taken on this "
+                        f"host (wanted by {action.name}); free it or choose another port"
+                    ) from None
+
+
+def published_ports(o: Observed) -> set[int]:
+    bindings = o.sdk.attrs.get("HostConfig", {}).get("PortBindings") or {}
+    return {int(b["HostPort"]) for bs in bindings.values() for b in (bs or [])
+            if b.get("HostPort")}
+
+
+def reconcile(engine: Engine, spec: s.Spec, say: Say, ready_timeout: float,
+              only: set[str] | None = None) -> int:
+    """Converge the engine to spec (or only some services); returns the number of changes."""
     ids = image_ids(engine, spec)
     observed = engine.managed(spec.instance, spec.role)
     check_names(engine, spec, observed)
-    actions = plan(spec, observed, ids)
-    changes = apply(engine, spec, actions, say, ready_timeout)
-    if changes == 0:
-        say(f"nothing to do: {len(spec.containers)} container(s) up to date")
-    return changes
+    actions = plan(spec, observed, ids, only)
+    check_ports(actions, observed)
+    return apply(engine, spec, actions, say, ready_timeout)
