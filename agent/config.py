@@ -292,9 +292,10 @@ class Checked(click.ParamType):
         try:
             return self.opt.parse(value)
         except (ValueError, TypeError) as exc:
-            if self.opt.secret:
-                self.fail("the value given is not valid", param, ctx)
-            self.fail(str(exc), param, ctx)
+            message = str(exc)
+            if self.opt.secret:  # say what was expected, never echo the value itself
+                message = message.replace(repr(value), "the value").replace(str(value), "***")
+            self.fail(message, param, ctx)
 
 
 def options(opts: list[Opt]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

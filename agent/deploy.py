@@ -16,7 +16,7 @@ from agent.engine import Engine
 from agent.errors import ConvergeError, EnvironmentProblem, UsageError
 from agent.lock import data_dir_lock
 from agent.ops import redact
-from agent.reconcile import image_ids, reconcile, require_images, wait_ready
+from agent.reconcile import image_ids, preflight, reconcile, require_images, wait_ready
 from agent.roles import app, ray
 from agent.spec import Spec
 from agent.waits import http_ok, poll, tcp_open
@@ -51,9 +51,16 @@ def run_head(engine: Engine, settings: Settings, say: Say) -> None:
         spec = ray.head_spec(settings, token)
         report(reconcile(engine, spec, say, settings.ready_timeout), spec, say)
         address = head_address(engine, settings)
-        ready = poll(lambda: tcp_open(address, ray.GCS_PORT) and http_ok(
-            f"http://{address}:{ray.DASHBOARD_PORT}/api/gcs_healthz"),
-            settings.ready_timeout, f"the Ray head at {address}:{ray.GCS_PORT}", say)
+
+        def head_ready() -> bool:
+            # The GCS answers, and the dashboard lists the head node alive (what workers and
+            # the app ask for next).
+            return (tcp_open(address, ray.GCS_PORT)
+                    and http_ok(f"http://{address}:{ray.DASHBOARD_PORT}/api/gcs_healthz")
+                    and any(n.get("is_head_node") for n in cluster.alive_nodes(address, token)))
+
+        ready = poll(head_ready, settings.ready_timeout,
+                     f"the Ray head at {address}:{ray.GCS_PORT}", say)
         if not ready:
             raise ConvergeError(
                 f"the Ray head did not answer on {address}:{ray.GCS_PORT} within "
@@ -285,8 +292,9 @@ def run_app(engine: Engine, settings: Settings, say: Say) -> None:
         write_init_script(settings)
         wait_for_head(settings, say)
         ray_host = app_ray_host(settings, token, say)
-        write_env_file(settings, secrets, ray_host, say)
         spec = app.app_spec(settings, secrets, settings.data_dir, ray_host)
+        preflight(engine, spec)
+        write_env_file(settings, secrets, ray_host, say)
         # Postgres and Redis first; the app's password is proven before anything uses it.
         infra = {"postgres", "redis"}
         changes = reconcile(engine, spec, say, settings.ready_timeout, only=infra)
@@ -299,6 +307,8 @@ def run_app(engine: Engine, settings: Settings, say: Say) -> None:
                 spec = app.app_spec(settings, secrets, settings.data_dir, ray_host)
                 write_env_file(settings, secrets, ray_host, say)
         rest = {c.service for c in spec.containers} - infra
+        if rotate_to is not None:
+            rest.add("postgres")  # its POSTGRES_PASSWORD follows (unused once initialised)
         changes += reconcile(engine, spec, say, settings.ready_timeout, only=rest)
         report(changes, spec, say)
         for c in spec.ordered():

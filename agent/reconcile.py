@@ -203,12 +203,20 @@ def published_ports(o: Observed) -> set[int]:
             if b.get("HostPort")}
 
 
-def reconcile(engine: Engine, spec: s.Spec, say: Say, ready_timeout: float,
-              only: set[str] | None = None) -> int:
-    """Converge the engine to spec (or only some services); returns the number of changes."""
+def preflight(engine: Engine, spec: s.Spec, only: set[str] | None = None) -> list[Action]:
+    """Everything that can be refused without changing anything: images, names, host ports.
+
+    Returns the plan.
+    """
     ids = image_ids(engine, spec)
     observed = engine.managed(spec.instance, spec.role)
     check_names(engine, spec, observed)
     actions = plan(spec, observed, ids, only)
     check_ports(actions, observed)
-    return apply(engine, spec, actions, say, ready_timeout)
+    return actions
+
+
+def reconcile(engine: Engine, spec: s.Spec, say: Say, ready_timeout: float,
+              only: set[str] | None = None) -> int:
+    """Converge the engine to spec (or only some services); returns the number of changes."""
+    return apply(engine, spec, preflight(engine, spec, only), say, ready_timeout)

@@ -1,0 +1,357 @@
+"""The app role on the real engine: the whole stack, wired to a real Ray cluster.
+
+One engine stands for the VMs: the head runs on the host network (as on its VM, and as on a
+one-VM deployment), a worker on a bridge network, and the app beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from agent import cluster
+from agent.waits import poll
+from tests.conftest import NOFILE, Sandbox, run_agent
+from tests.integration.agent_helpers import engine_snapshot, ok
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        return int(sock.getsockname()[1])
+
+
+def http(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+@dataclass
+class HeadVM:
+    data_dir: Path
+    node_ip: str
+    token: str
+
+
+@dataclass
+class App:
+    """One app deployment: its instance, data dir, ports and the arguments that make it."""
+
+    sandbox: Sandbox
+    images: dict[str, str]
+    head: HeadVM
+    name: str
+
+    def __post_init__(self) -> None:
+        self.instance = self.sandbox.instance(self.name)
+        self.data_dir = self.sandbox.tmp / self.name
+        self.frontend_port = free_port()
+        self.backend_port = free_port()
+
+    def args(self) -> list[str]:
+        i = self.images
+        return ["--data-dir", str(self.data_dir), "--instance", self.instance,
+                "--head", "127.0.0.1", "--token-file", str(self.head.data_dir / "ray-token"),
+                "--core-image", i["core"], "--backend-image", i["backend"],
+                "--frontend-image", i["frontend"], "--postgres-image", i["postgres"],
+                "--redis-image", i["redis"], "--frontend-port", str(self.frontend_port),
+                "--backend-port", str(self.backend_port), "--ready-timeout", "240"]
+
+    def run(self, *more: str) -> subprocess.CompletedProcess[str]:
+        return run_agent("app", *self.args(), *more)
+
+    def cmd(self, command: str, *more: str) -> subprocess.CompletedProcess[str]:
+        return run_agent(command, "--data-dir", str(self.data_dir), "--instance", self.instance,
+                         *more)
+
+    def container(self, service: str) -> docker.models.containers.Container:
+        return self.sandbox.client.containers.get(f"syntho-{service}-{self.instance}")
+
+    def secrets(self) -> dict[str, str]:
+        folder = self.data_dir / "secrets"
+        return {p.name: p.read_text() for p in sorted(folder.iterdir())}
+
+    def psql(self, db: str, sql: str) -> str:
+        code, out = self.container("postgres").exec_run(
+            ["psql", "-U", "syntho", "-d", db, "-Atc", sql])
+        assert code == 0, out
+        return str(out.decode().strip())
+
+
+@pytest.fixture(scope="module")
+def module_sandbox(docker_client: docker.DockerClient,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    box = Sandbox(docker_client, tmp_path_factory.mktemp("app"))
+    try:
+        yield box
+    finally:
+        box.cleanup()
+
+
+@pytest.fixture(scope="module")
+def head_vm(module_sandbox: Sandbox, images: dict[str, str]) -> HeadVM:
+    """The Ray head on the host network, as on a VM."""
+    data_dir = module_sandbox.tmp / "head"
+    instance = module_sandbox.instance("head")
+    ok(run_agent("head", "--data-dir", str(data_dir), "--instance", instance, "--ray-image",
+                 images["ray"], "--shm-size", "1gb", "--nofile", NOFILE))
+    token = (data_dir / "ray-token").read_text().strip()
+    heads = [n for n in cluster.alive_nodes("127.0.0.1", token) if n.get("is_head_node")]
+    assert heads, "the head lists itself"
+    return HeadVM(data_dir, str(heads[0]["node_ip"]), token)
+
+
+@pytest.fixture(scope="module")
+def stack(module_sandbox: Sandbox, images: dict[str, str], head_vm: HeadVM) -> App:
+    """head + a worker + the app, converged."""
+    module_sandbox.create_network()
+    worker_dir = module_sandbox.tmp / "worker"
+    ok(run_agent("worker", "--data-dir", str(worker_dir), "--instance",
+                 module_sandbox.instance("w1"), "--network", module_sandbox.network,
+                 "--head", head_vm.node_ip, "--ray-image", images["ray"], "--shm-size", "512mb",
+                 "--nofile", NOFILE, "--token-file", str(head_vm.data_dir / "ray-token")))
+    app = App(module_sandbox, images, head_vm, "app")
+    out = ok(app.run())
+    assert "the app is up" in out
+    app.first_output = out  # type: ignore[attr-defined]
+    return app
+
+
+def test_the_stack_is_healthy_wired_and_reachable(stack: App, head_vm: HeadVM) -> None:
+    for service in ["postgres", "redis", "core", "backend", "frontend"]:
+        assert stack.container(service).attrs["State"]["Health"]["Status"] == "healthy", service
+    for service in ["core_worker", "worker"]:
+        assert stack.container(service).status == "running"
+    # The frontend and the backend answer on their published ports, from the host.
+    code, body = http(f"http://127.0.0.1:{stack.frontend_port}/")
+    assert code == 200 and body["dependencies"]["backend"]["ok"]
+    code, body = http(f"http://localhost:{stack.backend_port}/api/docs/")
+    assert code == 200 and body["dependencies"]["core"]["ok"]
+    # core ran a real Ray task on the cluster: head + worker.
+    code, out = stack.container("core").exec_run(
+        ["curl", "-fsS", "http://localhost:8080/api/v1/status"])
+    ray = json.loads(out)["dependencies"]["ray"]
+    assert ray["task_result"] == 49 and ray["alive_nodes"] == 2
+    assert ray["address"] == head_vm.node_ip
+    # The admin account works with the generated password, and only with it.
+    password = (stack.data_dir / "secrets" / "admin-password").read_text().strip()
+    url = f"http://localhost:{stack.backend_port}/api/login/"
+    assert http(url, {"username": "admin", "password": password})[0] == 200
+    assert http(url, {"username": "admin", "password": "guess"})[0] == 401
+    # The contract's wiring, as the containers have it.
+    env = dict(e.split("=", 1) for e in stack.container("backend").attrs["Config"]["Env"])
+    assert env["RAY_URL"] == f"http://{head_vm.node_ip}:8265"
+    assert env["SYNTHO_ENGINE_URL"] == "http://core:8080/api"
+    assert env["DB_NAME"] == "syntho-backend" and env["REDIS_DB_INDEX"] == "1"
+    status = ok(stack.cmd("status"))
+    assert f"open the app at http://<this VM>:{stack.frontend_port}" in status
+    assert "syntho-frontend" in status and "healthy" in status
+
+
+def test_postgres_and_redis_are_not_published(stack: App) -> None:
+    for service in ["postgres", "redis"]:
+        assert not stack.container(service).attrs["HostConfig"]["PortBindings"]
+    restart = {s: stack.container(s).attrs["HostConfig"]["RestartPolicy"]["Name"]
+               for s in ["postgres", "redis", "frontend", "core", "backend"]}
+    assert restart == {"postgres": "always", "redis": "always", "frontend": "always",
+                       "core": "on-failure", "backend": "on-failure"}
+
+
+def test_secrets_stay_the_same_over_ten_reruns_and_never_show(stack: App) -> None:
+    before = stack.secrets()
+    env_file = stack.data_dir / "app.env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    for path in (stack.data_dir / "secrets").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    outputs = [stack.first_output]  # type: ignore[attr-defined]
+    snapshot = engine_snapshot(stack.sandbox.client)
+    for _ in range(10):
+        result = stack.run()
+        outputs += [ok(result), result.stderr]
+        assert "nothing to do" in result.stdout
+    assert stack.secrets() == before
+    assert engine_snapshot(stack.sandbox.client) == snapshot
+    # The env file has the guide's names and the generated values.
+    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines()
+               if line and not line.startswith("#"))
+    assert env["CORE_SECRET_KEY"] == before["core-secret-key"].strip()
+    for name in ["CORE_IMAGE", "BACKEND_HOST", "CORE_DATABASE_PASSWORD", "CORE_RAY_ADDRESS",
+                 "BACKEND_SECRET_KEY", "ADMIN_USERNAME", "FRONTEND_PORT"]:
+        assert name in env
+    log_file = stack.sandbox.tmp / "syntho_logs.log"
+    outputs.append(ok(stack.cmd("logs", "--output", str(log_file))))
+    outputs.append(ok(stack.cmd("status")))
+    logs = log_file.read_text()
+    assert "===== syntho-core-" in logs and "listening on :8080" in logs
+    for value in [*before.values(), stack.head.token]:
+        for text in [*outputs, logs]:
+            assert value.strip() not in text
+
+
+def test_data_survives_rerun_down_and_a_removed_container(stack: App) -> None:
+    stack.psql("syntho-core", "CREATE TABLE IF NOT EXISTS kept (v text);"
+                              "INSERT INTO kept VALUES ('core-row')")
+    stack.psql("syntho-backend", "CREATE TABLE IF NOT EXISTS kept (v text);"
+                                 "INSERT INTO kept VALUES ('backend-row')")
+
+    def rows() -> tuple[str, str]:
+        return (stack.psql("syntho-core", "SELECT string_agg(v, ',') FROM kept"),
+                stack.psql("syntho-backend", "SELECT string_agg(v, ',') FROM kept"))
+
+    ok(stack.run())
+    assert rows() == ("core-row", "backend-row")
+    secrets = stack.secrets()
+    out = ok(stack.cmd("down"))
+    assert "kept volumes" in out
+    with pytest.raises(docker.errors.NotFound):
+        stack.container("postgres")
+    ok(stack.run())
+    assert rows() == ("core-row", "backend-row")
+    stack.container("postgres").remove(force=True)
+    out = ok(stack.run())
+    assert f"created syntho-postgres-{stack.instance}" in out
+    assert rows() == ("core-row", "backend-row")
+    assert stack.secrets() == secrets
+
+
+def test_a_changed_database_password_is_refused_then_rotated_for_real(stack: App) -> None:
+    old = (stack.data_dir / "secrets" / "postgres-password").read_text()
+    core_id = stack.container("core").id
+    result = stack.run("--db-password", "a-brand-new-password")
+    assert result.returncode == 2 and "--rotate-db-password" in result.stderr
+    assert (stack.data_dir / "secrets" / "postgres-password").read_text() == old
+    assert stack.container("core").id == core_id
+    out = ok(stack.run("--db-password", "a-brand-new-password", "--rotate-db-password"))
+    assert "changed the database password" in out
+    assert (stack.data_dir / "secrets" / "postgres-password").read_text().strip() == \
+        "a-brand-new-password"
+    env = dict(e.split("=", 1) for e in stack.container("backend").attrs["Config"]["Env"])
+    assert env["DB_PASSWORD"] == "a-brand-new-password"
+    assert http(f"http://localhost:{stack.backend_port}/api/docs/")[0] == 200
+    # Later runs without the flag keep the rotated password.
+    assert "nothing to do" in ok(stack.run())
+
+
+def test_a_hand_edited_env_file_is_kept_aside_and_rewritten(stack: App) -> None:
+    env_file = stack.data_dir / "app.env"
+    original = env_file.read_text()
+    env_file.write_text(original.replace("FRONTEND_PROTOCOL=http", "FRONTEND_PROTOCOL=https"))
+    out = ok(stack.run())
+    assert "edited by hand" in out
+    assert env_file.read_text() == original
+    kept = list(stack.data_dir.glob("app.env.edited-*"))
+    assert len(kept) == 1 and "FRONTEND_PROTOCOL=https" in kept[0].read_text()
+    assert stat.S_IMODE(kept[0].stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("case", ["bad port", "port taken", "unreachable head", "missing image",
+                                  "bad url", "bad publish"])
+def test_wrong_input_is_a_clear_error_and_changes_nothing(
+        stack: App, case: str) -> None:
+    if case == "unreachable head":
+        # A host of the test's own where nothing listens on 6379.
+        nobody = stack.sandbox.run(stack.images["busybox"], f"nobody-{case[:3]}",
+                                   network=stack.sandbox.network, command=["sleep", "600"])
+        nobody.reload()
+        nobody_ip = nobody.attrs["NetworkSettings"]["Networks"][stack.sandbox.network][
+            "IPAddress"]
+    data_before = {p: p.read_bytes() for p in stack.data_dir.rglob("*") if p.is_file()
+                   and p.name != "agent.lock"}
+    snapshot = engine_snapshot(stack.sandbox.client)
+    holder = socket.socket()
+    try:
+        if case == "bad port":
+            result, code, message = stack.run("--frontend-port", "70000"), 2, "out of range"
+        elif case == "port taken":
+            holder.bind(("0.0.0.0", 0))
+            holder.listen()
+            taken = holder.getsockname()[1]
+            result = stack.run("--backend-port", str(taken))
+            code, message = 3, f"port {taken} on 0.0.0.0 is already taken"
+        elif case == "unreachable head":
+            result = run_agent("app", *stack.args(), "--head", nobody_ip, "--wait", "1")
+            code, message = 3, "did not answer within 1s"
+        elif case == "missing image":
+            result = stack.run("--core-image", "syntho-test/core:missing")
+            code, message = 3, "image syntho-test/core:missing (for core) is not on this engine"
+        elif case == "bad url":
+            result, code, message = stack.run("--redis-url", "http://x"), 2, "redis://"
+        else:
+            result = stack.run("--publish-postgres", "5432")
+            code, message = 2, "must be ADDRESS:PORT"
+    finally:
+        holder.close()
+    assert result.returncode == code, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert engine_snapshot(stack.sandbox.client) == snapshot
+    assert {p: p.read_bytes() for p in stack.data_dir.rglob("*") if p.is_file()
+            and p.name != "agent.lock"} == data_before
+
+
+def test_publishing_postgres_binds_the_named_address(stack: App) -> None:
+    port = free_port()
+    out = ok(stack.run("--publish-postgres", f"127.0.0.1:{port}"))
+    assert f"recreated syntho-postgres-{stack.instance}" in out
+    bindings = stack.container("postgres").attrs["HostConfig"]["PortBindings"]
+    assert bindings == {"5432/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
+    assert poll(lambda: _tcp(("127.0.0.1", port)), 30, "published postgres")
+    out = ok(stack.run())
+    assert f"recreated syntho-postgres-{stack.instance}" in out
+    assert not stack.container("postgres").attrs["HostConfig"]["PortBindings"]
+
+
+def _tcp(address: tuple[str, int]) -> bool:
+    try:
+        socket.create_connection(address, timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_external_postgres_and_redis_replace_the_bundled_ones(
+        module_sandbox: Sandbox, images: dict[str, str], head_vm: HeadVM) -> None:
+    """Started by the test as plain containers, reached at this VM's address."""
+    sandbox = module_sandbox
+    pg_port, redis_port = free_port(), free_port()
+    init = Path(__file__).resolve().parents[2] / "agent/assets/create-multiple-databases.sh"
+    pg = sandbox.run(images["postgres"], "ext-pg", ports={"5432/tcp": pg_port},
+                     environment={"POSTGRES_USER": "extuser", "POSTGRES_PASSWORD": "ext-secret-pw",
+                                  "POSTGRES_MULTIPLE_DATABASES": "syntho-core,syntho-backend"},
+                     mounts=[docker.types.Mount(
+                         "/docker-entrypoint-initdb.d/create-multiple-databases.sh", str(init),
+                         type="bind", read_only=True)])
+    sandbox.run(images["redis"], "ext-redis", ports={"6379/tcp": redis_port})
+    assert poll(lambda: pg.exec_run(["pg_isready", "-h", "127.0.0.1"]).exit_code == 0, 60, "pg")
+    app = App(sandbox, images, head_vm, "ext")
+    vm = head_vm.node_ip
+    out = ok(app.run("--postgres-url", f"postgresql://extuser:ext-secret-pw@{vm}:{pg_port}",
+                     "--redis-url", f"redis://{vm}:{redis_port}"))
+    assert "the app is up" in out
+    assert "ext-secret-pw" not in out
+    names = {c.name for c in sandbox.client.containers.list(
+        filters={"label": f"io.syntho.agent.instance={app.instance}"})}
+    assert f"syntho-postgres-{app.instance}" not in names
+    assert f"syntho-redis-{app.instance}" not in names
+    assert not sandbox.client.volumes.list(filters={"name": f"syntho-database-data-{app.instance}"})
+    # The backend really used the external database: its admin account is there.
+    code, users = pg.exec_run(["psql", "-U", "extuser", "-d", "syntho-backend", "-Atc",
+                               "SELECT username FROM standin_users"])
+    assert code == 0 and users.decode().strip() == "admin"
