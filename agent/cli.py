@@ -14,12 +14,10 @@ from typing import Any, Callable
 import click
 import docker.errors
 
-from agent import __version__, deploy, ops
+from agent import __version__, buildinfo, deploy, ops
 from agent.config import APP, CLUSTER, COMMON, JOIN, RAY, Settings, config_option, options
 from agent.engine import Engine
 from agent.errors import EXIT_ENVIRONMENT, EXIT_USAGE, AgentError
-
-BUILD_COMMIT = "unknown"  # replaced by build.py in the zipapp
 
 
 def say(line: str) -> None:
@@ -111,7 +109,7 @@ def logs(output: Path, **params: Any) -> None:
 @cli.command()
 def version() -> None:
     """Print the version, the build's commit, and the Python and platform it runs on."""
-    say(f"syntho-agent {__version__} (commit {BUILD_COMMIT}) on Python "
+    say(f"syntho-agent {__version__} (commit {buildinfo.COMMIT}) on Python "
         f"{platform.python_version()}, {platform.system()} {platform.machine()}")
 
 

@@ -42,9 +42,15 @@ PACKAGES = [
     "procps",
     "iproute2",
     "ca-certificates",
+    # For the simulated VMs (Docker-in-Docker): an engine of their own.
+    "docker.io",
+    "containerd",
+    "runc",
+    "iptables",
+    "openssh-server",
 ]
 # Images built on the base, each from the folder of the same name (a Dockerfile with ARG BASE).
-DERIVED = ["ray", "postgres", "redis", "core", "backend", "frontend"]
+DERIVED = ["ray", "postgres", "redis", "core", "backend", "frontend", "vm"]
 # The stand-in program, copied into the build context of the images that run it.
 SHARED_FILES = [HERE / "standin" / "standin.py"]
 USES_STANDIN = {"core", "backend", "frontend"}

@@ -1,0 +1,15 @@
+#!/bin/bash
+# The VM's "boot": start its Docker engine (as a VM's init would), then idle.
+# Restarting the container is a reboot: the engine starts again, containers with a restart
+# policy come back, and whatever runs the agent at boot runs it again.
+set -euo pipefail
+rm -f /var/run/docker.pid /run/docker/containerd/containerd.pid
+dockerd --host unix:///var/run/docker.sock >/var/log/dockerd.log 2>&1 &
+for _ in $(seq 60); do
+    docker info >/dev/null 2>&1 && break
+    sleep 0.5
+done
+if [ -x /etc/boot.sh ]; then
+    /etc/boot.sh >/var/log/boot.log 2>&1 &
+fi
+exec sleep infinity
