@@ -14,10 +14,22 @@ from typing import Any, Callable
 import click
 import docker.errors
 
-from agent import __version__, buildinfo, deploy, ops
-from agent.config import APP, CLUSTER, COMMON, JOIN, RAY, Settings, config_option, options
+from agent import __version__, buildinfo, deploy, ops, watch
+from agent.config import (
+    APP,
+    CLUSTER,
+    COMMON,
+    IMAGE_SOURCES,
+    JOIN,
+    RAY,
+    WATCH,
+    Settings,
+    config_option,
+    options,
+)
 from agent.engine import Engine
 from agent.errors import EXIT_ENVIRONMENT, EXIT_USAGE, AgentError
+from agent.spec import Spec
 
 
 def say(line: str) -> None:
@@ -28,11 +40,13 @@ def _settings(params: dict[str, Any]) -> Settings:
     return Settings.from_params(params)
 
 
-def _run(action: Callable[[Engine, Settings, Callable[[str], None]], None],
+def _run(action: Callable[[Engine, Settings, Callable[[str], None]], Spec],
          params: dict[str, Any]) -> None:
     settings = _settings(params)
     engine = Engine.connect()
-    action(engine, settings, say)
+    spec = action(engine, settings, say)
+    if settings.watch:
+        watch.follow(engine, spec, settings, say)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -46,7 +60,7 @@ def cli() -> None:
 
 @cli.command()
 @config_option
-@options(COMMON + RAY + CLUSTER)
+@options(COMMON + RAY + CLUSTER + IMAGE_SOURCES + WATCH)
 def head(**params: Any) -> None:
     """Run the Ray head on this VM."""
     _run(deploy.run_head, params)
@@ -54,7 +68,7 @@ def head(**params: Any) -> None:
 
 @cli.command()
 @config_option
-@options(COMMON + JOIN + RAY + CLUSTER)
+@options(COMMON + JOIN + RAY + CLUSTER + IMAGE_SOURCES + WATCH)
 def worker(**params: Any) -> None:
     """Run a Ray worker that joins the head at --head."""
     if not params.get("head"):
@@ -64,7 +78,7 @@ def worker(**params: Any) -> None:
 
 @cli.command()
 @config_option
-@options(COMMON + JOIN + CLUSTER + APP)
+@options(COMMON + JOIN + CLUSTER + APP + IMAGE_SOURCES + WATCH)
 def app(**params: Any) -> None:
     """Run the Syntho application stack, wired to the Ray head at --head."""
     if not params.get("head"):

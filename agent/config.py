@@ -10,7 +10,7 @@ goes through the same parser before anything touches the engine.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -67,6 +67,25 @@ def _wait(v: Any) -> float:
     if number < 0:
         raise ValueError(f"{v!r} must be 0 (forever) or a positive number of seconds")
     return number
+
+
+def _registry(v: Any) -> str:
+    host, sep, port = str(v).rpartition(":")
+    if not sep:
+        host, port = str(v), ""
+    validate.host(host)
+    if port:
+        validate.port(port)
+    if "/" in str(v):
+        raise ValueError(f"{v!r} must be a registry host[:port], without a path")
+    return str(v)
+
+
+def _existing_path(v: Any) -> Path:
+    path = Path(str(v))
+    if not path.exists():
+        raise ValueError(f"{path} does not exist")
+    return path
 
 
 def _existing_file(v: Any) -> Path:
@@ -172,6 +191,21 @@ CLUSTER = [
     Opt("ready-timeout", "seconds to wait for the containers to become ready (0 = forever)",
         _wait, 180.0),
 ]
+IMAGE_SOURCES = [
+    Opt("registry", "the registry to pull missing images from (HOST[:PORT]); Syntho images "
+        "without a registry in their reference are looked up there", _registry),
+    Opt("registry-user", "the registry user"),
+    Opt("registry-password-file", "a file holding the registry password (or set "
+        "SYNTHO_AGENT_REGISTRY_PASSWORD, or --registry-password-stdin)", _existing_file),
+    Opt("registry-password-stdin", "read the registry password from standard input", None,
+        False, flag=True),
+    Opt("images", "an offline bundle to load missing images from: a `docker save` archive "
+        "(.tar/.tar.gz) or a folder of them", _existing_path),
+]
+WATCH = [
+    Opt("watch", "after converging, keep running: follow the engine's events and heal "
+        "within seconds", None, False, flag=True),
+]
 JOIN = [
     Opt("head", "the Ray head's IP address or hostname", _optional_host),
     Opt("wait", "seconds to wait for the head to answer on 6379 (0 = forever)", _wait, 600.0),
@@ -216,7 +250,7 @@ APP = [
     Opt("max-workers", "the core's MAX_WORKERS", validate.positive_int, 4),
 ]
 
-ALL_OPTIONS = {o.key: o for o in COMMON + RAY + CLUSTER + JOIN + APP}
+ALL_OPTIONS = {o.key: o for o in COMMON + RAY + CLUSTER + JOIN + APP + IMAGE_SOURCES + WATCH}
 
 
 @dataclass(frozen=True)
@@ -266,13 +300,27 @@ class Settings:
     publish_postgres: tuple[str, int] | None = None
     publish_redis: tuple[str, int] | None = None
     max_workers: int = 4
+    registry: str | None = None
+    registry_user: str | None = None
+    registry_password_file: Path | None = None
+    registry_password_stdin: bool = False
+    images: Path | None = None
+    watch: bool = False
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Settings:
         known = {f.name for f in fields(cls)}
         values: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v)
                                   for k, v in params.items() if k in known and v is not None}
-        return cls(**values)
+        settings = cls(**values)
+        if settings.registry:
+            # The Syntho images live in the registry; postgres and redis keep their references.
+            names = ("ray_image", "core_image", "backend_image", "frontend_image")
+            qualified: dict[str, Any] = {
+                name: validate.qualify(getattr(settings, name), settings.registry)
+                for name in names}
+            settings = replace(settings, **qualified)
+        return settings
 
     def suffix(self, base: str) -> str:
         """A container or volume name, suffixed with the instance name when there is one."""

@@ -10,13 +10,13 @@ import time
 from importlib import resources
 from typing import Callable
 
-from agent import cluster, store
+from agent import cluster, images, store
 from agent.config import Settings
 from agent.engine import Engine
 from agent.errors import ConvergeError, EnvironmentProblem, UsageError
 from agent.lock import data_dir_lock
 from agent.ops import redact
-from agent.reconcile import image_ids, preflight, reconcile, require_images, wait_ready
+from agent.reconcile import preflight, reconcile, wait_ready
 from agent.roles import app, ray
 from agent.spec import Spec
 from agent.waits import http_ok, poll, tcp_open
@@ -38,10 +38,10 @@ def head_address(engine: Engine, settings: Settings) -> str:
     return settings.node_ip or "127.0.0.1"
 
 
-def run_head(engine: Engine, settings: Settings, say: Say) -> None:
+def run_head(engine: Engine, settings: Settings, say: Say) -> Spec:
     store.ensure_dir(settings.data_dir)
     with data_dir_lock(settings.data_dir, settings.lock_wait, say):
-        require_images(engine, {settings.ray_image: settings.suffix("ray-head")})
+        images.ensure(engine, settings, {settings.ray_image: settings.suffix("ray-head")}, say)
         token, created = cluster.head_token(settings)
         if not settings.auth:
             say("WARNING: Ray token auth is OFF (--no-auth): anyone who reaches ports 6379, 8265 "
@@ -74,6 +74,7 @@ def run_head(engine: Engine, settings: Settings, say: Say) -> None:
             path = cluster.token_path(settings.data_dir)
             say(f"  copy {path} to the worker as ./ray-token, then")
         say(join)
+        return spec
 
 
 def wait_for_head(settings: Settings, say: Say) -> None:
@@ -91,13 +92,14 @@ def wait_for_head(settings: Settings, say: Say) -> None:
     say(f"the Ray head at {settings.head}:{ray.GCS_PORT} answers")
 
 
-def run_worker(engine: Engine, settings: Settings, say: Say) -> None:
+def run_worker(engine: Engine, settings: Settings, say: Say) -> Spec:
     assert settings.head
     store.ensure_dir(settings.data_dir)
     with data_dir_lock(settings.data_dir, settings.lock_wait, say):
         token = cluster.joining_token(settings)
         spec = ray.worker_spec(settings, token)
-        image_ids(engine, spec)  # a missing image fails now, not after the wait for the head
+        # A missing image fails now, not after the wait for the head.
+        images.ensure(engine, settings, {settings.ray_image: spec.containers[0].name}, say)
         wait_for_head(settings, say)
         report(reconcile(engine, spec, say, settings.ready_timeout), spec, say)
         name = settings.suffix("ray-worker")
@@ -116,6 +118,7 @@ def run_worker(engine: Engine, settings: Settings, say: Say) -> None:
                 f"{settings.ready_timeout:.0f}s (a wrong token is the usual cause); "
                 f"last log: {last_log_line(engine, name, spec.secrets)}")
         say(f"{name} joined the Ray cluster at {settings.head} as {my_ip}")
+        return spec
 
 
 def last_log_line(engine: Engine, name: str, secrets: tuple[str, ...]) -> str:
@@ -279,11 +282,11 @@ def app_ray_host(settings: Settings, token: str | None, say: Say) -> str:
     return found[0]
 
 
-def run_app(engine: Engine, settings: Settings, say: Say) -> None:
+def run_app(engine: Engine, settings: Settings, say: Say) -> Spec:
     assert settings.head
     store.ensure_dir(settings.data_dir)
     with data_dir_lock(settings.data_dir, settings.lock_wait, say):
-        require_images(engine, app_images(settings))
+        images.ensure(engine, settings, app_images(settings), say)
         rotate_to = db_password_change(settings, engine)
         token = cluster.joining_token(settings)
         # While a rotation is pending, the stored password is the one the database still has.
@@ -323,3 +326,4 @@ def run_app(engine: Engine, settings: Settings, say: Say) -> None:
             f"(this VM, port {settings.frontend_port})")
         say(f"admin account: {settings.admin_username}, password in "
             f"{settings.data_dir / 'secrets' / ADMIN_PASSWORD}")
+        return spec

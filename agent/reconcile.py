@@ -69,7 +69,7 @@ def plan(spec: s.Spec, observed: list[Observed], ids: dict[str, str],
             actions.append(Action("create", c.name, c, h))
         elif o.config_hash != h:
             actions.append(Action("recreate", c.name, c, h, "configuration changed"))
-        elif o.status != "running":
+        elif o.status not in ("running", "restarting"):  # restarting: the engine is on it
             actions.append(Action("start", c.name, c, h, f"was {o.status}"))
         else:
             actions.append(Action("unchanged", c.name, c, h))

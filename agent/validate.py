@@ -62,12 +62,22 @@ def size(value: str | int) -> int:
     return number
 
 
+def has_registry(ref: str) -> bool:
+    """Whether an image reference names a registry (docker's rule: the first component is
+    a registry when it looks like a host)."""
+    first, _, rest = ref.partition("/")
+    return bool(rest) and ("." in first or ":" in first or first == "localhost")
+
+
+def qualify(ref: str, registry: str | None) -> str:
+    """The reference under registry, unless it names a registry of its own."""
+    return ref if not registry or has_registry(ref) else f"{registry}/{ref}"
+
+
 def image(value: str) -> str:
     value = value.strip()
     first, _, rest = value.partition("/")
-    # As docker parses it: the first component is a registry only if it looks like a host.
-    is_registry = bool(rest) and ("." in first or ":" in first or first == "localhost")
-    uppercase_path = bool(rest) and not is_registry and first != first.lower()
+    uppercase_path = bool(rest) and not has_registry(value) and first != first.lower()
     if not value or not _IMAGE.match(value) or uppercase_path:
         raise ValueError(
             f"{value!r} is not an image reference (example: registry.example/syntho-ray:1.2)")

@@ -1,0 +1,145 @@
+"""Getting the images onto the engine, the two ways the guide names: an offline bundle of
+`docker save` archives (--images PATH), or a registry (--registry, --registry-user, and a
+password from a file, SYNTHO_AGENT_REGISTRY_PASSWORD or stdin, never a command-line value).
+
+The password is given to the engine for the pull only; it is not written to any file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import docker.errors
+
+from agent import store
+from agent.config import Settings
+from agent.engine import Engine
+from agent.errors import EnvironmentProblem, UsageError
+
+Say = Callable[[str], None]
+PASSWORD_ENV = "SYNTHO_AGENT_REGISTRY_PASSWORD"
+
+
+def ensure(engine: Engine, settings: Settings, wanted: dict[str, str], say: Say) -> dict[str, str]:
+    """Every wanted image (reference -> who needs it) on the engine; returns their IDs.
+
+    Missing ones come from the bundle first, then the registry. Whatever is still missing is
+    one error that names the image and the ways to provide it.
+    """
+    missing = [ref for ref in wanted if engine.image_id(ref) is None]
+    if missing and settings.images is not None:
+        load_bundle(engine, settings.images, say)
+        missing = [ref for ref in missing if engine.image_id(ref) is None]
+    if missing and settings.registry:
+        auth = registry_auth(engine, settings)
+        for ref in missing:
+            pull(engine, ref, auth if ref.startswith(settings.registry + "/") else None, say)
+        missing = [ref for ref in missing if engine.image_id(ref) is None]
+    if missing:
+        ref = missing[0]
+        raise EnvironmentProblem(
+            f"image {ref} (for {wanted[ref]}) is not on this engine: pass --images PATH (a "
+            "`docker save` archive, .tar or .tar.gz), or --registry with --registry-user to "
+            "pull it")
+    return {ref: engine.image_id(ref) or "" for ref in wanted}
+
+
+def bundle_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.name.endswith((".tar", ".tar.gz", ".tgz")))
+    else:
+        files = [path]
+    if not files or not all(f.is_file() for f in files):
+        raise UsageError(f"--images {path}: no .tar or .tar.gz archive there "
+                         "(make one with `docker save IMAGE... | gzip > images.tar.gz`)")
+    return files
+
+
+def load_bundle(engine: Engine, path: Path, say: Say) -> None:
+    for archive in bundle_files(path):
+        started = time.monotonic()
+        say(f"loading images from {archive}")
+        try:
+            with archive.open("rb") as stream:  # the engine unpacks gzip itself
+                loaded = engine.client.images.load(stream)
+        except (OSError, EOFError, docker.errors.APIError) as exc:
+            raise EnvironmentProblem(f"cannot load images from {archive}: {exc}; check that it "
+                                     "is a `docker save` archive") from None
+        tags = [t for image in loaded for t in image.tags]
+        say(f"loaded {', '.join(tags) or 'no tagged image'} in "
+            f"{time.monotonic() - started:.0f}s")
+
+
+def registry_password(settings: Settings) -> str:
+    if settings.registry_password_file is not None:
+        value = store.read_secret(settings.registry_password_file)
+        if value is None:
+            raise UsageError(f"{settings.registry_password_file} does not exist")
+        return value
+    if os.environ.get(PASSWORD_ENV):
+        return os.environ[PASSWORD_ENV].strip()
+    if settings.registry_password_stdin:
+        value = sys.stdin.readline().strip()
+        if value:
+            return value
+    raise UsageError(
+        f"--registry {settings.registry} needs a password: --registry-password-file FILE, "
+        f"{PASSWORD_ENV}, or --registry-password-stdin")
+
+
+def registry_auth(engine: Engine, settings: Settings) -> dict[str, str]:
+    """Log in once (checks the password now, with a clear error) and return the pull auth."""
+    if not settings.registry_user:
+        raise UsageError(f"--registry {settings.registry} needs --registry-user")
+    auth = {"username": settings.registry_user, "password": registry_password(settings)}
+    try:
+        # The SDK keeps this in memory for the pulls; it writes no credentials file.
+        engine.client.login(username=auth["username"], password=auth["password"],
+                            registry=settings.registry, reauth=True)
+    except docker.errors.APIError as exc:
+        text = str(exc.explanation or exc)
+        if "unauthorized" in text.lower() or "401" in text:
+            raise UsageError(f"the registry {settings.registry} refused the login of "
+                             f"{settings.registry_user}: check the password") from None
+        raise EnvironmentProblem(f"cannot log in to the registry {settings.registry}: "
+                                 f"{text}") from None
+    return auth
+
+
+def pull(engine: Engine, ref: str, auth: dict[str, str] | None, say: Say) -> None:
+    """Pull with progress: a live line on a terminal, a line per image in logs."""
+    repo, tag = split_tag(ref)
+    started = time.monotonic()
+    say(f"pulling {ref}")
+    tty = sys.stdout.isatty()
+    layers: dict[str, str] = {}
+    try:
+        for event in engine.client.api.pull(repo, tag, stream=True, decode=True,
+                                            auth_config=auth):
+            if "error" in event:
+                raise EnvironmentProblem(f"cannot pull {ref}: {event['error']}")
+            if tty and event.get("id"):
+                layers[event["id"]] = event.get("status", "")
+                done = sum(1 for s in layers.values() if s in ("Pull complete", "Already exists"))
+                sys.stdout.write(f"\r  {done}/{len(layers)} layers")
+                sys.stdout.flush()
+    except docker.errors.APIError as exc:
+        raise EnvironmentProblem(f"cannot pull {ref}: {exc.explanation or exc}") from None
+    if tty:
+        sys.stdout.write("\n")
+    say(f"pulled {ref} in {time.monotonic() - started:.0f}s")
+
+
+def split_tag(ref: str) -> tuple[str, str | None]:
+    if "@" in ref:
+        return ref, None
+    name, sep, tag = ref.rpartition(":")
+    if sep and "/" not in tag:
+        return name, tag
+    return ref, "latest"
+
