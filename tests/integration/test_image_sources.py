@@ -1,0 +1,202 @@
+"""Images from a registry (a real registry v2 server with htpasswd auth) or an offline bundle,
+and the watch mode healing from engine events. All on the real engine."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+
+from agent.waits import poll, tcp_open
+from tests.conftest import NOFILE, REPO, Sandbox, run_agent
+from tests.integration.agent_helpers import ok
+
+pytestmark = pytest.mark.integration
+
+USER, PASSWORD = "syntho", "registry-pass-7f3a"
+
+
+@dataclass
+class Registry:
+    address: str
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    """Debian's docker-registry on loopback, htpasswd auth (the engine trusts 127.0.0.0/8)."""
+    binary, htpasswd = shutil.which("docker-registry"), shutil.which("htpasswd")
+    if not binary or not htpasswd:
+        pytest.fail("docker-registry and htpasswd are needed: apt-get install docker-registry "
+                    "apache2-utils (.ci/run does)", pytrace=False)
+    port = _free_port()
+    users = subprocess.run([htpasswd, "-Bbn", USER, PASSWORD], check=True, capture_output=True,
+                           text=True).stdout
+    (tmp_path / "htpasswd").write_text(users)
+    (tmp_path / "config.yml").write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: test\n"
+        f"    path: {tmp_path / 'htpasswd'}\n")
+    proc = subprocess.Popen([binary, "serve", str(tmp_path / "config.yml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert poll(lambda: tcp_open("127.0.0.1", port), 20, "registry"), "registry did not start"
+        yield Registry(f"127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def push(client: docker.DockerClient, source: str, target: str) -> None:
+    repo, tag = target.rsplit(":", 1)
+    client.images.get(source).tag(repo, tag)
+    auth = {"username": USER, "password": PASSWORD}
+    for line in client.images.push(repo, tag, auth_config=auth, stream=True, decode=True):
+        assert "error" not in line, line
+    client.images.remove(target)
+
+
+def worker_args(sandbox: Sandbox, nobody_ip: str, image: str) -> list[str]:
+    """A worker whose head never answers: enough to see the image step happen first."""
+    return ["worker", "--data-dir", str(sandbox.tmp / "w"), "--instance", sandbox.instance("w"),
+            "--head", nobody_ip, "--wait", "1", "--no-auth", "--ray-image", image,
+            "--nofile", NOFILE]
+
+
+@pytest.fixture
+def nobody(sandbox: Sandbox, images: dict[str, str]) -> str:
+    """A host of the test's own where nothing listens on 6379."""
+    sandbox.create_network()
+    box = sandbox.run(images["busybox"], "nobody", network=sandbox.network,
+                      command=["sleep", "600"])
+    box.reload()
+    return str(box.attrs["NetworkSettings"]["Networks"][sandbox.network]["IPAddress"])
+
+
+@pytest.mark.parametrize("how", ["env", "file", "stdin"])
+def test_missing_image_is_pulled_from_the_registry_with_a_password_never_on_argv(
+        sandbox: Sandbox, images: dict[str, str], registry: Registry, nobody: str,
+        tmp_path: Path, how: str) -> None:
+    ref = f"syntho/ray-{sandbox.id}:1"
+    push(sandbox.client, images["busybox"], f"{registry.address}/{ref}")
+    env = {"HOME": str(tmp_path / "home")}
+    args = [*worker_args(sandbox, nobody, ref), "--registry", registry.address,
+            "--registry-user", USER]
+    stdin = None
+    if how == "env":
+        env["SYNTHO_AGENT_REGISTRY_PASSWORD"] = PASSWORD
+    elif how == "file":
+        (tmp_path / "pw").write_text(PASSWORD + "\n")
+        args += ["--registry-password-file", str(tmp_path / "pw")]
+    else:
+        args += ["--registry-password-stdin"]
+        stdin = PASSWORD + "\n"
+    try:
+        result = run_agent(*args, env=env, stdin=stdin)
+        # The image step passed (pulled, under the registry), then the head did not answer.
+        assert result.returncode == 3 and "did not answer" in result.stderr, result.stderr
+        assert f"pulled {registry.address}/{ref}" in result.stdout
+        assert sandbox.client.images.get(f"{registry.address}/{ref}")
+        assert PASSWORD not in result.stdout + result.stderr
+        assert PASSWORD not in " ".join(args)
+        assert not (tmp_path / "home" / ".docker").exists()  # no credentials file written
+    finally:
+        for tag in [f"{registry.address}/{ref}"]:
+            try:
+                sandbox.client.images.remove(tag)
+            except docker.errors.ImageNotFound:
+                pass
+
+
+def test_a_wrong_registry_password_is_a_clear_error(
+        sandbox: Sandbox, images: dict[str, str], registry: Registry, nobody: str) -> None:
+    result = run_agent(*worker_args(sandbox, nobody, f"syntho/missing-{sandbox.id}:1"),
+                       "--registry", registry.address, "--registry-user", USER,
+                       env={"SYNTHO_AGENT_REGISTRY_PASSWORD": "wrong-password"})
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "refused the login" in result.stderr
+
+
+def test_missing_image_is_loaded_from_an_offline_bundle(
+        sandbox: Sandbox, images: dict[str, str], nobody: str, tmp_path: Path) -> None:
+    ref = f"syntho/bundled-{sandbox.id}:1"
+    repo, tag = ref.split(":")
+    sandbox.client.images.get(images["busybox"]).tag(repo, tag)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    with gzip.open(bundle / "images.tar.gz", "wb") as out:
+        for chunk in sandbox.client.images.get(ref).save(named=ref):
+            out.write(chunk)
+    sandbox.client.images.remove(ref)
+    try:
+        result = run_agent(*worker_args(sandbox, nobody, ref), "--images", str(bundle))
+        assert result.returncode == 3 and "did not answer" in result.stderr
+        assert "loaded " in result.stdout and ref in result.stdout
+        assert sandbox.client.images.get(ref)
+    finally:
+        sandbox.client.images.remove(ref)
+
+
+def test_a_missing_image_with_no_source_names_it_and_the_ways(
+        sandbox: Sandbox, nobody: str) -> None:
+    result = run_agent(*worker_args(sandbox, nobody, "syntho/nowhere:1"))
+    assert result.returncode == 3
+    assert "image syntho/nowhere:1" in result.stderr and "--images PATH" in result.stderr
+    assert "--registry" in result.stderr
+
+
+def test_watch_heals_a_removed_a_stopped_and_a_killed_container(
+        sandbox: Sandbox, images: dict[str, str]) -> None:
+    sandbox.create_network()
+    instance = sandbox.instance("head")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "head", "--data-dir", str(sandbox.tmp / "h"),
+         "--instance", instance, "--network", sandbox.network, "--ray-image", images["ray"],
+         "--shm-size", "512mb", "--nofile", NOFILE, "--watch"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    name = f"ray-head-{instance}"
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("watching"):
+                break
+        else:
+            pytest.fail("the agent never started watching")
+
+        def container_running() -> bool:
+            try:
+                return sandbox.client.containers.get(name).status == "running"
+            except docker.errors.NotFound:
+                return False
+
+        first = sandbox.client.containers.get(name).id
+        sandbox.client.containers.get(name).remove(force=True)
+        assert poll(container_running, 30, "recreated after removal")
+        second = sandbox.client.containers.get(name).id
+        assert second != first
+        sandbox.client.containers.get(name).stop(timeout=1)
+        assert poll(container_running, 30, "started after stop")
+        sandbox.client.containers.get(name).kill("SIGKILL")
+        assert poll(container_running, 30, "running after SIGKILL")
+        assert sandbox.client.containers.get(name).id == second
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert "healed: created" in out and "healed: started" in out
