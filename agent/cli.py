@@ -14,7 +14,7 @@ from typing import Any, Callable
 import click
 import docker.errors
 
-from agent import __version__, buildinfo, deploy, ops, watch
+from agent import __version__, buildinfo, deploy, ops, systemd, watch
 from agent.config import (
     APP,
     CLUSTER,
@@ -84,6 +84,63 @@ def app(**params: Any) -> None:
     if not params.get("head"):
         raise click.UsageError("app needs --head (the Ray head's IP address or hostname)")
     _run(deploy.run_app, params)
+
+
+ROLE_OPTIONS = {
+    "head": COMMON + RAY + CLUSTER + IMAGE_SOURCES,
+    "worker": COMMON + JOIN + RAY + CLUSTER + IMAGE_SOURCES,
+    "app": COMMON + JOIN + CLUSTER + APP + IMAGE_SOURCES,
+}
+
+
+@cli.group()
+def install() -> None:
+    """Run a role at every boot (systemd unit + config file), healing with --watch."""
+
+
+def _yaml_value(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):
+        return f"{value[0]}:{value[1]}"  # ADDRESS:PORT
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _install_command(role: str) -> click.Command:
+    @click.command(role, help=f"Install the {role} role as a boot-time service.")
+    @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("/"),
+                  help="write under this root instead of / (for images and tests)")
+    @click.option("--enable/--no-enable", default=True, show_default=True,
+                  help="systemctl enable --now the unit")
+    @config_option
+    @options(ROLE_OPTIONS[role])
+    @click.pass_context
+    def command(ctx: click.Context, /, root: Path, enable: bool, **params: Any) -> None:
+        given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT,
+                 click.core.ParameterSource.DEFAULT_MAP)
+        values = {k: _yaml_value(v) for k, v in params.items()
+                  if v is not None and ctx.get_parameter_source(k) in given}
+        if role != "head" and not values.get("head"):
+            raise click.UsageError(f"install {role} needs --head")
+        systemd.install(role, values, root, enable, say)
+
+    return command
+
+
+for _role in systemd.ROLES:
+    install.add_command(_install_command(_role))
+
+
+@cli.command()
+@click.argument("roles", nargs=-1, type=click.Choice(systemd.ROLES))
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("/"),
+              help="the root install wrote under")
+@click.option("--enable/--no-enable", default=True, help="systemctl disable --now the unit")
+def uninstall(roles: tuple[str, ...], root: Path, enable: bool) -> None:
+    """Remove the boot-time service of ROLES (all installed ones by default)."""
+    systemd.uninstall(list(roles or systemd.ROLES), root, enable, say)
 
 
 @cli.command()

@@ -18,7 +18,6 @@ import pytest
 
 from agent.waits import poll, tcp_open
 from tests.conftest import NOFILE, REPO, Sandbox, run_agent
-from tests.integration.agent_helpers import ok
 
 pytestmark = pytest.mark.integration
 

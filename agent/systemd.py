@@ -1,0 +1,116 @@
+"""Self-heal at boot: a systemd unit that runs the same role with --watch at every boot.
+
+`syntho-agent install ROLE [options]` writes the options given into the role's config file
+(/etc/syntho-agent/ROLE.yaml, 0600: it may hold the license key) and a unit that runs
+`syntho-agent ROLE --config that-file --watch`, restarted on failure. `uninstall` removes both
+and leaves the data dir, the containers and the volumes alone.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from agent import store
+from agent.errors import EnvironmentProblem
+
+Say = Callable[[str], None]
+ROLES = ("head", "worker", "app")
+
+
+def unit_name(role: str) -> str:
+    return f"syntho-agent-{role}.service"
+
+
+def exec_start(role: str, config: Path, executable: list[str]) -> str:
+    return shlex.join([*executable, role, "--config", str(config), "--watch"])
+
+
+def unit_text(role: str, config: Path, executable: list[str], shiv_root: Path) -> str:
+    """The unit: after the engine, restarted on failure, with an explicit zipapp root
+    (systemd gives no HOME to extract into)."""
+    source = ""
+    if executable[1:2] == ["-m"]:  # run from a checkout: Python must find the package
+        source = f"Environment=PYTHONPATH={Path(__file__).resolve().parent.parent}\n"
+    return f"""[Unit]
+Description=syntho-agent {role}: converge and heal the Syntho {role} on this VM
+Wants=network-online.target
+After=network-online.target docker.service
+Requires=docker.service
+
+[Service]
+Type=simple
+Environment=SHIV_ROOT={shiv_root}
+{source}ExecStart={exec_start(role, config, executable)}
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def this_executable(root: Path) -> list[str]:
+    """How the unit runs the agent: the zipapp, copied to /usr/local/bin, or this Python."""
+    argv0 = Path(sys.argv[0]).resolve()
+    if argv0.is_file() and zipfile.is_zipfile(argv0):
+        target = root / "usr/local/bin/syntho-agent"
+        if argv0 != target:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(argv0, target)
+            target.chmod(0o755)
+        return ["/" + str(target.relative_to(root))]
+    return [sys.executable, "-m", "agent"]
+
+
+def install(role: str, values: dict[str, Any], root: Path, enable: bool, say: Say) -> None:
+    config = Path("/etc/syntho-agent") / f"{role}.yaml"
+    unit = Path("/etc/systemd/system") / unit_name(role)
+    (root / config.relative_to("/")).parent.mkdir(parents=True, exist_ok=True)
+    (root / unit.relative_to("/")).parent.mkdir(parents=True, exist_ok=True)
+    text = "# Written by `syntho-agent install`: edit, then `systemctl restart " \
+           f"{unit_name(role)}`.\n" + yaml.safe_dump(values, sort_keys=True)
+    store.write_atomic(root / config.relative_to("/"), text, mode=0o600)
+    data_dir = Path(values.get("data_dir", "/var/lib/syntho-agent"))
+    store.write_atomic(root / unit.relative_to("/"),
+                       unit_text(role, config, this_executable(root), data_dir / ".shiv"),
+                       mode=0o644)
+    say(f"wrote {config} and {unit}")
+    if enable:
+        systemctl("daemon-reload")
+        systemctl("enable", "--now", unit_name(role))
+        say(f"enabled and started {unit_name(role)}: it runs at every boot")
+    else:
+        say(f"enable it with: systemctl daemon-reload && systemctl enable --now {unit_name(role)}")
+
+
+def uninstall(roles: list[str], root: Path, enable: bool, say: Say) -> None:
+    for role in roles:
+        unit = root / "etc/systemd/system" / unit_name(role)
+        config = root / "etc/syntho-agent" / f"{role}.yaml"
+        if not unit.exists() and not config.exists():
+            continue
+        if enable:
+            systemctl("disable", "--now", unit_name(role))
+        for path in (unit, config):
+            path.unlink(missing_ok=True)
+        say(f"removed {unit_name(role)} and its config (containers, volumes and data dir kept)")
+    if enable:
+        systemctl("daemon-reload")
+
+
+def systemctl(*args: str) -> None:
+    if not shutil.which("systemctl"):
+        raise EnvironmentProblem("systemctl is not on this machine: pass --no-enable and start "
+                                 "the unit with this VM's init system")
+    result = subprocess.run(["systemctl", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise EnvironmentProblem(f"systemctl {' '.join(args)} failed: "
+                                 f"{result.stderr.strip()[:200]}")
