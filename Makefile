@@ -25,6 +25,7 @@ images: venv engine ## build the test images that are missing (cached by recipe 
 lint: venv ## ruff and mypy
 	$(PY) -m ruff check agent tests
 	$(PY) -m mypy
+	shellcheck .ci/run .ci/engine.sh examples/*.sh agent/assets/*.sh tests/images/*/*.sh
 
 unit: venv ## the unit tests only (no engine needed)
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
