@@ -1,4 +1,5 @@
 #!/bin/bash
+# shellcheck disable=SC1090  # init scripts are sourced by name, as upstream does
 # A small re-implementation of the official postgres image's entrypoint (the parts the stack uses).
 set -euo pipefail
 
@@ -27,7 +28,6 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     fi
     for f in /docker-entrypoint-initdb.d/*; do
         case "$f" in
-            # shellcheck source=/dev/null
             *.sh)  echo "running $f"; if [ -x "$f" ]; then "$f"; else . "$f"; fi ;;
             *.sql) echo "running $f"; psql -v ON_ERROR_STOP=1 --dbname "$POSTGRES_DB" -f "$f" ;;
             *)     echo "ignoring $f" ;;
