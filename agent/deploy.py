@@ -52,12 +52,17 @@ def run_head(engine: Engine, settings: Settings, say: Say) -> Spec:
         report(reconcile(engine, spec, say, settings.ready_timeout), spec, say)
         address = head_address(engine, settings)
 
+        advertised: list[str] = []
+
         def head_ready() -> bool:
             # The GCS answers, and the dashboard lists the head node alive (what workers and
-            # the app ask for next).
-            return (tcp_open(address, ray.GCS_PORT)
-                    and http_ok(f"http://{address}:{ray.DASHBOARD_PORT}/api/gcs_healthz")
-                    and any(n.get("is_head_node") for n in cluster.alive_nodes(address, token)))
+            # the app ask for next), with the address Ray advertises for it.
+            if not (tcp_open(address, ray.GCS_PORT) and
+                    http_ok(f"http://{address}:{ray.DASHBOARD_PORT}/api/gcs_healthz")):
+                return False
+            advertised[:] = [str(n.get("node_ip")) for n in cluster.alive_nodes(address, token)
+                             if n.get("is_head_node")]
+            return bool(advertised)
 
         ready = poll(head_ready, settings.ready_timeout,
                      f"the Ray head at {address}:{ray.GCS_PORT}", say)
@@ -68,7 +73,7 @@ def run_head(engine: Engine, settings: Settings, say: Say) -> Spec:
         say(f"ray head ready at {address}:{ray.GCS_PORT} "
             f"(dashboard http://{address}:{ray.DASHBOARD_PORT})")
         say("join a worker (on its VM):")
-        join = f"  syntho-agent worker --head {settings.node_ip or '<this VM IP>'}"
+        join = f"  syntho-agent worker --head {advertised[0]}"
         if token:
             join += " --token-file ray-token"
             path = cluster.token_path(settings.data_dir)

@@ -53,3 +53,14 @@ def test_image_accepts(value: str) -> None:
 def test_image_rejects(value: str) -> None:
     with pytest.raises(ValueError):
         validate.image(value)
+
+
+@pytest.mark.parametrize("ref,registry,expected", [
+    ("syntho-ray:latest", "reg.example:5000", "reg.example:5000/syntho-ray:latest"),
+    ("syntho/syntho-ray:1", "reg.example", "reg.example/syntho/syntho-ray:1"),
+    ("other.example/syntho-ray:1", "reg.example", "other.example/syntho-ray:1"),
+    ("localhost/x:1", "reg.example", "localhost/x:1"),
+    ("syntho-ray:latest", None, "syntho-ray:latest"),
+])
+def test_qualify(ref: str, registry: str | None, expected: str) -> None:
+    assert validate.qualify(ref, registry) == expected

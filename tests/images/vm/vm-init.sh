@@ -4,7 +4,9 @@
 # policy come back, and whatever runs the agent at boot runs it again.
 set -euo pipefail
 rm -f /var/run/docker.pid /run/docker/containerd/containerd.pid
-dockerd --host unix:///var/run/docker.sock >/var/log/dockerd.log 2>&1 &
+# DOCKERD_ARGS: e.g. --insecure-registry for the test registry on the host.
+# shellcheck disable=SC2086  # word splitting of DOCKERD_ARGS is wanted
+dockerd --host unix:///var/run/docker.sock ${DOCKERD_ARGS:-} >/var/log/dockerd.log 2>&1 &
 for _ in $(seq 60); do
     docker info >/dev/null 2>&1 && break
     sleep 0.5

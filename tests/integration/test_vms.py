@@ -1,0 +1,250 @@
+"""The product as it is used: four simulated VMs, each its own Docker engine (Docker-in-Docker),
+nothing in them but Docker and a Python 3, and the zipapp copied in and run as an operator would.
+
+vm-head runs `head`, vm-w1 and vm-w2 `worker --head <vm-head>`, vm-app `app --head <vm-head>`.
+Images reach vm-head and vm-w1 from a registry with htpasswd auth, vm-w2 and vm-app from an
+offline bundle. Then vm-head reboots (its container restarts: engine and all) and its agent runs
+as boot would: the workers rejoin and the app is healthy again with no manual step.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+
+from agent import cluster
+from agent.waits import poll, tcp_open
+from tests.conftest import NOFILE, REPO, TEST_LABEL, Sandbox
+
+pytestmark = pytest.mark.integration
+
+USER, PASSWORD = "syntho", "vm-registry-pass-91c2"
+RAY_REPO = "syntho/syntho-ray:test"
+DATA = "/var/lib/syntho-agent"
+
+
+@dataclass
+class VM:
+    name: str
+    ip: str
+    container: docker.models.containers.Container
+
+    def sh(self, script: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        code, (out, err) = self.container.exec_run(["sh", "-c", script], environment=env or {},
+                                                   demux=True)
+        return int(code), (out or b"").decode(errors="replace"), (err or b"").decode(
+            errors="replace")
+
+    def agent(self, *args: str, env: dict[str, str] | None = None) -> str:
+        code, (out, err) = self.container.exec_run(["syntho-agent", *args],
+                                                   environment=env or {}, demux=True)
+        text = (out or b"").decode(errors="replace")
+        assert code == 0, f"{self.name}: syntho-agent {args[0]} exited {code}\n{text}\n{err!r}"
+        return text
+
+    def inner(self, *cmd: str) -> str:
+        code, out, err = self.sh(" ".join(cmd))
+        assert code == 0, f"{self.name}: {cmd}: {out}{err}"
+        return out
+
+
+def zipapp() -> Path:
+    """The zipapp for this machine, built by build.py (cached by the build itself)."""
+    subprocess.run([str(REPO / ".venv/bin/python"), "build.py"], cwd=REPO, check=True,
+                   capture_output=True)
+    path = REPO / "dist/syntho-agent"
+    assert path.is_file(), "build.py did not produce dist/syntho-agent"
+    return path
+
+
+def copy_file(vm: VM, source: Path, target_dir: str, name: str, mode: int = 0o755) -> None:
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        info = tar.gettarinfo(str(source), arcname=name)
+        info.mode = mode
+        with source.open("rb") as f:
+            tar.addfile(info, f)
+    vm.sh(f"mkdir -p {target_dir}")
+    assert vm.container.put_archive(target_dir, data.getvalue())
+
+
+def send_images(vm: VM, refs: list[str], path: str) -> None:
+    """An offline bundle, as an operator would copy it: `docker save` into a file on the VM."""
+    vm.sh(f"mkdir -p {Path(path).parent}")
+    save = subprocess.Popen(["docker", "save", *refs], stdout=subprocess.PIPE)
+    subprocess.run(["docker", "exec", "-i", vm.container.name, "sh", "-c", f"cat > {path}"],
+                   stdin=save.stdout, check=True)
+    assert save.wait() == 0
+
+
+@pytest.fixture(scope="module")
+def lab(docker_client: docker.DockerClient, images: dict[str, str],
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    sandbox = Sandbox(docker_client, tmp_path_factory.mktemp("vms"))
+    registry_proc = None
+    try:
+        # A private network with a fixed subnet, so a rebooted VM keeps its address.
+        probe = docker_client.networks.create(f"{sandbox.id}-probe", labels=sandbox.labels)
+        subnet = probe.attrs["IPAM"]["Config"][0]["Subnet"]
+        gateway = probe.attrs["IPAM"]["Config"][0]["Gateway"]
+        probe.remove()
+        ipam = docker.types.IPAMConfig(pool_configs=[
+            docker.types.IPAMPool(subnet=subnet, gateway=gateway)])
+        lan = docker_client.networks.create(f"{sandbox.id}-lan", ipam=ipam, labels=sandbox.labels)
+        prefix = gateway.rsplit(".", 1)[0]
+
+        # The registry, on the host: the VMs reach it at the network's gateway.
+        registry_proc, port = start_registry(sandbox.tmp)
+        registry = f"{gateway}:{port}"
+        local = f"127.0.0.1:{port}"
+        docker_client.images.get(images["ray"]).tag(f"{local}/syntho/syntho-ray", "test")
+        for line in docker_client.images.push(f"{local}/syntho/syntho-ray", "test",
+                                              auth_config={"username": USER,
+                                                           "password": PASSWORD},
+                                              stream=True, decode=True):
+            assert "error" not in line, line
+        docker_client.images.remove(f"{local}/{RAY_REPO}")
+
+        vms: dict[str, VM] = {}
+        for n, name in enumerate(["head", "w1", "w2", "app"]):
+            ip = f"{prefix}.{10 + n}"
+            volume = docker_client.volumes.create(f"{sandbox.id}-vm-{name}",
+                                                  labels=sandbox.labels)
+            # The CLI, not the SDK: the SDK has no systempaths=unconfined (masked paths).
+            subprocess.run(
+                ["docker", "run", "-d", "--name", f"{sandbox.id}-vm-{name}",
+                 "--hostname", f"vm-{name}", "--label", f"{TEST_LABEL}={sandbox.id}",
+                 "--network", lan.name, "--ip", ip,
+                 "--env", f"DOCKERD_ARGS=--insecure-registry {registry}",
+                 "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
+                 "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+                 "--security-opt", "systempaths=unconfined",
+                 "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "-v", f"{volume.name}:/var/lib/docker",
+                 images["vm"]], check=True, capture_output=True)
+            container = docker_client.containers.get(f"{sandbox.id}-vm-{name}")
+            vms[name] = VM(name, ip, container)
+        app_binary = zipapp()
+        for vm in vms.values():
+            assert poll(lambda v=vm: v.sh("docker info")[0] == 0, 120, f"{vm.name} engine")
+            copy_file(vm, app_binary, "/usr/local/bin", "syntho-agent")
+        yield {"sandbox": sandbox, "vms": vms, "registry": registry}
+    finally:
+        sandbox.cleanup()
+        if registry_proc is not None:
+            registry_proc.terminate()
+            registry_proc.wait(timeout=10)
+
+
+def start_registry(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    binary, htpasswd = shutil.which("docker-registry"), shutil.which("htpasswd")
+    if not binary or not htpasswd:
+        pytest.fail("docker-registry and htpasswd are needed (.ci/run installs them)",
+                    pytrace=False)
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        port = int(sock.getsockname()[1])
+    users = subprocess.run([htpasswd, "-Bbn", USER, PASSWORD], check=True, capture_output=True,
+                           text=True).stdout
+    (tmp / "htpasswd").write_text(users)
+    (tmp / "registry.yml").write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp / 'registry'}\n"
+        f"http:\n  addr: 0.0.0.0:{port}\nauth:\n  htpasswd:\n    realm: test\n"
+        f"    path: {tmp / 'htpasswd'}\n")
+    proc = subprocess.Popen([binary, "serve", str(tmp / "registry.yml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert poll(lambda: tcp_open("127.0.0.1", port), 20, "registry")
+    return proc, port
+
+
+def core_status(app: VM) -> dict[str, object]:
+    code, out, _ = app.sh("docker exec syntho-core curl -fsS http://localhost:8080/api/v1/status")
+    return json.loads(out) if code == 0 else {}
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def test_four_vms_form_the_deployment_and_survive_a_head_reboot(
+        lab: dict[str, object], images: dict[str, str]) -> None:
+    vms: dict[str, VM] = lab["vms"]  # type: ignore[assignment]
+    registry = str(lab["registry"])
+    head, w1, w2, app = vms["head"], vms["w1"], vms["w2"], vms["app"]
+    pull = ["--registry", registry, "--registry-user", USER]
+    secret = {"SYNTHO_AGENT_REGISTRY_PASSWORD": PASSWORD}
+    common = ["--nofile", NOFILE, "--shm-size", "1gb"]
+
+    # The head, from the registry; its boot script is the same command (as `install` sets up).
+    head_args = ["head", *common, *pull, "--ray-image", RAY_REPO]
+    out = head.agent(*head_args, env=secret)
+    assert f"pulled {registry}/{RAY_REPO}" in out and "ray head ready" in out
+    code, token, _ = head.sh(f"cat {DATA}/ray-token")
+    token = token.strip()
+    assert code == 0 and len(token) == 64
+
+    # Worker 1 from the registry (token in the environment), worker 2 from a bundle (file).
+    out = w1.agent("worker", "--head", head.ip, *common, *pull, "--ray-image", RAY_REPO,
+                   env={**secret, "SYNTHO_AGENT_TOKEN": token})
+    assert "joined the Ray cluster" in out
+    send_images(w2, [images["ray"]], "/root/images/ray.tar")
+    for vm in (w2, app):
+        vm.sh("mkdir -p /etc/syntho-agent && umask 077 && printf '%s\\n' \"$T\" "
+              "> /etc/syntho-agent/ray-token", env={"T": token})
+    out = w2.agent("worker", "--head", head.ip, *common, "--images", "/root/images",
+                   "--ray-image", images["ray"], "--token-file", "/etc/syntho-agent/ray-token")
+    assert "loaded " in out and "joined the Ray cluster" in out
+    assert len(cluster.alive_nodes(head.ip, token)) == 3
+
+    # The app, from a bundle.
+    app_refs = [images[n] for n in ("core", "backend", "frontend", "postgres", "redis")]
+    send_images(app, app_refs, "/root/images/app.tar")
+    out = app.agent("app", "--head", head.ip, "--images", "/root/images",
+                    "--token-file", "/etc/syntho-agent/ray-token",
+                    "--core-image", images["core"], "--backend-image", images["backend"],
+                    "--frontend-image", images["frontend"], "--postgres-image",
+                    images["postgres"], "--redis-image", images["redis"],
+                    "--ready-timeout", "300")
+    assert "the app is up" in out and token not in out
+    status = core_status(app)
+    ray = status["dependencies"]["ray"]  # type: ignore[index]
+    assert ray["task_result"] == 49 and ray["alive_nodes"] == 3  # type: ignore[index]
+    assert http_ok(f"http://{app.ip}:3000/")  # from outside vm-app
+    app.inner("docker exec syntho-postgres psql -U syntho -d syntho-backend -c "
+              "\"CREATE TABLE kept (v text); INSERT INTO kept VALUES ('before-reboot')\"")
+
+    # Reboot vm-head: its engine and everything in it restart; boot runs the agent again.
+    boot = "#!/bin/sh\nexec syntho-agent " + " ".join(head_args) + "\n"
+    head.sh("printf '%s' \"$BOOT\" > /etc/boot.sh && chmod 700 /etc/boot.sh",
+            env={"BOOT": boot})
+    head.container.restart(timeout=10)
+    assert poll(lambda: len(cluster.alive_nodes(head.ip, token)) == 3, 300,
+                "both workers rejoined the rebooted head"), cluster.alive_nodes(head.ip, token)
+    code, boot_log, _ = head.sh("cat /var/log/boot.log")
+    assert "ray head ready" in boot_log, boot_log
+    assert head.sh(f"cat {DATA}/ray-token")[1].strip() == token  # never regenerated
+
+    def app_healthy_again() -> bool:
+        ray = core_status(app).get("dependencies", {}).get("ray", {})  # type: ignore[union-attr]
+        return bool(ray.get("ok")) and ray.get("alive_nodes") == 3 and http_ok(
+            f"http://{app.ip}:3000/")
+
+    assert poll(app_healthy_again, 300, "the app healthy on the rebooted head"), core_status(app)
+    rows = app.inner("docker exec syntho-postgres psql -U syntho -d syntho-backend -Atc "
+                     "'SELECT v FROM kept'")
+    assert rows.strip() == "before-reboot"
