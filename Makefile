@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv engine images lint test unit build demo clean
+.PHONY: help venv engine images lint test unit build demo faults clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,7 +23,7 @@ images: venv engine ## build the test images that are missing (cached by recipe 
 	$(PY) tests/images/build.py
 
 lint: venv ## ruff and mypy
-	$(PY) -m ruff check agent tests
+	$(PY) -m ruff check agent tests build.py zipapp_main.py
 	$(PY) -m mypy
 	shellcheck .ci/run .ci/engine.sh examples/*.sh agent/assets/*.sh tests/images/*/*.sh
 
@@ -32,6 +32,15 @@ unit: venv ## the unit tests only (no engine needed)
 
 test: venv engine images lint ## everything CI runs: lint, unit and integration tests on the real engine
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+build: venv ## the zipapps in dist/
+	$(PY) build.py
+
+demo: build images ## the main job: head, a worker and the app on this machine, from local images
+	bash examples/demo.sh
+
+faults: venv engine images ## the fault-injection suite alone
+	$(PY) -m pytest -q -m faults tests $(PYTEST_ARGS)
 
 clean: ## remove build output
 	rm -rf dist build *.egg-info

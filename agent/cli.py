@@ -14,7 +14,7 @@ from typing import Any, Callable
 import click
 import docker.errors
 
-from agent import __version__, buildinfo, deploy, ops, systemd, watch
+from agent import __version__, buildinfo, deploy, launcher, ops, systemd, watch
 from agent.config import (
     APP,
     CLUSTER,
@@ -180,8 +180,12 @@ def logs(output: Path, **params: Any) -> None:
 @cli.command()
 def version() -> None:
     """Print the version, the build's commit, and the Python and platform it runs on."""
-    say(f"syntho-agent {__version__} (commit {buildinfo.COMMIT}) on Python "
+    built = f", built for {buildinfo.BUILT_FOR}" if buildinfo.BUILT_FOR else ""
+    say(f"syntho-agent {__version__} (commit {buildinfo.COMMIT}{built}) on Python "
         f"{platform.python_version()}, {platform.system()} {platform.machine()}")
+
+
+cli.add_command(launcher.command)
 
 
 def main(argv: list[str] | None = None) -> None:

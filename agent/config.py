@@ -250,7 +250,80 @@ APP = [
     Opt("max-workers", "the core's MAX_WORKERS", validate.positive_int, 4),
 ]
 
+
+def _provider(v: Any) -> str:
+    if str(v) not in ("aws", "gcp", "azure", "local"):
+        raise ValueError(f"{v!r} is not a provider: aws, gcp, azure or local")
+    return str(v)
+
+
+def _count(v: Any) -> int:
+    try:
+        number = int(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{v!r} is not a whole number") from None
+    if number < 0:
+        raise ValueError(f"{v!r} must be 0 or more")
+    return number
+
+
+def _user_file(v: Any) -> Path:
+    """A local file that may be given as ~/...: config files and env variables are not
+    expanded by a shell."""
+    path = Path(str(v)).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{path} is not a readable file")
+    return path
+
+
+# `launcher-config` (Ray's cluster launcher) also takes ray-image, shm-size, nofile, ray-arg,
+# the token and registry options above; these are its own.
+LAUNCHER = [
+    Opt("provider", "where `ray up` makes the cluster: aws, gcp, azure, or local (machines "
+        "that already exist)", _provider),
+    Opt("cluster-name", "the cluster's name for `ray up` and the cloud's tags",
+        lambda v: validate.name(str(v)), "syntho-cluster"),
+    Opt("region", "aws/gcp region or azure location [default: aws us-east-1, azure "
+        "westeurope; gcp: required]", _nonempty),
+    Opt("availability-zone", "the zone in the region (gcp: required)", _nonempty),
+    Opt("project-id", "the gcp project (gcp: required)", _nonempty),
+    Opt("resource-group", "the azure resource group (azure: required)", _nonempty),
+    Opt("subscription-id", "the azure subscription [default: the az CLI's]", _nonempty),
+    Opt("head-ip", "local: the head machine's address", _optional_host),
+    Opt("worker-ip", "local: a worker machine's address (repeat for each)", _optional_host, (),
+        multiple=True),
+    Opt("ssh-user", "the user `ray up` logs in to the nodes as", _nonempty, "ubuntu"),
+    Opt("ssh-private-key", "the key `ray up` logs in with (local: required; aws: with "
+        "--key-name) [default: a key the cloud provider makes]", _user_file),
+    Opt("ssh-public-key", "a public key delivered to every node (azure: the login key's public "
+        "half) [default: --ssh-private-key's .pub, else ~/.ssh/id_rsa.pub]", _user_file),
+    Opt("key-name", "aws: the EC2 key pair of --ssh-private-key", _nonempty),
+    Opt("head-instance-type", "the head's VM size [default: aws m5.xlarge, gcp n2-standard-4, "
+        "azure Standard_D4s_v4]", _nonempty),
+    Opt("worker-instance-type", "the workers' VM size [default: aws m5.8xlarge, gcp "
+        "n2-standard-32, azure Standard_D32s_v4]", _nonempty),
+    Opt("head-cpus", "CPUs Ray schedules on the head [default: the default size's]",
+        validate.positive_int),
+    Opt("worker-cpus", "CPUs Ray schedules on a worker [default: the default size's]",
+        validate.positive_int),
+    Opt("min-worker-nodes", "worker VMs kept running [default: 2; local: every --worker-ip]",
+        _count),
+    Opt("max-worker-nodes", "worker VMs the autoscaler may run [default: 3; local: every "
+        "--worker-ip]", _count),
+    Opt("spot", "run the workers on spot (preemptible) VMs: cheaper, but the cloud may take "
+        "them back", None, False, flag=True),
+    Opt("disk-size", "boot disk of each cloud VM, in GB", validate.positive_int, 100),
+    Opt("vm-image", "the VM image, with Docker: aws AMI id, gcp sourceImage, azure "
+        "PUBLISHER:OFFER:SKU:VERSION [default: the provider's with Docker]", _nonempty),
+    Opt("container-name", "the Ray container's name on every node",
+        lambda v: validate.name(str(v)), "syntho-ray"),
+    Opt("head-setup-command", "a command run in the head's container before Ray starts "
+        "(repeat); replaces Ray's default, which installs the cloud SDK its autoscaler needs",
+        str, (), multiple=True),
+]
+
 ALL_OPTIONS = {o.key: o for o in COMMON + RAY + CLUSTER + JOIN + APP + IMAGE_SOURCES + WATCH}
+ALL_OPTIONS.update({o.key: o for o in LAUNCHER})
 
 
 @dataclass(frozen=True)
@@ -306,6 +379,30 @@ class Settings:
     registry_password_stdin: bool = False
     images: Path | None = None
     watch: bool = False
+    provider: str | None = None
+    cluster_name: str = "syntho-cluster"
+    region: str | None = None
+    availability_zone: str | None = None
+    project_id: str | None = None
+    resource_group: str | None = None
+    subscription_id: str | None = None
+    head_ip: str | None = None
+    worker_ip: tuple[str, ...] = ()
+    ssh_user: str = "ubuntu"
+    ssh_private_key: Path | None = None
+    ssh_public_key: Path | None = None
+    key_name: str | None = None
+    head_instance_type: str | None = None
+    worker_instance_type: str | None = None
+    head_cpus: int | None = None
+    worker_cpus: int | None = None
+    min_worker_nodes: int | None = None
+    max_worker_nodes: int | None = None
+    spot: bool = False
+    disk_size: int = 100
+    vm_image: str | None = None
+    container_name: str = "syntho-ray"
+    head_setup_command: tuple[str, ...] = ()
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Settings:

@@ -33,9 +33,9 @@ def exec_start(role: str, config: Path, executable: list[str]) -> str:
     return shlex.join([*executable, role, "--config", str(config), "--watch"])
 
 
-def unit_text(role: str, config: Path, executable: list[str], shiv_root: Path) -> str:
-    """The unit: after the engine, restarted on failure, with an explicit zipapp root
-    (systemd gives no HOME to extract into)."""
+def unit_text(role: str, config: Path, executable: list[str]) -> str:
+    """The unit: after the engine, restarted on failure. (The zipapp carries its own
+    extraction root, so the missing HOME of a unit does not matter.)"""
     source = ""
     if executable[1:2] == ["-m"]:  # run from a checkout: Python must find the package
         source = f"Environment=PYTHONPATH={Path(__file__).resolve().parent.parent}\n"
@@ -47,7 +47,6 @@ Requires=docker.service
 
 [Service]
 Type=simple
-Environment=SHIV_ROOT={shiv_root}
 {source}ExecStart={exec_start(role, config, executable)}
 Restart=always
 RestartSec=5
@@ -78,10 +77,8 @@ def install(role: str, values: dict[str, Any], root: Path, enable: bool, say: Sa
     text = "# Written by `syntho-agent install`: edit, then `systemctl restart " \
            f"{unit_name(role)}`.\n" + yaml.safe_dump(values, sort_keys=True)
     store.write_atomic(root / config.relative_to("/"), text, mode=0o600)
-    data_dir = Path(values.get("data_dir", "/var/lib/syntho-agent"))
     store.write_atomic(root / unit.relative_to("/"),
-                       unit_text(role, config, this_executable(root), data_dir / ".shiv"),
-                       mode=0o644)
+                       unit_text(role, config, this_executable(root)), mode=0o644)
     say(f"wrote {config} and {unit}")
     if enable:
         systemctl("daemon-reload")

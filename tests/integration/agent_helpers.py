@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import docker
 
@@ -62,3 +67,75 @@ def engine_snapshot(client: docker.DockerClient) -> set[tuple[str, str, str]]:
 def ok(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        return int(sock.getsockname()[1])
+
+
+def http(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+@dataclass
+class HeadVM:
+    """The Ray head on the host network, as on its own VM."""
+
+    data_dir: Path
+    node_ip: str
+    token: str
+    instance: str
+    ray_image: str
+
+
+@dataclass
+class App:
+    """One app deployment: its instance, data dir, ports and the arguments that make it."""
+
+    sandbox: Sandbox
+    images: dict[str, str]
+    head: HeadVM
+    name: str
+
+    def __post_init__(self) -> None:
+        self.instance = self.sandbox.instance(self.name)
+        self.data_dir = self.sandbox.tmp / self.name
+        self.frontend_port = free_port()
+        self.backend_port = free_port()
+
+    def args(self) -> list[str]:
+        i = self.images
+        return ["--data-dir", str(self.data_dir), "--instance", self.instance,
+                "--head", "127.0.0.1", "--token-file", str(self.head.data_dir / "ray-token"),
+                "--core-image", i["core"], "--backend-image", i["backend"],
+                "--frontend-image", i["frontend"], "--postgres-image", i["postgres"],
+                "--redis-image", i["redis"], "--frontend-port", str(self.frontend_port),
+                "--backend-port", str(self.backend_port), "--ready-timeout", "240"]
+
+    def run(self, *more: str) -> subprocess.CompletedProcess[str]:
+        return run_agent("app", *self.args(), *more)
+
+    def cmd(self, command: str, *more: str) -> subprocess.CompletedProcess[str]:
+        return run_agent(command, "--data-dir", str(self.data_dir), "--instance", self.instance,
+                         *more)
+
+    def container(self, service: str) -> docker.models.containers.Container:
+        return self.sandbox.client.containers.get(f"syntho-{service}-{self.instance}")
+
+    def secrets(self) -> dict[str, str]:
+        folder = self.data_dir / "secrets"
+        return {p.name: p.read_text() for p in sorted(folder.iterdir())}
+
+    def psql(self, db: str, sql: str) -> str:
+        code, out = self.container("postgres").exec_run(
+            ["psql", "-U", "syntho", "-d", db, "-Atc", sql])
+        assert code == 0, out
+        return str(out.decode().strip())

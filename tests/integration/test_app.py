@@ -9,130 +9,16 @@ from __future__ import annotations
 import json
 import socket
 import stat
-import subprocess
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import docker
 import pytest
 
-from agent import cluster
 from agent.waits import poll
-from tests.conftest import NOFILE, Sandbox, run_agent
-from tests.integration.agent_helpers import engine_snapshot, ok
+from tests.conftest import Sandbox, run_agent
+from tests.integration.agent_helpers import App, HeadVM, engine_snapshot, free_port, http, ok
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("0.0.0.0", 0))
-        return int(sock.getsockname()[1])
-
-
-def http(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=20) as resp:
-            return resp.status, json.load(resp)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
-
-
-@dataclass
-class HeadVM:
-    data_dir: Path
-    node_ip: str
-    token: str
-
-
-@dataclass
-class App:
-    """One app deployment: its instance, data dir, ports and the arguments that make it."""
-
-    sandbox: Sandbox
-    images: dict[str, str]
-    head: HeadVM
-    name: str
-
-    def __post_init__(self) -> None:
-        self.instance = self.sandbox.instance(self.name)
-        self.data_dir = self.sandbox.tmp / self.name
-        self.frontend_port = free_port()
-        self.backend_port = free_port()
-
-    def args(self) -> list[str]:
-        i = self.images
-        return ["--data-dir", str(self.data_dir), "--instance", self.instance,
-                "--head", "127.0.0.1", "--token-file", str(self.head.data_dir / "ray-token"),
-                "--core-image", i["core"], "--backend-image", i["backend"],
-                "--frontend-image", i["frontend"], "--postgres-image", i["postgres"],
-                "--redis-image", i["redis"], "--frontend-port", str(self.frontend_port),
-                "--backend-port", str(self.backend_port), "--ready-timeout", "240"]
-
-    def run(self, *more: str) -> subprocess.CompletedProcess[str]:
-        return run_agent("app", *self.args(), *more)
-
-    def cmd(self, command: str, *more: str) -> subprocess.CompletedProcess[str]:
-        return run_agent(command, "--data-dir", str(self.data_dir), "--instance", self.instance,
-                         *more)
-
-    def container(self, service: str) -> docker.models.containers.Container:
-        return self.sandbox.client.containers.get(f"syntho-{service}-{self.instance}")
-
-    def secrets(self) -> dict[str, str]:
-        folder = self.data_dir / "secrets"
-        return {p.name: p.read_text() for p in sorted(folder.iterdir())}
-
-    def psql(self, db: str, sql: str) -> str:
-        code, out = self.container("postgres").exec_run(
-            ["psql", "-U", "syntho", "-d", db, "-Atc", sql])
-        assert code == 0, out
-        return str(out.decode().strip())
-
-
-@pytest.fixture(scope="module")
-def module_sandbox(docker_client: docker.DockerClient,
-                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    box = Sandbox(docker_client, tmp_path_factory.mktemp("app"))
-    try:
-        yield box
-    finally:
-        box.cleanup()
-
-
-@pytest.fixture(scope="module")
-def head_vm(module_sandbox: Sandbox, images: dict[str, str]) -> HeadVM:
-    """The Ray head on the host network, as on a VM."""
-    data_dir = module_sandbox.tmp / "head"
-    instance = module_sandbox.instance("head")
-    ok(run_agent("head", "--data-dir", str(data_dir), "--instance", instance, "--ray-image",
-                 images["ray"], "--shm-size", "1gb", "--nofile", NOFILE))
-    token = (data_dir / "ray-token").read_text().strip()
-    heads = [n for n in cluster.alive_nodes("127.0.0.1", token) if n.get("is_head_node")]
-    assert heads, "the head lists itself"
-    return HeadVM(data_dir, str(heads[0]["node_ip"]), token)
-
-
-@pytest.fixture(scope="module")
-def stack(module_sandbox: Sandbox, images: dict[str, str], head_vm: HeadVM) -> App:
-    """head + a worker + the app, converged."""
-    module_sandbox.create_network()
-    worker_dir = module_sandbox.tmp / "worker"
-    ok(run_agent("worker", "--data-dir", str(worker_dir), "--instance",
-                 module_sandbox.instance("w1"), "--network", module_sandbox.network,
-                 "--head", head_vm.node_ip, "--ray-image", images["ray"], "--shm-size", "512mb",
-                 "--nofile", NOFILE, "--token-file", str(head_vm.data_dir / "ray-token")))
-    app = App(module_sandbox, images, head_vm, "app")
-    out = ok(app.run())
-    assert "the app is up" in out
-    app.first_output = out  # type: ignore[attr-defined]
-    return app
 
 
 def test_the_stack_is_healthy_wired_and_reachable(stack: App, head_vm: HeadVM) -> None:

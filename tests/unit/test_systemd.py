@@ -27,7 +27,6 @@ def test_install_writes_a_unit_and_a_config_that_round_trips(
     text = unit.read_text()
     assert "--config /etc/syntho-agent/worker.yaml --watch" in text
     assert "Restart=always" in text and "After=network-online.target docker.service" in text
-    assert "SHIV_ROOT=/var/lib/syntho-agent/.shiv" in text
     # The config file gives the same settings as the flags did.
     seen: list[Settings] = []
     monkeypatch.setattr(deploy, "run_worker", lambda e, s, say: seen.append(s))

@@ -1,0 +1,503 @@
+"""`syntho-agent launcher-config`: a cluster config for Ray's own cluster launcher (`ray up`).
+
+Option 1 of the deployment guide: Ray's launcher makes the VMs (aws, gcp, azure) or uses
+machines that exist (local), runs the syntho-ray image on each with the head role's settings,
+and autoscales the workers. No secret enters the YAML: the registry password, the Ray token
+and the license key travel as files (`file_mounts`) and are read on the node when used.
+
+check() and cluster_config() are pure (settings in, a dict out); command() does the I/O.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import yaml
+
+from agent import cluster, store
+from agent.config import (
+    CLUSTER,
+    COMMON,
+    IMAGE_SOURCES,
+    LAUNCHER,
+    RAY,
+    Opt,
+    Settings,
+    config_option,
+    options,
+)
+from agent.errors import EnvironmentProblem, UsageError
+from agent.roles.ray import GCS_PORT
+
+Say = Callable[[str], None]
+
+HEAD_TYPE = "ray.head.default"
+WORKER_TYPE = "ray.worker.default"
+CLOUDS = ("aws", "gcp", "azure")
+MIN_WORKERS, MAX_WORKERS = 2, 3  # the guide's example
+# Where the delivered files are, inside the Ray container of every node.
+NODE_DIR = "/etc/syntho"
+TOKEN_ON_NODE = f"{NODE_DIR}/ray-token"
+LICENSE_ON_NODE = f"{NODE_DIR}/license-key"
+PASSWORD_ON_NODE = f"{NODE_DIR}/registry-password"
+PUBLIC_KEY_ON_NODE = "~/.ssh/id_rsa.pub"  # as in the guide
+# With docker, Ray copies a file mount to this folder of the VM and bind-mounts it into the
+# container (ray.autoscaler.sdk.get_docker_host_mount_location); initialization commands run
+# on the VM before the container exists, so they read the file there.
+VM_MOUNT_ROOT = "/tmp/ray_tmp_mount"
+LICENSE_FILE = "license-key"
+
+
+@dataclass(frozen=True)
+class Cloud:
+    """A cloud's defaults: sizes like the guide's Azure example (4 and 32 CPUs)."""
+
+    region: str | None
+    head: str
+    worker: str
+    image: str | None  # None: the provider's own default (aws: Ray's Deep Learning AMI)
+    head_cpus: int = 4
+    worker_cpus: int = 32
+
+
+DEFAULTS = {
+    "aws": Cloud("us-east-1", "m5.xlarge", "m5.8xlarge", None),
+    "gcp": Cloud(None, "n2-standard-4", "n2-standard-32",
+                 "projects/deeplearning-platform-release/global/images/family/common-cpu"),
+    "azure": Cloud("westeurope", "Standard_D4s_v4", "Standard_D32s_v4",
+                   "microsoft-dsvm:ubuntu-2204:2204-gen2:latest"),
+}
+# Options that mean something for some providers only: set for another, they are a mistake.
+ONLY_FOR: dict[str, tuple[str, ...]] = {
+    "region": CLOUDS, "availability_zone": ("aws", "gcp"), "project_id": ("gcp",),
+    "resource_group": ("azure",), "subscription_id": ("azure",), "key_name": ("aws",),
+    "head_ip": ("local",), "worker_ip": ("local",), "head_instance_type": CLOUDS,
+    "worker_instance_type": CLOUDS, "head_cpus": CLOUDS, "worker_cpus": CLOUDS,
+    "min_worker_nodes": CLOUDS, "max_worker_nodes": CLOUDS, "spot": CLOUDS, "vm_image": CLOUDS,
+}
+
+
+# Shared options whose help says something else here.
+HELP = {
+    "data-dir": "where the Ray token and license key files are kept (0600), as for the head",
+    "registry": "the registry every node logs in to before it pulls the Ray image (HOST[:PORT]); "
+                "an image reference without a registry is looked up there",
+    "registry-password-file": "a local file holding the registry password: `ray up` copies it "
+                              "to the nodes, which log in with it on standard input",
+}
+
+
+def _pick(opts: list[Opt], *names: str) -> list[Opt]:
+    return [replace(o, help=HELP.get(o.name, o.help)) for o in opts if o.name in names]
+
+
+OPTIONS = (_pick(COMMON, "data-dir") + _pick(RAY, "ray-image", "shm-size", "nofile", "ray-arg")
+           + _pick(CLUSTER, "license-key", "auth", "token", "token-file")
+           + _pick(IMAGE_SOURCES, "registry", "registry-user", "registry-password-file")
+           + LAUNCHER)
+
+
+# --- checks: every combination `ray up` would refuse, or quietly get wrong ---------------------
+
+def check(settings: Settings) -> None:
+    """Raise UsageError (exit 2, one line) for settings that cannot make a working cluster."""
+    provider = settings.provider
+    if provider is None:
+        raise UsageError("launcher-config needs --provider: aws, gcp, azure or local")
+    _check_applies(settings, provider)
+    if provider == "local":
+        _check_local(settings)
+    else:
+        _check_cloud(settings, provider)
+    _check_registry(settings)
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _check_applies(settings: Settings, provider: str) -> None:
+    for key, providers in ONLY_FOR.items():
+        if provider not in providers and getattr(settings, key) not in (None, (), False):
+            raise UsageError(f"{_flag(key)} does not apply to --provider {provider} "
+                             f"(only to {', '.join(providers)})")
+
+
+def _check_local(settings: Settings) -> None:
+    if not settings.head_ip or not settings.worker_ip:
+        raise UsageError("--provider local needs --head-ip and at least one --worker-ip "
+                         "(the machines Ray runs on)")
+    ips = settings.worker_ip
+    if settings.head_ip in ips or len(set(ips)) < len(ips):
+        raise UsageError("--head-ip and every --worker-ip must be different machines")
+    if settings.ssh_private_key is None:
+        raise UsageError("--provider local needs --ssh-private-key (the key `ray up` logs in "
+                         "to the machines with)")
+
+
+def _check_cloud(settings: Settings, provider: str) -> None:
+    if provider == "gcp":
+        _check_gcp(settings)
+    if provider == "azure":
+        _check_azure(settings)
+    if provider == "aws" and (settings.key_name is None) != (settings.ssh_private_key is None):
+        raise UsageError("on aws, --ssh-private-key and --key-name (its EC2 key pair) go "
+                         "together; give both, or neither to let Ray make a key pair")
+    low, high = _worker_range(settings)
+    if low > high:
+        raise UsageError(f"--min-worker-nodes {low} is more than --max-worker-nodes {high}")
+    for role in ("head", "worker"):
+        if _cpus(settings, provider, role) is None and provider != "aws":
+            raise UsageError(f"{provider} cannot tell Ray how many CPUs a "
+                             f"--{role}-instance-type has: give --{role}-cpus")
+
+
+def _check_gcp(settings: Settings) -> None:
+    missing = [_flag(k) for k in ("region", "availability_zone", "project_id")
+               if not getattr(settings, k)]
+    if missing:
+        raise UsageError(f"--provider gcp needs {' and '.join(missing)}")
+    if not str(settings.availability_zone).startswith(f"{settings.region}-"):
+        raise UsageError(f"--availability-zone {settings.availability_zone} is not a zone of "
+                         f"--region {settings.region} (for example {settings.region}-b)")
+
+
+def _check_azure(settings: Settings) -> None:
+    if not settings.resource_group:
+        raise UsageError("--provider azure needs --resource-group")
+    if settings.vm_image and len(_azure_image(settings.vm_image)) != 4:
+        raise UsageError("--vm-image for azure is PUBLISHER:OFFER:SKU:VERSION, for example "
+                         f"{DEFAULTS['azure'].image}")
+
+
+def _check_registry(settings: Settings) -> None:
+    if not settings.registry:
+        for key in ("registry_user", "registry_password_file"):
+            if getattr(settings, key) is not None:
+                raise UsageError(f"{_flag(key)} needs --registry (the registry to log in to)")
+        return
+    user = settings.registry_user or ""
+    if not user.strip() or any(ch.isspace() for ch in user):
+        raise UsageError(f"--registry {settings.registry} needs --registry-user (one word)")
+    if settings.registry_password_file is None:
+        raise UsageError(f"--registry {settings.registry} needs --registry-password-file: the "
+                         "nodes log in with it, and the password never enters the YAML")
+
+
+# --- the config: pure ---------------------------------------------------------------------------
+
+def cluster_config(settings: Settings, token_file: Path | None,
+                   license_file: Path | None) -> dict[str, Any]:
+    """The whole `ray up` config for checked settings; token_file None means no token auth."""
+    provider = str(settings.provider)
+    low, high = _worker_range(settings)
+    config: dict[str, Any] = {
+        "cluster_name": settings.cluster_name,
+        "max_workers": high,
+        "provider": _provider_section(settings, provider),
+        "auth": _auth(settings, provider),
+        "docker": _docker(settings),
+    }
+    if provider != "local":  # Ray refuses node types for local: it makes its own
+        config["available_node_types"] = {
+            HEAD_TYPE: _node_type(settings, provider, "head"),
+            WORKER_TYPE: {"min_workers": low, "max_workers": high,
+                          **_node_type(settings, provider, "worker")},
+        }
+        config["head_node_type"] = HEAD_TYPE
+    config["file_mounts"] = _file_mounts(settings, token_file, license_file)
+    config["initialization_commands"] = _initialization(settings)
+    # Explicit, so Ray's provider defaults (conda, a nightly Ray) never run in our image.
+    config["setup_commands"] = []
+    if settings.head_setup_command:  # otherwise Ray's: it installs the cloud SDK its autoscaler
+        config["head_setup_commands"] = list(settings.head_setup_command)  # needs on the head
+    config["worker_setup_commands"] = []
+    secrets = (token_file is not None, license_file is not None)
+    config["head_start_ray_commands"] = ["ray stop", _ray_start(
+        settings, ["--head", f"--port={GCS_PORT}", "--dashboard-host", "0.0.0.0",
+                   "--disable-usage-stats", "--autoscaling-config=~/ray_bootstrap_config.yaml"],
+        *secrets)]
+    config["worker_start_ray_commands"] = ["ray stop", _ray_start(
+        settings, [f"--address=$RAY_HEAD_IP:{GCS_PORT}", "--disable-usage-stats"], *secrets)]
+    return config
+
+
+def _worker_range(settings: Settings) -> tuple[int, int]:
+    """(min, max) worker VMs; local keeps every machine it is given."""
+    if settings.provider == "local":
+        return len(settings.worker_ip), len(settings.worker_ip)
+    low, high = settings.min_worker_nodes, settings.max_worker_nodes
+    if low is None:
+        low = MIN_WORKERS if high is None else min(MIN_WORKERS, high)
+    if high is None:
+        high = max(MAX_WORKERS, low)
+    return low, high
+
+
+def _provider_section(settings: Settings, provider: str) -> dict[str, Any]:
+    if provider == "local":
+        return {"type": "local", "head_ip": settings.head_ip,
+                "worker_ips": list(settings.worker_ip)}
+    region = settings.region or DEFAULTS[provider].region
+    section: dict[str, Any] = {"type": provider}
+    if provider == "azure":
+        section.update(location=region, resource_group=settings.resource_group)
+        if settings.subscription_id:
+            section["subscription_id"] = settings.subscription_id
+        return section
+    section["region"] = region
+    if settings.availability_zone:
+        section["availability_zone"] = settings.availability_zone
+    if provider == "gcp":
+        section["project_id"] = settings.project_id
+    return section
+
+
+def public_key(settings: Settings) -> Path:
+    """The public key to deliver: given, else the login key's public half, else the guide's."""
+    if settings.ssh_public_key is not None:
+        return settings.ssh_public_key
+    if settings.ssh_private_key is not None:
+        return Path(f"{settings.ssh_private_key}.pub")
+    return Path("~/.ssh/id_rsa.pub")
+
+
+def _auth(settings: Settings, provider: str) -> dict[str, Any]:
+    auth: dict[str, Any] = {"ssh_user": settings.ssh_user}
+    if settings.ssh_private_key is not None:
+        auth["ssh_private_key"] = str(settings.ssh_private_key)
+        if provider == "azure":  # azure installs the public half on the VMs
+            auth["ssh_public_key"] = str(public_key(settings))
+    return auth
+
+
+def _docker(settings: Settings) -> dict[str, Any]:
+    """The head role's container settings, as `docker run` options (Ray adds --net=host)."""
+    return {
+        "image": settings.ray_image,
+        "container_name": settings.container_name,
+        "pull_before_run": True,
+        "run_options": [f"--shm-size={_docker_size(settings.shm_size)}",
+                        f"--ulimit nofile={settings.nofile}:{settings.nofile}",
+                        "-e RAY_SCHEDULER_SPREAD_THRESHOLD=0.0"],
+    }
+
+
+def _docker_size(size: int) -> str:
+    for unit, factor in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size}b"
+
+
+def _cpus(settings: Settings, provider: str, role: str) -> int | None:
+    """CPUs to declare: given, or known for the default size; None when only aws can tell."""
+    given: int | None = getattr(settings, f"{role}_cpus")
+    if given is not None:
+        return given
+    cloud = DEFAULTS[provider]
+    size = getattr(settings, f"{role}_instance_type") or getattr(cloud, role)
+    return getattr(cloud, f"{role}_cpus") if size == getattr(cloud, role) else None
+
+
+def _node_type(settings: Settings, provider: str, role: str) -> dict[str, Any]:
+    cloud = DEFAULTS[provider]
+    size = getattr(settings, f"{role}_instance_type") or getattr(cloud, role)
+    cpus = _cpus(settings, provider, role)
+    spot = settings.spot and role == "worker"
+    node_config = {"aws": _aws_node, "gcp": _gcp_node, "azure": _azure_node}[provider](
+        settings, size, spot)
+    # aws fills empty resources in itself at `ray up`; gcp and azure are always given CPUs.
+    return {"resources": {"CPU": cpus} if cpus else {}, "node_config": node_config}
+
+
+def _aws_node(settings: Settings, size: str, spot: bool) -> dict[str, Any]:
+    node: dict[str, Any] = {
+        "InstanceType": size,
+        "BlockDeviceMappings": [{"DeviceName": "/dev/sda1",
+                                 "Ebs": {"VolumeSize": settings.disk_size, "VolumeType": "gp3"}}],
+    }
+    if settings.vm_image:
+        node["ImageId"] = settings.vm_image
+    if settings.key_name:
+        node["KeyName"] = settings.key_name
+    if spot:
+        node["InstanceMarketOptions"] = {"MarketType": "spot"}
+    return node
+
+
+def _gcp_node(settings: Settings, size: str, spot: bool) -> dict[str, Any]:
+    image = settings.vm_image or DEFAULTS["gcp"].image
+    node: dict[str, Any] = {
+        "machineType": size,
+        "disks": [{"boot": True, "autoDelete": True, "type": "PERSISTENT",
+                   "initializeParams": {"diskSizeGb": settings.disk_size,
+                                        "sourceImage": image}}],
+    }
+    if spot:
+        node["scheduling"] = {"preemptible": True}
+    return node
+
+
+def _azure_image(image: str) -> list[str]:
+    return [part for part in image.split(":") if part]
+
+
+def _azure_node(settings: Settings, size: str, spot: bool) -> dict[str, Any]:
+    publisher, offer, sku, version = _azure_image(settings.vm_image or str(DEFAULTS["azure"].image))
+    params: dict[str, Any] = {"vmSize": size, "imagePublisher": publisher, "imageOffer": offer,
+                              "imageSku": sku, "imageVersion": version,
+                              "osDiskSize": settings.disk_size}
+    if spot:
+        params["priority"] = "Spot"
+    return {"azure_arm_parameters": params}
+
+
+def _file_mounts(settings: Settings, token_file: Path | None,
+                 license_file: Path | None) -> dict[str, str]:
+    """Node path -> local path: what `ray up` copies to every node (and into its container)."""
+    mounts = {PUBLIC_KEY_ON_NODE: str(public_key(settings))}
+    if settings.registry:
+        mounts[PASSWORD_ON_NODE] = str(settings.registry_password_file)
+    if token_file is not None:
+        mounts[TOKEN_ON_NODE] = str(token_file)
+    if license_file is not None:
+        mounts[LICENSE_ON_NODE] = str(license_file)
+    return mounts
+
+
+def _initialization(settings: Settings) -> list[str]:
+    """On the VM, before the container: the guide's docker setup, then the registry login with
+    the password on standard input (never in the YAML, a command line or shell history)."""
+    commands = [
+        "sudo usermod -aG docker $USER || true",
+        "sleep 10",  # Ray reuses an SSH session ~10 s; the next one is in the docker group
+        "touch ~/.sudo_as_admin_successful",
+    ]
+    if settings.registry:
+        on_vm = f"{VM_MOUNT_ROOT}/{settings.cluster_name}{PASSWORD_ON_NODE}"
+        commands.append(f"docker login {shlex.quote(settings.registry)} -u "
+                        f"{shlex.quote(str(settings.registry_user))} --password-stdin < {on_vm}")
+    return commands
+
+
+def _from_file(variable: str, path: str) -> str:
+    """Export a variable read from a delivered file, failing (and so failing `ray up`) when the
+    file is missing or empty rather than starting Ray without it."""
+    return f'{variable}="$(cat {path})" && test -n "${variable}" && export {variable}'
+
+
+def _ray_start(settings: Settings, args: list[str], token: bool, license_key: bool) -> str:
+    steps = []
+    if license_key:
+        steps.append(_from_file("LICENSE_KEY_SIGNED", LICENSE_ON_NODE))
+    if token:
+        steps += [_from_file("RAY_AUTH_TOKEN", TOKEN_ON_NODE), "export RAY_AUTH_MODE=token"]
+    extra = [shlex.quote(arg) for arg in settings.ray_arg]
+    steps.append(" ".join(["ray", "start", *args, *extra]))
+    return " && ".join(steps)
+
+
+def render(config: dict[str, Any], auth: bool) -> str:
+    """The YAML, with a header that says how to use it and where the secrets are."""
+    header = [
+        "# Ray cluster launcher config for Syntho, written by `syntho-agent launcher-config`.",
+        "# Create or update the cluster:  ray up <this file>",
+        "# No secret is in this file: the registry password, Ray token and license key are",
+        "# local files that `ray up` copies to every node (file_mounts), read there when used.",
+    ]
+    if not auth:
+        header.append("# WARNING: Ray token auth is OFF: anyone who reaches the head's ports "
+                      "6379, 8265 and 10001 can run code on this cluster.")
+    body = yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=4096)
+    return "\n".join(header) + "\n" + body
+
+
+# --- the command: I/O ---------------------------------------------------------------------------
+
+def _absolute(settings: Settings) -> Settings:
+    """Local paths as absolute ones (`ray up` may run from another directory), and the public
+    key checked: `ray up` would stop at a missing one."""
+    def absolute(path: Path | None) -> Path | None:
+        return None if path is None else path.expanduser().absolute()
+
+    key = public_key(settings).expanduser().absolute()
+    if not key.is_file():
+        raise UsageError(f"{key} does not exist: give --ssh-public-key, a public key to deliver "
+                         "to the nodes")
+    return replace(settings, data_dir=settings.data_dir.expanduser().absolute(),
+                   ssh_private_key=absolute(settings.ssh_private_key), ssh_public_key=key,
+                   registry_password_file=absolute(settings.registry_password_file))
+
+
+def _token_file(settings: Settings, say: Say) -> Path | None:
+    """<data-dir>/ray-token, as for the head role: supplied once or generated once."""
+    if not settings.auth:
+        say("WARNING: Ray token auth is OFF (--no-auth): anyone who reaches ports 6379, 8265 "
+            "and 10001 of the head can run code on this cluster")
+        return None
+    store.ensure_dir(settings.data_dir)
+    _, created = cluster.head_token(settings)
+    path = cluster.token_path(settings.data_dir)
+    if created:
+        say(f"generated the cluster's Ray token in {path}")
+    return path
+
+
+def _license_file(settings: Settings) -> Path | None:
+    """The license key as a 0600 file in the data dir, for file_mounts (never in the YAML)."""
+    if not settings.license_key:
+        return None
+    store.ensure_dir(settings.data_dir)
+    path = settings.data_dir / LICENSE_FILE
+    store.write_atomic(path, settings.license_key.strip() + "\n")
+    return path
+
+
+def _write(output: str, text: str) -> None:
+    if output == "-":
+        click.echo(text, nl=False)
+        return
+    path = Path(output)
+    try:
+        store.write_atomic(path, text, mode=0o644)
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot write {path}: {exc.strerror}; choose another "
+                                 "--output") from None
+
+
+def _next_steps(settings: Settings, output: str, token_file: Path | None, say: Say) -> None:
+    low, high = _worker_range(settings)
+    workers = f"{low}" if low == high else f"{low} to {high}"
+    say(f"wrote {'the config' if output == '-' else output}: {settings.provider}, a head and "
+        f"{workers} workers, image {settings.ray_image}")
+    say(f"next: ray up {'<the config>' if output == '-' else output}")
+    app = "then, on the app VM: syntho-agent app --head <the head's private IP>"
+    if token_file is not None:
+        say(f"{app} --token-file ray-token   (copy {token_file} there as ./ray-token)")
+    else:
+        say(f"{app} --no-auth")
+
+
+@click.command("launcher-config")
+@config_option
+@options(OPTIONS)
+@click.option("--output", "-o", default="cluster.yaml", show_default=True,
+              help="the file to write; - for standard output")
+def command(output: str, **params: Any) -> None:
+    """Write a cluster config for Ray's cluster launcher (`ray up`): the guide's option 1."""
+    settings = Settings.from_params(params)
+    check(settings)
+
+    def say(line: str) -> None:  # keep standard output for the YAML when it goes there
+        click.echo(line, err=output == "-")
+
+    settings = _absolute(settings)
+    token_file = _token_file(settings, say)
+    license_file = _license_file(settings)
+    _write(output, render(cluster_config(settings, token_file, license_file), settings.auth))
+    _next_steps(settings, output, token_file, say)

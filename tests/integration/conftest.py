@@ -1,0 +1,51 @@
+"""Fixtures shared by the integration suites: a head 'VM' and a whole deployment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import docker
+import pytest
+
+from agent import cluster
+from tests.conftest import NOFILE, Sandbox, run_agent
+from tests.integration.agent_helpers import App, HeadVM, ok
+
+
+@pytest.fixture(scope="module")
+def module_sandbox(docker_client: docker.DockerClient,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    box = Sandbox(docker_client, tmp_path_factory.mktemp("app"))
+    try:
+        yield box
+    finally:
+        box.cleanup()
+
+
+@pytest.fixture(scope="module")
+def head_vm(module_sandbox: Sandbox, images: dict[str, str]) -> HeadVM:
+    """The Ray head on the host network, as on a VM."""
+    data_dir = module_sandbox.tmp / "head"
+    instance = module_sandbox.instance("head")
+    ok(run_agent("head", "--data-dir", str(data_dir), "--instance", instance, "--ray-image",
+                 images["ray"], "--shm-size", "1gb", "--nofile", NOFILE))
+    token = (data_dir / "ray-token").read_text().strip()
+    heads = [n for n in cluster.alive_nodes("127.0.0.1", token) if n.get("is_head_node")]
+    assert heads, "the head lists itself"
+    return HeadVM(data_dir, str(heads[0]["node_ip"]), token, instance, images["ray"])
+
+
+@pytest.fixture(scope="module")
+def stack(module_sandbox: Sandbox, images: dict[str, str], head_vm: HeadVM) -> App:
+    """head + a worker + the app, converged."""
+    module_sandbox.create_network()
+    worker_dir = module_sandbox.tmp / "worker"
+    ok(run_agent("worker", "--data-dir", str(worker_dir), "--instance",
+                 module_sandbox.instance("w1"), "--network", module_sandbox.network,
+                 "--head", head_vm.node_ip, "--ray-image", images["ray"], "--shm-size", "512mb",
+                 "--nofile", NOFILE, "--token-file", str(head_vm.data_dir / "ray-token")))
+    app = App(module_sandbox, images, head_vm, "app")
+    out = ok(app.run())
+    assert "the app is up" in out
+    app.first_output = out  # type: ignore[attr-defined]
+    return app
