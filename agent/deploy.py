@@ -5,15 +5,20 @@ The CLI calls one function here per role; everything below it is settings -> spe
 
 from __future__ import annotations
 
-import hashlib
-import time
-from importlib import resources
 from typing import Callable
 
 from agent import cluster, images, store
+from agent.app_setup import (
+    ADMIN_PASSWORD,
+    app_secrets,
+    check_db_password,
+    db_password_change,
+    write_env_file,
+    write_init_script,
+)
 from agent.config import Settings
 from agent.engine import Engine
-from agent.errors import ConvergeError, EnvironmentProblem, UsageError
+from agent.errors import ConvergeError, EnvironmentProblem
 from agent.lock import data_dir_lock
 from agent.ops import redact
 from agent.reconcile import preflight, reconcile, wait_ready
@@ -101,10 +106,10 @@ def run_worker(engine: Engine, settings: Settings, say: Say) -> Spec:
     assert settings.head
     store.ensure_dir(settings.data_dir)
     with data_dir_lock(settings.data_dir, settings.lock_wait, say):
+        # A missing image fails now, before anything is written or waited for.
+        images.ensure(engine, settings, {settings.ray_image: settings.suffix("ray-worker")}, say)
         token = cluster.joining_token(settings)
         spec = ray.worker_spec(settings, token)
-        # A missing image fails now, not after the wait for the head.
-        images.ensure(engine, settings, {settings.ray_image: spec.containers[0].name}, say)
         wait_for_head(settings, say)
         report(reconcile(engine, spec, say, settings.ready_timeout), spec, say)
         name = settings.suffix("ray-worker")
@@ -131,10 +136,7 @@ def last_log_line(engine: Engine, name: str, secrets: tuple[str, ...]) -> str:
     if obs is None:
         return "container missing"
     lines = list(engine.logs(obs.sdk, tail=1))
-    line = lines[-1] if lines else "(no output)"
-    for secret in secrets:
-        line = line.replace(secret, "***")
-    return line[:300]
+    return redact(lines[-1] if lines else "(no output)", list(secrets))[:300]
 
 
 # ---- the app role ----
@@ -148,118 +150,6 @@ def app_images(settings: Settings) -> dict[str, str]:
     if settings.redis_url is None:
         wanted[settings.redis_image] = "redis"
     return wanted
-
-
-def app_secrets(settings: Settings, token: str | None, db_supplied: str | None,
-                say: Say) -> app.Secrets:
-    """Generated once, reused forever; a value the operator supplies wins (a database
-    password only once checked against the database: see db_password_change)."""
-    folder = store.ensure_dir(settings.data_dir / "secrets")
-    created: list[str] = []
-
-    def kept(name: str, supplied: str | None, generate: Callable[[], str]) -> str:
-        path = folder / name
-        stored = store.read_secret(path)
-        if supplied is not None and supplied != stored:
-            store.write_atomic(path, supplied + "\n")
-            return supplied
-        value, new = store.secret(path, generate)
-        if new:
-            created.append(name)
-        return value
-
-    secrets = app.Secrets(
-        db_password=kept(DB_PASSWORD, db_supplied, store.token_urlsafe(24)),
-        core_secret_key=kept("core-secret-key", None, store.fernet_key),
-        backend_secret_key=kept("backend-secret-key", None, store.token_urlsafe(48)),
-        admin_password=kept(ADMIN_PASSWORD, settings.admin_password, store.token_urlsafe(15)),
-        ray_token=token,
-    )
-    if created:
-        say(f"generated {', '.join(created)} in {folder} (mode 0600, kept for every later run)")
-    return secrets
-
-
-DB_PASSWORD = "postgres-password"
-ADMIN_PASSWORD = "admin-password"
-
-
-def write_env_file(settings: Settings, secrets: app.Secrets, ray_host: str, say: Say) -> None:
-    """The guide's .env in the data dir (0600). It is output: the config wins over hand edits,
-    and a hand-edited file is kept aside, never silently lost."""
-    path = settings.data_dir / "app.env"
-    stamp = settings.data_dir / ".app.env.sha256"
-    content = app.render_env(app.env_file(settings, secrets, ray_host))
-    if path.exists():
-        current = path.read_bytes()
-        recorded = stamp.read_text().strip() if stamp.exists() else None
-        if current.decode(errors="replace") == content:
-            return
-        if recorded is not None and hashlib.sha256(current).hexdigest() != recorded:
-            aside = path.with_name(f"app.env.edited-{int(time.time())}")
-            store.write_atomic(aside, current.decode(errors="replace"))
-            say(f"{path} was edited by hand: kept as {aside.name}; put lasting changes in the "
-                "config file or flags")
-    store.write_atomic(path, content)
-    store.write_atomic(stamp, hashlib.sha256(content.encode()).hexdigest() + "\n")
-    say(f"wrote {path}")
-
-
-def write_init_script(settings: Settings) -> None:
-    folder = settings.data_dir / "postgres-init"
-    folder.mkdir(mode=0o755, exist_ok=True)
-    folder.chmod(0o755)
-    script = (resources.files("agent") / "assets" / app.INIT_SCRIPT).read_text()
-    target = folder / app.INIT_SCRIPT
-    if not target.exists() or target.read_text() != script:
-        store.write_atomic(target, script, mode=0o755)
-
-
-def db_password_change(settings: Settings, engine: Engine) -> str | None:
-    """The new database password the operator asked for, if it differs from the stored one
-    and a database already exists (else None). Refused without --rotate-db-password."""
-    if settings.postgres_url is not None or settings.db_password is None:
-        return None
-    stored = store.read_secret(settings.data_dir / "secrets" / DB_PASSWORD)
-    if stored is None or stored == settings.db_password:
-        return None
-    volume = settings.suffix("syntho-database-data")
-    if not engine.volume_exists(volume):
-        return None
-    if not settings.rotate_db_password:
-        raise UsageError(
-            f"the database in volume {volume} was created with another password (the one in "
-            f"{settings.data_dir / 'secrets' / DB_PASSWORD}); pass --rotate-db-password to "
-            "change it for real, or drop --db-password")
-    return settings.db_password
-
-
-def check_db_password(engine: Engine, settings: Settings, secrets: app.Secrets,
-                      new_password: str | None, say: Say) -> None:
-    """Prove the bundled database takes the password the app will use; rotate it if asked."""
-    name = settings.suffix("syntho-postgres")
-    if new_password is not None:
-        # Inside the container the local socket trusts its own user (as the official image
-        # sets it up); the SQL travels in the environment, never on a command line.
-        literal = new_password.replace("'", "''")
-        sql = f"ALTER ROLE \"{app.DB_USER}\" PASSWORD '{literal}'"
-        code, out = engine.exec(name, ["sh", "-c", 'printf "%s\\n" "$ROTATE_SQL" | psql -v '
-                                       f'ON_ERROR_STOP=1 -q -U {app.DB_USER} -d postgres'],
-                                env={"ROTATE_SQL": sql})
-        if code != 0:
-            raise ConvergeError(f"could not change the database password: "
-                                f"{redact(out, [new_password]).strip()[:200]}")
-        store.write_atomic(settings.data_dir / "secrets" / DB_PASSWORD, new_password + "\n")
-        say("changed the database password (rotated in Postgres and in secrets/)")
-    password = new_password or secrets.db_password
-    code, out = engine.exec(name, ["psql", "-h", "127.0.0.1", "-U", app.DB_USER, "-d",
-                                   settings.backend_db_name, "-Atc", "SELECT 1"],
-                            env={"PGPASSWORD": password})
-    if code != 0:
-        raise UsageError(
-            f"the database refuses the password in {settings.data_dir / 'secrets' / DB_PASSWORD}"
-            " (the volume was initialised with another); restore that file from a backup, or "
-            "pass the old one with --db-password and --rotate-db-password")
 
 
 def app_ray_host(settings: Settings, token: str | None, say: Say) -> str:

@@ -69,11 +69,36 @@ def plan(spec: s.Spec, observed: list[Observed], ids: dict[str, str],
             actions.append(Action("create", c.name, c, h))
         elif o.config_hash != h:
             actions.append(Action("recreate", c.name, c, h, "configuration changed"))
+        elif (what := drift(o, c, ids[c.image])) is not None:
+            actions.append(Action("recreate", c.name, c, h, f"{what} changed outside the agent"))
         elif o.status not in ("running", "restarting"):  # restarting: the engine is on it
             actions.append(Action("start", c.name, c, h, f"was {o.status}"))
         else:
             actions.append(Action("unchanged", c.name, c, h))
     return actions
+
+
+def drift(o: Observed, c: s.Container, image_id: str) -> str | None:
+    """What of the container differs from its spec, though its label claims the right hash
+    (someone recreated it by hand, copying the labels); None when it matches."""
+    attrs = o.sdk.attrs
+    config, host = attrs.get("Config") or {}, attrs.get("HostConfig") or {}
+    if attrs.get("Image") != image_id:
+        return "the image"
+    if not {f"{k}={v}" for k, v in c.env} <= set(config.get("Env") or []):
+        return "the environment"
+    if c.command is not None and list(c.command) != (config.get("Cmd") or []):
+        return "the command"
+    if c.entrypoint is not None and list(c.entrypoint) != (config.get("Entrypoint") or []):
+        return "the entrypoint"
+    if ((host.get("RestartPolicy") or {}).get("Name") or "no") != c.restart:
+        return "the restart policy"
+    if c.network == "host":
+        return None if host.get("NetworkMode") == "host" else "the network"
+    endpoint = ((attrs.get("NetworkSettings") or {}).get("Networks") or {}).get(c.network)
+    if endpoint is None or not set(c.aliases) <= set(endpoint.get("Aliases") or []):
+        return "the network"
+    return None
 
 
 def check_names(engine: Engine, spec: s.Spec, observed: list[Observed]) -> None:
