@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from agent import store
+from agent import store, validate
 from agent.config import Settings
 from agent.errors import UsageError
 from agent.roles.ray import DASHBOARD_PORT, GCS_PORT
@@ -22,10 +22,10 @@ def _supplied_token(settings: Settings) -> str | None:
     if token is None and settings.token_file is not None:
         token = store.read_secret(settings.token_file)
     if token is not None:
-        token = token.strip()
-        if len(token) < 16 or any(ch.isspace() for ch in token):
-            raise UsageError("the Ray token given is not valid: it must be one word of at least "
-                             "16 characters, as the head wrote it in its data dir's ray-token")
+        try:
+            token = validate.token(token)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     return token
 
 

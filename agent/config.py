@@ -186,7 +186,7 @@ CLUSTER = [
     Opt("auth", "Ray token authentication (on by default; --no-auth turns it off)", None, True,
         flag=True),
     Opt("token", "the cluster's Ray token (prefer SYNTHO_AGENT_TOKEN or --token-file: a flag "
-        "shows in `ps`)", str, secret=True),
+        "shows in `ps`)", lambda v: validate.token(str(v)), secret=True),
     Opt("token-file", "a file holding the cluster's Ray token", _existing_file),
     Opt("ready-timeout", "seconds to wait for the containers to become ready (0 = forever)",
         _wait, 180.0),

@@ -62,6 +62,15 @@ def size(value: str | int) -> int:
     return number
 
 
+def token(value: str) -> str:
+    """A Ray token as the head writes it: one word of at least 16 characters."""
+    value = value.strip()
+    if len(value) < 16 or any(ch.isspace() for ch in value):
+        raise ValueError("the Ray token given is not valid: it must be one word of at least 16 "
+                         "characters, as the head wrote it in its data dir's ray-token")
+    return value
+
+
 def has_registry(ref: str) -> bool:
     """Whether an image reference names a registry (docker's rule: the first component is
     a registry when it looks like a host)."""
