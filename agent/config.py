@@ -70,15 +70,9 @@ def _wait(v: Any) -> float:
 
 
 def _registry(v: Any) -> str:
-    host, sep, port = str(v).rpartition(":")
-    if not sep:
-        host, port = str(v), ""
-    validate.host(host)
-    if port:
-        validate.port(port)
     if "/" in str(v):
         raise ValueError(f"{v!r} must be a registry host[:port], without a path")
-    return str(v)
+    return _host_port(v)
 
 
 def _existing_path(v: Any) -> Path:

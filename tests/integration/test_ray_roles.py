@@ -238,3 +238,22 @@ def test_invalid_input_is_one_line_nonzero_and_changes_nothing(
     assert engine_snapshot(sandbox.client) == before
     assert not (data_dir / "ray-token").exists()
     assert time.monotonic() - started < 60
+
+
+def test_an_engine_that_does_not_answer_or_refuses_the_user_is_one_clear_line(
+        sandbox: Sandbox, images: dict[str, str], tmp_path: Path) -> None:
+    before = engine_snapshot(sandbox.client)
+    args = ["head", "--data-dir", str(tmp_path / "d"), "--ray-image", images["ray"]]
+    absent = run_agent(*args, env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
+    assert absent.returncode == 3, absent.stderr
+    assert absent.stderr.count("\n") == 1 and "does not answer" in absent.stderr
+    # A user outside the docker group: the socket refuses them.
+    (tmp_path / "d2").mkdir(mode=0o777)
+    denied = subprocess.run(
+        ["setpriv", "--reuid=54321", "--regid=54321", "--clear-groups", sys.executable, "-m",
+         "agent", "head", "--data-dir", str(tmp_path / "d2"), "--ray-image", images["ray"]],
+        cwd=REPO, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert denied.returncode == 3, denied.stderr
+    assert denied.stderr.count("\n") == 1 and "no permission" in denied.stderr
+    assert engine_snapshot(sandbox.client) == before
+    assert not (tmp_path / "d" / "ray-token").exists()

@@ -1,0 +1,293 @@
+"""Faults: each is injected into a running deployment on the real engine, the agent runs again
+(or its watch mode reacts), and the test checks that the stack converged AND that nothing was
+lost: a row in each database, the generated secrets, the Ray token, the database volume.
+
+Run alone with `make faults` (pytest -m faults).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from agent import cluster
+from agent.waits import poll
+from tests.conftest import NOFILE, REPO, Sandbox, run_agent
+from tests.integration.agent_helpers import App, HeadVM, Node, http, ip_on, ok
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+SERVICES = ["postgres", "redis", "core", "core_worker", "backend", "worker", "frontend"]
+
+
+def remember(stack: App) -> dict[str, object]:
+    """What must survive: a row per database, the secrets, the token, the volume."""
+    for db in ("syntho-core", "syntho-backend"):
+        stack.psql(db, "CREATE TABLE IF NOT EXISTS kept (v text); DELETE FROM kept;"
+                       f"INSERT INTO kept VALUES ('{db}-row')")
+    volume = stack.sandbox.client.volumes.get(f"syntho-database-data-{stack.instance}")
+    return {"secrets": stack.secrets(), "token": stack.head.token,
+            "volume": volume.attrs["Mountpoint"]}
+
+
+def assert_nothing_lost(stack: App, before: dict[str, object]) -> None:
+    for db in ("syntho-core", "syntho-backend"):
+        assert stack.psql(db, "SELECT v FROM kept") == f"{db}-row"
+    assert stack.secrets() == before["secrets"]
+    assert (stack.head.data_dir / "ray-token").read_text().strip() == before["token"]
+    volume = stack.sandbox.client.volumes.get(f"syntho-database-data-{stack.instance}")
+    assert volume.attrs["Mountpoint"] == before["volume"]  # the same volume, not a new one
+
+
+def assert_converged(stack: App) -> None:
+    for service in SERVICES:
+        c = stack.container(service)
+        assert c.status == "running", service
+        health = c.attrs["State"].get("Health")
+        assert health is None or health["Status"] == "healthy", (service, health)
+    assert http(f"http://127.0.0.1:{stack.frontend_port}/")[0] == 200
+    names = [c.name for c in stack.sandbox.client.containers.list(
+        all=True, filters={"label": f"io.syntho.agent.instance={stack.instance}"})]
+    assert len(names) == len(set(names)) == len(SERVICES), names  # none duplicated, no leftovers
+
+
+def inject(stack: App, service: str, fault: str) -> None:
+    c = stack.container(service)
+    if fault == "kill":
+        c.kill("SIGKILL")
+    elif fault == "stop":
+        c.stop(timeout=2)
+    elif fault == "remove":
+        c.remove(force=True)
+    else:  # recreated by hand with other settings (its labels kept, as `docker run` would copy)
+        attrs = c.attrs
+        c.remove(force=True)
+        env = [*attrs["Config"]["Env"], "INJECTED_BY_HAND=1"]
+        stack.sandbox.client.containers.run(
+            attrs["Config"]["Image"], name=attrs["Name"].lstrip("/"), detach=True,
+            environment=env, labels=attrs["Config"]["Labels"],
+            network=stack.sandbox.client.networks.get(f"syntho-{stack.instance}").name,
+            command=attrs["Config"]["Cmd"], entrypoint=attrs["Config"]["Entrypoint"])
+
+
+@pytest.mark.parametrize("fault", ["kill", "stop", "remove", "by-hand"])
+@pytest.mark.parametrize("service", SERVICES)
+def test_a_container_fault_is_healed_by_a_rerun_and_nothing_is_lost(
+        stack: App, service: str, fault: str) -> None:
+    before = remember(stack)
+    inject(stack, service, fault)
+    out = ok(stack.run())
+    assert "the app is up" in out
+    if fault == "by-hand":
+        assert f"recreated syntho-{service}-{stack.instance}" in out
+        env = stack.container(service).attrs["Config"]["Env"]
+        assert "INJECTED_BY_HAND=1" not in env
+    assert_converged(stack)
+    assert_nothing_lost(stack, before)
+
+
+def test_a_foreign_container_on_a_managed_name_is_refused_untouched(stack: App) -> None:
+    """A container the agent did not make is never removed: a clear error instead."""
+    stack.container("worker").remove(force=True)
+    squatter = stack.sandbox.client.containers.run(
+        stack.images["busybox"], ["sleep", "600"], detach=True,
+        name=f"syntho-worker-{stack.instance}", labels={"owner": "someone-else"})
+    try:
+        result = stack.run()
+        assert result.returncode == 3
+        assert "did not create" in result.stderr and result.stderr.count("\n") == 1
+        squatter.reload()
+        assert squatter.status == "running"
+    finally:
+        squatter.remove(force=True)
+    ok(stack.run())
+    assert_converged(stack)
+
+
+def test_the_agent_killed_at_random_points_thirty_times_always_converges(stack: App) -> None:
+    before = remember(stack)
+    rng = random.Random(1234)
+    secrets_dir = stack.data_dir / "secrets"
+    for round_ in range(30):
+        # Something to do each round, so kills land inside real work.
+        victim = SERVICES[round_ % len(SERVICES)]
+        inject(stack, victim, "remove" if round_ % 2 else "by-hand")
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "app", *stack.args()],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 2.5))  # a random point of the run, not a synchronisation
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        # Never a half-written file: no temporary file left, every secret whole.
+        leftovers = [p.name for p in stack.data_dir.rglob(".*") if p.name.startswith(".") and
+                     p.name != ".app.env.sha256" and p.is_file()]
+        assert not leftovers, (round_, leftovers)
+        assert stack.secrets() == before["secrets"], round_
+        out = ok(stack.run())
+        assert "the app is up" in out, round_
+        assert_converged(stack)
+    assert sorted(p.name for p in secrets_dir.iterdir()) == sorted(before["secrets"])  # type: ignore[arg-type]
+    assert_nothing_lost(stack, before)
+
+
+def test_two_agents_at_once_one_waits_or_refuses_and_nothing_is_corrupted(stack: App) -> None:
+    before = remember(stack)
+    procs = [subprocess.Popen([sys.executable, "-m", "agent", "app", *stack.args(),
+                               "--lock-wait", "0"], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
+    codes = sorted(r[0] for r in results)
+    # Either they ran one after the other (both 0), or one was refused with exit 5.
+    assert codes in ([0, 0], [0, 5]), results
+    for code, _, err in results:
+        if code == 5:
+            assert "another syntho-agent" in err and err.count("\n") == 1
+    assert_converged(stack)
+    assert_nothing_lost(stack, before)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "emptied", "unreadable"])
+@pytest.mark.parametrize("name", ["secrets/postgres-password", "secrets/core-secret-key",
+                                  "ray-token"])
+def test_a_damaged_data_dir_file_is_named_and_never_replaced(
+        stack: App, name: str, damage: str) -> None:
+    path = (stack.head.data_dir if name == "ray-token" else stack.data_dir) / name
+    original = path.read_bytes()
+    core_id = stack.container("core").id
+    try:
+        if damage == "truncated":
+            path.write_bytes(original[:5] + b"\n" + original[5:9])  # two lines: not a secret
+        elif damage == "emptied":
+            path.write_bytes(b"")
+        else:  # root reads through any mode, so make it a directory instead
+            path.unlink()
+            path.mkdir()
+        damaged = path.read_bytes() if path.is_file() else None
+        result = (run_agent("head", *head_args(stack.head)) if name == "ray-token"
+                  else stack.run())
+        assert result.returncode == 3, result.stdout + result.stderr
+        assert str(path) in result.stderr and result.stderr.count("\n") == 1
+        assert ("damaged" in result.stderr) or ("cannot read" in result.stderr)
+        assert (path.read_bytes() if path.is_file() else None) == damaged  # never replaced
+        assert stack.container("core").id == core_id
+    finally:
+        if path.is_dir():
+            path.rmdir()
+        path.write_bytes(original)
+        path.chmod(0o600)
+
+
+def head_args(head: HeadVM) -> list[str]:
+    return ["--data-dir", str(head.data_dir), "--instance", head.instance, "--ray-image",
+            head.ray_image, "--shm-size", "1gb", "--nofile", NOFILE]
+
+
+def test_a_worker_cut_off_from_the_head_rejoins_when_the_network_returns(
+        sandbox: Sandbox, images: dict[str, str]) -> None:
+    sandbox.create_network()
+    head = Node(sandbox, images, "head")
+    ok(head.run("head"))
+    token = (head.data_dir / "ray-token").read_text().strip()
+    head_ip = ip_on(head.container("ray-head"), sandbox.network)
+    worker = Node(sandbox, images, "w1")
+    ok(worker.run("worker", "--head", head_ip, env={"SYNTHO_AGENT_TOKEN": token}))
+    net = sandbox.client.networks.get(sandbox.network)
+    net.disconnect(worker.container("ray-worker"))
+    # The head notices the silent node (Ray's health checks), then the network returns.
+    assert poll(lambda: len(cluster.alive_nodes(head_ip, token)) == 1, 180, "worker seen dead")
+    net.connect(worker.container("ray-worker"))
+    ok(worker.run("worker", "--head", head_ip))
+    assert poll(lambda: len(cluster.alive_nodes(head_ip, token)) == 2, 180, "worker rejoined")
+
+
+def test_the_engine_restarted_the_deployment_comes_back(stack: App) -> None:
+    """dockerd itself restarts (as on a reboot): the agent's rerun converges, nothing lost."""
+    before = remember(stack)
+    subprocess.run(["pkill", "-TERM", "-x", "dockerd"], check=True)
+    client = stack.sandbox.client
+    assert poll(lambda: subprocess.run(["pgrep", "-x", "dockerd"]).returncode != 0, 60,
+                "dockerd stopped")
+    subprocess.run(["bash", str(REPO / ".ci/engine.sh")], check=True, capture_output=True)
+    assert poll(lambda: client.ping(), 60, "dockerd answers")
+    ok(run_agent("head", *head_args(stack.head)))
+    out = ok(stack.run())
+    assert "the app is up" in out
+    assert_converged(stack)
+    assert_nothing_lost(stack, before)
+    code, body = http(f"http://localhost:{stack.backend_port}/api/docs/")
+    assert code == 200 and body["dependencies"]["core"]["ok"]
+
+
+def test_secrets_never_appear_on_any_command_line_while_the_agent_runs(stack: App) -> None:
+    """Scan every process's argv (containers' included) during a run that does real work."""
+    secret_values = [v.strip() for v in stack.secrets().values()] + [stack.head.token]
+    stack.container("backend").remove(force=True)
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "app", *stack.args()], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: set[str] = set()
+    while proc.poll() is None:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+                    errors="replace")
+            except OSError:
+                continue
+            seen.add(argv)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert len(seen) > 10
+    for value in secret_values:
+        assert not any(value in argv for argv in seen)
+        assert value not in out + err
+    for path in [*(stack.data_dir / "secrets").iterdir(), stack.data_dir / "app.env",
+                 stack.head.data_dir / "ray-token"]:
+        st = path.stat()
+        assert (st.st_mode & 0o777, st.st_uid) == (0o600, os.getuid()), path
+
+
+def test_postgres_and_redis_are_not_reachable_through_the_host_unless_asked(stack: App) -> None:
+    for service in ("postgres", "redis"):
+        c = stack.container(service)
+        assert not c.attrs["HostConfig"]["PortBindings"]
+        assert not c.attrs["NetworkSettings"]["Ports"] or not any(
+            c.attrs["NetworkSettings"]["Ports"].values())
+    proxies = subprocess.run(["pgrep", "-af", "docker-proxy"], capture_output=True,
+                             text=True).stdout
+    for port in ("-container-port 5432", "-container-port 6379"):
+        assert port not in proxies
+
+
+def test_a_wrong_token_never_joins(sandbox: Sandbox, images: dict[str, str]) -> None:
+    sandbox.create_network()
+    head = Node(sandbox, images, "head")
+    ok(head.run("head"))
+    token = (head.data_dir / "ray-token").read_text().strip()
+    head_ip = ip_on(head.container("ray-head"), sandbox.network)
+    bad = Node(sandbox, images, "bad")
+    result = bad.run("worker", "--head", head_ip, "--ready-timeout", "15",
+                     env={"SYNTHO_AGENT_TOKEN": "0" * 64})
+    assert result.returncode == 4 and "InvalidAuthToken" in result.stderr
+    assert len(cluster.alive_nodes(head_ip, token)) == 1
+    assert "0" * 64 not in result.stdout + result.stderr
+
+
+@pytest.fixture(autouse=True)
+def _engine_answers(docker_client: docker.DockerClient) -> None:
+    """Every fault test starts against an engine that answers (the restart test stops it)."""
+    assert poll(lambda: _ping(docker_client), 60, "engine")
+
+
+def _ping(client: docker.DockerClient) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
