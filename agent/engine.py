@@ -106,7 +106,8 @@ class Engine:
 
     def ensure_network(self, name: str, labels: dict[str, str]) -> bool:
         """Create a bridge network unless it exists; True when created."""
-        if self.client.networks.list(names=[name]):
+        # The engine's name filter matches substrings ("syntho" finds "syntho-x"): compare.
+        if any(n.name == name for n in self.client.networks.list(names=[name])):
             return False
         self.client.networks.create(name, driver="bridge", labels=labels)
         return True
@@ -160,6 +161,7 @@ class Engine:
                 "retries": c.health.retries,
                 "start_period": int(c.health.start_period * NS),
             }
+        container = None
         try:
             container = self.client.containers.create(**kwargs)
             if c.network != "host" and c.aliases:
@@ -169,6 +171,8 @@ class Engine:
                 net.connect(container, aliases=list(c.aliases))
             return container
         except docker.errors.APIError as exc:
+            if container is not None:  # never leave a half-made container behind
+                self.remove(container)
             raise EnvironmentProblem(f"the engine refused to create {c.name}: "
                                      f"{exc.explanation or exc}") from None
 

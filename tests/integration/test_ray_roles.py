@@ -257,3 +257,17 @@ def test_an_engine_that_does_not_answer_or_refuses_the_user_is_one_clear_line(
     assert denied.stderr.count("\n") == 1 and "no permission" in denied.stderr
     assert engine_snapshot(sandbox.client) == before
     assert not (tmp_path / "d" / "ray-token").exists()
+
+
+def test_a_network_whose_name_extends_ours_is_not_mistaken_for_it(
+        sandbox: Sandbox, images: dict[str, str]) -> None:
+    """The engine's name filter matches substrings; the agent must still create its own."""
+    longer = sandbox.client.networks.create(f"{sandbox.network}-longer", labels=sandbox.labels)
+    try:
+        node = Node(sandbox, images, "head")
+        out = ok(node.run("head"))
+        assert f"created network {sandbox.network}" in out
+        assert sandbox.network in node.container("ray-head").attrs["NetworkSettings"]["Networks"]
+    finally:
+        node.container("ray-head").remove(force=True)
+        longer.remove()
