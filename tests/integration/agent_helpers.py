@@ -56,9 +56,12 @@ def ip_on(container: docker.models.containers.Container, network: str) -> str:
 
 
 def engine_snapshot(client: docker.DockerClient) -> set[tuple[str, str, str]]:
-    """Every container, network and volume with its ID and state: 'nothing changed' is equality."""
+    """Every container, network and volume with its ID and state: 'nothing changed' is equality.
+
+    A container already being removed is left out: it is on its way out from before.
+    """
     found = {("container", c.name or "", f"{c.id}:{c.status}")
-             for c in client.containers.list(all=True)}
+             for c in client.containers.list(all=True) if c.status != "removing"}
     found |= {("network", n.name or "", str(n.id)) for n in client.networks.list()}
     found |= {("volume", v.name or "", "") for v in client.volumes.list()}
     return found

@@ -186,8 +186,8 @@ def test_there_are_pythons_to_try() -> None:
 def test_runs_on_every_supported_python(built: Build, python: Path) -> None:
     version = ok(run(python, "-c", "import platform; print(platform.python_version())")).strip()
     out = ok(run(python, built.file(), "version"))
-    assert out.startswith(f"syntho-agent {__version__} (commit {built.commit}) on Python "
-                          f"{version}, Linux {MACHINE}"), out
+    assert out.startswith(f"syntho-agent {__version__} (commit {built.commit}, built for "
+                          f"manylinux2014_{MACHINE}) on Python {version}, Linux {MACHINE}"), out
     assert "Usage: syntho-agent" in ok(run(python, built.file(), "--help"))
     # The compiled modules of this very Python load (not a pure-Python fallback).
     major, minor, md, cffi = ok(run(python, built.file(), "-c", COMPILED,
@@ -203,7 +203,7 @@ def test_works_with_home_unset(built: Build) -> None:
     env = clean_env()
     env.pop("HOME", None)
     out = ok(run(sys.executable, built.file(), "version", env=env))
-    assert f"syntho-agent {__version__} (commit {built.commit})" in out
+    assert f"syntho-agent {__version__} (commit {built.commit}, built for" in out
     # root extracts to the root baked in by build.py
     assert (ROOT_OF_ROOT / f"syntho-agent_{built.build_id()}" / "site-packages" / "agent").is_dir()
 
@@ -227,7 +227,7 @@ def test_works_as_a_uid_without_passwd_entry(built: Build, shared: Path) -> None
     env = {"PATH": "/usr/bin:/bin", "TMPDIR": str(shared / "tmp")}  # no HOME, like systemd
     # run through the shebang line (/usr/bin/env python3), as a unit file would
     out = ok(as_nobody(shared / "syntho-agent", "version", env=env))
-    assert f"(commit {built.commit})" in out
+    assert f"(commit {built.commit}, built for" in out
     ok(as_nobody(shared / "syntho-agent", "--help", env=env))
     root = shared / "tmp" / f"syntho-agent-{NOBODY}"
     assert root.stat().st_uid == NOBODY and root.stat().st_mode & 0o777 == 0o700
