@@ -1,6 +1,7 @@
-"""The Docker engine, through the SDK: the only module that talks to it.
-
-Translates spec objects into SDK calls and SDK failures into the agent's one-line errors.
+"""The Docker engine, through the SDK: what the reconciler needs (observe, create, start,
+remove, exec), translating spec objects into SDK calls and SDK failures into the agent's
+one-line errors. The edges that need more of the SDK (images.py: load, login, pull; watch.py:
+events; ops.py: listing networks and volumes) use `Engine.client` directly.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 
 import docker
 import docker.errors
-import requests.exceptions
 from docker.models.containers import Container as SdkContainer
 from docker.types import Mount as SdkMount
 from docker.types import Ulimit
@@ -211,21 +211,6 @@ class Engine:
         except docker.errors.NotFound:
             return False
 
-    def remove_volume(self, name: str) -> bool:
-        try:
-            self.client.volumes.get(name).remove(force=True)
-            return True
-        except docker.errors.NotFound:
-            return False
-
-    def remove_network(self, name: str) -> bool:
-        removed = False
-        for net in self.client.networks.list(names=[name]):
-            if net.name == name:
-                net.remove()
-                removed = True
-        return removed
-
     def exec(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
         container = self.client.containers.get(name)
         code, out = container.exec_run(cmd, environment=env or {}, demux=False)
@@ -242,6 +227,3 @@ class Engine:
         nets = obs.sdk.attrs.get("NetworkSettings", {}).get("Networks", {})
         return (nets.get(network) or {}).get("IPAddress") or None
 
-
-def is_connection_error(exc: BaseException) -> bool:
-    return isinstance(exc, (requests.exceptions.ConnectionError, docker.errors.DockerException))
