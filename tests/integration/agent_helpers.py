@@ -142,3 +142,35 @@ class App:
             ["psql", "-U", "syntho", "-d", db, "-Atc", sql])
         assert code == 0, out
         return str(out.decode().strip())
+
+
+def start_registry(tmp: Path, user: str, password: str, listen: str = "127.0.0.1"
+                   ) -> tuple[subprocess.Popen[bytes], int]:
+    """Debian's docker-registry (a real registry v2) with htpasswd auth, on `listen`.
+
+    Returns the process (terminate it) and its port. Engines trust 127.0.0.0/8 without TLS.
+    """
+    import shutil
+
+    import pytest
+
+    from agent.waits import poll, tcp_open
+
+    binary, htpasswd = shutil.which("docker-registry"), shutil.which("htpasswd")
+    if not binary or not htpasswd:
+        pytest.fail("docker-registry and htpasswd are needed: apt-get install docker-registry "
+                    "apache2-utils (.ci/run does)", pytrace=False)
+    port = free_port()
+    users = subprocess.run([htpasswd, "-Bbn", user, password], check=True, capture_output=True,
+                           text=True).stdout
+    (tmp / "htpasswd").write_text(users)
+    (tmp / "registry.yml").write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp / 'registry'}\n"
+        f"http:\n  addr: {listen}:{port}\nauth:\n  htpasswd:\n    realm: test\n"
+        f"    path: {tmp / 'htpasswd'}\n")
+    proc = subprocess.Popen([binary, "serve", str(tmp / "registry.yml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not poll(lambda: tcp_open("127.0.0.1", port), 20, "registry"):
+        proc.terminate()
+        pytest.fail("the registry did not start", pytrace=False)
+    return proc, port

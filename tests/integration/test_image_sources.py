@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,8 +15,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from agent.waits import poll, tcp_open
+from agent.waits import poll
 from tests.conftest import NOFILE, REPO, Sandbox, run_agent
+from tests.integration.agent_helpers import start_registry
 
 pytestmark = pytest.mark.integration
 
@@ -29,33 +29,11 @@ class Registry:
     address: str
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Registry]:
-    """Debian's docker-registry on loopback, htpasswd auth (the engine trusts 127.0.0.0/8)."""
-    binary, htpasswd = shutil.which("docker-registry"), shutil.which("htpasswd")
-    if not binary or not htpasswd:
-        pytest.fail("docker-registry and htpasswd are needed: apt-get install docker-registry "
-                    "apache2-utils (.ci/run does)", pytrace=False)
-    port = _free_port()
-    users = subprocess.run([htpasswd, "-Bbn", USER, PASSWORD], check=True, capture_output=True,
-                           text=True).stdout
-    (tmp_path / "htpasswd").write_text(users)
-    (tmp_path / "config.yml").write_text(
-        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: test\n"
-        f"    path: {tmp_path / 'htpasswd'}\n")
-    proc = subprocess.Popen([binary, "serve", str(tmp_path / "config.yml")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """A registry on loopback with htpasswd auth."""
+    proc, port = start_registry(tmp_path, USER, PASSWORD)
     try:
-        assert poll(lambda: tcp_open("127.0.0.1", port), 20, "registry"), "registry did not start"
         yield Registry(f"127.0.0.1:{port}")
     finally:
         proc.terminate()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import subprocess
 import tarfile
 import urllib.request
@@ -23,8 +22,9 @@ import docker
 import pytest
 
 from agent import cluster
-from agent.waits import poll, tcp_open
+from agent.waits import poll
 from tests.conftest import NOFILE, REPO, TEST_LABEL, Sandbox
+from tests.integration.agent_helpers import start_registry
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +104,7 @@ def lab(docker_client: docker.DockerClient, images: dict[str, str],
         prefix = gateway.rsplit(".", 1)[0]
 
         # The registry, on the host: the VMs reach it at the network's gateway.
-        registry_proc, port = start_registry(sandbox.tmp)
+        registry_proc, port = start_registry(sandbox.tmp, USER, PASSWORD, listen="0.0.0.0")
         registry = f"{gateway}:{port}"
         local = f"127.0.0.1:{port}"
         docker_client.images.get(images["ray"]).tag(f"{local}/syntho/syntho-ray", "test")
@@ -143,29 +143,6 @@ def lab(docker_client: docker.DockerClient, images: dict[str, str],
         if registry_proc is not None:
             registry_proc.terminate()
             registry_proc.wait(timeout=10)
-
-
-def start_registry(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
-    binary, htpasswd = shutil.which("docker-registry"), shutil.which("htpasswd")
-    if not binary or not htpasswd:
-        pytest.fail("docker-registry and htpasswd are needed (.ci/run installs them)",
-                    pytrace=False)
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("0.0.0.0", 0))
-        port = int(sock.getsockname()[1])
-    users = subprocess.run([htpasswd, "-Bbn", USER, PASSWORD], check=True, capture_output=True,
-                           text=True).stdout
-    (tmp / "htpasswd").write_text(users)
-    (tmp / "registry.yml").write_text(
-        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp / 'registry'}\n"
-        f"http:\n  addr: 0.0.0.0:{port}\nauth:\n  htpasswd:\n    realm: test\n"
-        f"    path: {tmp / 'htpasswd'}\n")
-    proc = subprocess.Popen([binary, "serve", str(tmp / "registry.yml")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert poll(lambda: tcp_open("127.0.0.1", port), 20, "registry")
-    return proc, port
 
 
 def core_status(app: VM) -> dict[str, object]:
