@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv engine images lint test unit build demo faults clean
+.PHONY: help venv engine images lint test unit build demo faults bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,7 +23,7 @@ images: venv engine ## build the test images that are missing (cached by recipe 
 	$(PY) tests/images/build.py
 
 lint: venv ## ruff and mypy
-	$(PY) -m ruff check agent tests build.py zipapp_main.py
+	$(PY) -m ruff check agent tests bench build.py zipapp_main.py
 	$(PY) -m mypy
 	shellcheck .ci/run .ci/engine.sh examples/*.sh agent/assets/*.sh tests/images/*/*.sh
 
@@ -41,6 +41,9 @@ demo: build images ## the main job: head, a worker and the app on this machine, 
 
 faults: venv engine images ## the fault-injection suite alone
 	$(PY) -m pytest -q -m faults tests $(PYTEST_ARGS)
+
+bench: venv engine images ## the benchmarks (bench/RESULTS.md)
+	$(PY) bench/run_all.py
 
 clean: ## remove build output
 	rm -rf dist build *.egg-info

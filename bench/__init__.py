@@ -1,0 +1,1 @@
+"""Benchmarks of syntho-agent against its baselines (see bench/RESULTS.md); not tests."""
