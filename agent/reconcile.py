@@ -150,7 +150,8 @@ def apply(engine: Engine, spec: s.Spec, actions: list[Action], say: Say,
             say(f"unchanged {action.name}")
             continue
         if action.verb == "remove":
-            engine.remove(observed[action.name].sdk)
+            if action.name in observed:
+                engine.remove(observed[action.name].sdk)
             say(f"removed {action.name} ({action.reason})")
             changes += 1
             continue
@@ -160,6 +161,9 @@ def apply(engine: Engine, spec: s.Spec, actions: list[Action], say: Say,
         for dep in c.after:
             if dep in by_service:
                 wait_ready(engine, by_service[dep], ready_timeout, say)
+        if action.verb in ("start", "recreate") and c.name not in observed:
+            # It vanished between plan and act (removed meanwhile): make it anew.
+            action = Action("create", c.name, c, action.config_hash)
         if action.verb == "start":
             engine.start(observed[c.name].sdk, c.name)
             say(f"started {c.name} ({action.reason})")

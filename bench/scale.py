@@ -98,7 +98,7 @@ def main() -> None:
         seconds, made = create[n]
         rows.append(common.Row(
             f"6. no-op reconcile, {n} containers", "s", agent[n],
-            "floor: list + inspect each", floor[n], target="linear",
+            "floor: list + inspect each", floor[n], target="linear, nothing batchable",
             note=f"{total} engine calls ({total / n:.2f} per container: {kinds}); the floor "
                  f"makes {n + 1}; one sparse list alone: {sparse[n] * 1000:.0f} ms; creating "
                  f"the {n} took {seconds:.1f} s and {made} calls ({made / n:.1f} per container)"))
