@@ -9,7 +9,7 @@ import pytest
 
 from agent import cluster
 from tests.conftest import NOFILE, Sandbox, run_agent
-from tests.integration.agent_helpers import App, HeadVM, ok
+from tests.integration.agent_helpers import App, HeadVM, Node, ok
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +49,14 @@ def stack(module_sandbox: Sandbox, images: dict[str, str], head_vm: HeadVM) -> A
     assert "the app is up" in out
     app.first_output = out  # type: ignore[attr-defined]
     return app
+
+
+@pytest.fixture
+def head(sandbox: Sandbox, images: dict[str, str]) -> Node:
+    """A Ray head on the test's own bridge network (each node its own IP)."""
+    sandbox.create_network()
+    node = Node(sandbox, images, "head")
+    out = ok(node.run("head"))
+    assert f"created ray-head-{node.instance}" in out
+    assert "ray head ready" in out
+    return node

@@ -190,10 +190,7 @@ def head_args(head: HeadVM) -> list[str]:
 
 
 def test_a_worker_cut_off_from_the_head_rejoins_when_the_network_returns(
-        sandbox: Sandbox, images: dict[str, str]) -> None:
-    sandbox.create_network()
-    head = Node(sandbox, images, "head")
-    ok(head.run("head"))
+        sandbox: Sandbox, images: dict[str, str], head: Node) -> None:
     token = (head.data_dir / "ray-token").read_text().strip()
     head_ip = ip_on(head.container("ray-head"), sandbox.network)
     worker = Node(sandbox, images, "w1")
@@ -266,10 +263,8 @@ def test_postgres_and_redis_are_not_reachable_through_the_host_unless_asked(stac
         assert port not in proxies
 
 
-def test_a_wrong_token_never_joins(sandbox: Sandbox, images: dict[str, str]) -> None:
-    sandbox.create_network()
-    head = Node(sandbox, images, "head")
-    ok(head.run("head"))
+def test_a_wrong_token_never_joins(sandbox: Sandbox, images: dict[str, str],
+                                   head: Node) -> None:
     token = (head.data_dir / "ray-token").read_text().strip()
     head_ip = ip_on(head.container("ray-head"), sandbox.network)
     bad = Node(sandbox, images, "bad")

@@ -31,16 +31,6 @@ def ray_active_nodes(head: Node) -> int:
     return out.split("Active:")[-1].split("Pending:")[0].count("node_")
 
 
-@pytest.fixture
-def head(sandbox: Sandbox, images: dict[str, str]) -> Node:
-    sandbox.create_network()
-    node = Node(sandbox, images, "head")
-    out = ok(node.run("head"))
-    assert f"created ray-head-{node.instance}" in out
-    assert "ray head ready" in out
-    return node
-
-
 def test_head_and_two_workers_form_a_cluster_and_a_wrong_token_never_joins(
         sandbox: Sandbox, images: dict[str, str], head: Node) -> None:
     token = head.token_file.read_text().strip()
