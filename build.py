@@ -184,7 +184,10 @@ def build_one(arch: str, wheels: Path, commit: str, epoch: int) -> bytes:
         raw = Path(tmp, "shiv.pyz")
         subprocess.run([sys.executable, "-m", "shiv", "--site-packages", str(site),
                         "--entry-point", ENTRY_POINT, "--output-file", str(raw),
-                        "--python", SHEBANG, "--root", ROOT, "--reproducible", "--uncompressed"],
+                        "--python", SHEBANG, "--root", ROOT, "--reproducible", "--uncompressed",
+                        # Bytecode made once at extraction: with PYTHONDONTWRITEBYTECODE set
+                        # (as some hosts do) every start would compile the dependencies anew.
+                        "--compile-pyc"],
                        check=True, env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
         guard = set_constants((REPO / "zipapp_main.py").read_text(), MACHINE=arch,
                               OLDEST=version_tuple(PYTHONS[0]), NEWEST=version_tuple(PYTHONS[-1]))

@@ -19,6 +19,7 @@ from agent.roles import app
 Say = Callable[[str], None]
 DB_PASSWORD = "postgres-password"  # file names in <data-dir>/secrets
 ADMIN_PASSWORD = "admin-password"
+PROVEN = ".db-password-proven"  # which run of the Postgres container took the password
 
 
 def app_secrets(settings: Settings, token: str | None, db_supplied: str | None,
@@ -103,8 +104,20 @@ def db_password_change(settings: Settings, engine: Engine) -> str | None:
 
 def check_db_password(engine: Engine, settings: Settings, secrets: app.Secrets,
                       new_password: str | None, say: Say) -> None:
-    """Prove the bundled database takes the password the app will use; rotate it if asked."""
+    """Prove the bundled database takes the password the app will use; rotate it if asked.
+
+    Once proven for a run of the Postgres container (its id and start time, recorded in the
+    data dir), later runs skip the probe: the password reaches Postgres only through the
+    container's environment, so a new one always comes with a new container, and a volume
+    swapped underneath needs a restart.
+    """
     name = settings.suffix("syntho-postgres")
+    proven = settings.data_dir / PROVEN
+    current = engine.observe(name)
+    run = (f"{current.sdk.id} {current.sdk.attrs.get('State', {}).get('StartedAt', '')}\n"
+           if current is not None else "")
+    if new_password is None and run and proven.exists() and proven.read_text() == run:
+        return
     if new_password is not None:
         # Inside the container the local socket trusts its own user (as the official image
         # sets it up); the SQL travels in the environment, never on a command line.
@@ -127,3 +140,5 @@ def check_db_password(engine: Engine, settings: Settings, secrets: app.Secrets,
             f"the database refuses the password in {settings.data_dir / 'secrets' / DB_PASSWORD}"
             " (the volume was initialised with another); restore that file from a backup, or "
             "pass the old one with --db-password and --rotate-db-password")
+    if run and new_password is None:
+        store.write_atomic(proven, run)

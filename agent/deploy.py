@@ -21,7 +21,7 @@ from agent.engine import Engine
 from agent.errors import ConvergeError, EnvironmentProblem
 from agent.lock import data_dir_lock
 from agent.ops import redact
-from agent.reconcile import preflight, reconcile, wait_ready
+from agent.reconcile import apply, preflight, reconcile, wait_all_ready, wait_ready
 from agent.roles import app, ray
 from agent.spec import Spec
 from agent.waits import http_ok, poll, tcp_open
@@ -46,7 +46,8 @@ def head_address(engine: Engine, settings: Settings) -> str:
 def run_head(engine: Engine, settings: Settings, say: Say) -> Spec:
     store.ensure_dir(settings.data_dir)
     with data_dir_lock(settings.data_dir, settings.lock_wait, say):
-        images.ensure(engine, settings, {settings.ray_image: settings.suffix("ray-head")}, say)
+        ids = images.ensure(engine, settings, {settings.ray_image: settings.suffix("ray-head")},
+                            say)
         token, created = cluster.head_token(settings)
         if not settings.auth:
             say("WARNING: Ray token auth is OFF (--no-auth): anyone who reaches ports 6379, 8265 "
@@ -54,7 +55,7 @@ def run_head(engine: Engine, settings: Settings, say: Say) -> Spec:
         elif created:
             say(f"generated the cluster's Ray token in {cluster.token_path(settings.data_dir)}")
         spec = ray.head_spec(settings, token)
-        report(reconcile(engine, spec, say, settings.ready_timeout), spec, say)
+        report(reconcile(engine, spec, say, settings.ready_timeout, ids), spec, say)
         address = head_address(engine, settings)
 
         advertised: list[str] = []
@@ -87,14 +88,23 @@ def run_head(engine: Engine, settings: Settings, say: Say) -> Spec:
         return spec
 
 
+HEAD_POLL = 0.5  # seconds between looks at the head's port while waiting for it
+
+
 def wait_for_head(settings: Settings, say: Say) -> None:
+    """Until the head's GCS port takes a connection. An address that does not answer at all
+    (a VM still booting) would hold a connection attempt: each gives up within one interval."""
     assert settings.head
-    if tcp_open(settings.head, ray.GCS_PORT):
+
+    def gcs_open() -> bool:
+        return tcp_open(settings.head or "", ray.GCS_PORT, timeout=HEAD_POLL)
+
+    if gcs_open():
         return
     forever = "forever" if settings.wait == 0 else f"up to {settings.wait:.0f}s"
     say(f"waiting for the Ray head at {settings.head}:{ray.GCS_PORT} ({forever})")
-    if not poll(lambda: tcp_open(settings.head or "", ray.GCS_PORT), settings.wait,
-                f"the Ray head at {settings.head}:{ray.GCS_PORT}", say, ceiling=1.0):
+    if not poll(gcs_open, settings.wait, f"the Ray head at {settings.head}:{ray.GCS_PORT}",
+                say, ceiling=HEAD_POLL):
         raise EnvironmentProblem(
             f"the Ray head at {settings.head}:{ray.GCS_PORT} did not answer within "
             f"{settings.wait:.0f}s: check that it runs and that ports 6379 and 10001 are open "
@@ -107,11 +117,12 @@ def run_worker(engine: Engine, settings: Settings, say: Say) -> Spec:
     store.ensure_dir(settings.data_dir)
     with data_dir_lock(settings.data_dir, settings.lock_wait, say):
         # A missing image fails now, before anything is written or waited for.
-        images.ensure(engine, settings, {settings.ray_image: settings.suffix("ray-worker")}, say)
+        ids = images.ensure(engine, settings,
+                            {settings.ray_image: settings.suffix("ray-worker")}, say)
         token = cluster.joining_token(settings)
         spec = ray.worker_spec(settings, token)
         wait_for_head(settings, say)
-        report(reconcile(engine, spec, say, settings.ready_timeout), spec, say)
+        report(reconcile(engine, spec, say, settings.ready_timeout, ids), spec, say)
         name = settings.suffix("ray-worker")
         if settings.network != "host":
             my_ip = engine.container_ip(name, settings.network) or ""
@@ -181,7 +192,7 @@ def run_app(engine: Engine, settings: Settings, say: Say) -> Spec:
     assert settings.head
     store.ensure_dir(settings.data_dir)
     with data_dir_lock(settings.data_dir, settings.lock_wait, say):
-        images.ensure(engine, settings, app_images(settings), say)
+        ids = images.ensure(engine, settings, app_images(settings), say)
         rotate_to = db_password_change(settings, engine)
         token = cluster.joining_token(settings)
         # While a rotation is pending, the stored password is the one the database still has.
@@ -191,27 +202,28 @@ def run_app(engine: Engine, settings: Settings, say: Say) -> Spec:
         wait_for_head(settings, say)
         ray_host = app_ray_host(settings, token, say)
         spec = app.app_spec(settings, secrets, settings.data_dir, ray_host)
-        preflight(engine, spec)
+        plan = preflight(engine, spec, ids)
         write_env_file(settings, secrets, ray_host, say)
         # Postgres and Redis first; the app's password is proven before anything uses it.
         infra = {"postgres", "redis"}
-        changes = reconcile(engine, spec, say, settings.ready_timeout, only=infra)
+        changes = apply(engine, spec, plan, say, settings.ready_timeout,
+                        plan.part(infra, removals=True))
         if settings.postgres_url is None:
             postgres = next(c for c in spec.containers if c.service == "postgres")
-            wait_ready(engine, postgres, settings.ready_timeout, say)
+            if not plan.ready(postgres):
+                wait_ready(engine, postgres, settings.ready_timeout, say)
             check_db_password(engine, settings, secrets, rotate_to, say)
             if rotate_to is not None:
                 secrets = app_secrets(settings, token, rotate_to, say)
                 spec = app.app_spec(settings, secrets, settings.data_dir, ray_host)
                 write_env_file(settings, secrets, ray_host, say)
+                plan = preflight(engine, spec, ids)
         rest = {c.service for c in spec.containers} - infra
         if rotate_to is not None:
             rest.add("postgres")  # its POSTGRES_PASSWORD follows (unused once initialised)
-        changes += reconcile(engine, spec, say, settings.ready_timeout, only=rest)
+        changes += apply(engine, spec, plan, say, settings.ready_timeout, plan.part(rest))
         report(changes, spec, say)
-        for c in spec.ordered():
-            if c.health:
-                wait_ready(engine, c, settings.ready_timeout, say)
+        wait_all_ready(engine, spec, plan, settings.ready_timeout, say)
         host = "127.0.0.1" if settings.bind == "0.0.0.0" else settings.bind
         url = f"http://{host}:{settings.frontend_port}/"
         if not poll(lambda: http_ok(url), settings.ready_timeout, f"the frontend at {url}", say):

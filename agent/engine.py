@@ -15,7 +15,6 @@ import docker
 import docker.errors
 from docker.models.containers import Container as SdkContainer
 from docker.types import Mount as SdkMount
-from docker.types import Ulimit
 
 from agent import spec as s
 from agent.errors import EnvironmentProblem, UsageError
@@ -92,6 +91,11 @@ class Engine:
             sdk=c,
         )
 
+    def container_names(self) -> set[str]:
+        """The names of every container on the engine (one list call, no inspects)."""
+        return {str(n).lstrip("/") for c in self.client.api.containers(all=True)
+                for n in c.get("Names") or []}
+
     def health_log_tail(self, name: str, lines: int = 3) -> str:
         obs = self.observe(name)
         if obs is None:
@@ -121,58 +125,9 @@ class Engine:
             return True
 
     def create(self, c: s.Container, labels: dict[str, str]) -> SdkContainer:
-        kwargs: dict[str, Any] = dict(
-            image=c.image,
-            name=c.name,
-            command=list(c.command) if c.command is not None else None,
-            entrypoint=list(c.entrypoint) if c.entrypoint is not None else None,
-            environment=c.env_dict(),
-            labels=labels,
-            restart_policy={"Name": c.restart} if c.restart != "no" else None,
-            detach=True,
-        )
-        if c.network == "host":
-            kwargs["network_mode"] = "host"
-        else:
-            kwargs["network"] = c.network
-        if c.shm_size:
-            kwargs["shm_size"] = c.shm_size
-        if c.nofile:
-            kwargs["ulimits"] = [Ulimit(name="nofile", soft=c.nofile, hard=c.nofile)]
-        if c.cpus:
-            kwargs["nano_cpus"] = int(c.cpus * NS)
-        if c.memory:
-            kwargs["mem_limit"] = c.memory
-            kwargs["mem_reservation"] = c.memory
-        if c.ports:
-            kwargs["ports"] = {f"{p.container}/tcp": (p.host_ip or "0.0.0.0", p.host)
-                               for p in c.ports}
-        if c.mounts:
-            kwargs["mounts"] = [
-                SdkMount(target=m.target, source=m.source, read_only=m.read_only,
-                         type="bind" if m.source.startswith("/") else "volume")
-                for m in c.mounts
-            ]
-        if c.health:
-            kwargs["healthcheck"] = {
-                "test": list(c.health.test),
-                "interval": int(c.health.interval * NS),
-                "timeout": int(c.health.timeout * NS),
-                "retries": c.health.retries,
-                "start_period": int(c.health.start_period * NS),
-            }
-        container = None
         try:
-            container = self.client.containers.create(**kwargs)
-            if c.network != "host" and c.aliases:
-                # The SDK's create() attaches one network without aliases: reconnect with them.
-                net = self.client.networks.get(c.network)
-                net.disconnect(container)
-                net.connect(container, aliases=list(c.aliases))
-            return container
+            return self.client.containers.create(**create_args(c, labels))
         except docker.errors.APIError as exc:
-            if container is not None:  # never leave a half-made container behind
-                self.remove(container)
             raise EnvironmentProblem(f"the engine refused to create {c.name}: "
                                      f"{exc.explanation or exc}") from None
 
@@ -191,6 +146,14 @@ class Engine:
                     f"cannot start {name}: a port it publishes is already taken on this host "
                     f"({explanation}); free it or choose another port") from None
             raise EnvironmentProblem(f"the engine refused to start {name}: {explanation}") from None
+
+    def reload(self, container: SdkContainer) -> bool:
+        """Read the container's state again; False when it is gone."""
+        try:
+            container.reload()
+            return True
+        except docker.errors.NotFound:
+            return False
 
     def remove(self, container: SdkContainer) -> None:
         try:
@@ -227,3 +190,51 @@ class Engine:
         nets = obs.sdk.attrs.get("NetworkSettings", {}).get("Networks", {})
         return (nets.get(network) or {}).get("IPAddress") or None
 
+
+
+def create_args(c: s.Container, labels: dict[str, str]) -> dict[str, Any]:
+    """The SDK's containers.create() arguments for c: one create call makes the container
+    whole (its network aliases included). Plain data, apart from the ports' (ip, port) tuples."""
+    kwargs: dict[str, Any] = dict(
+        image=c.image,
+        name=c.name,
+        command=list(c.command) if c.command is not None else None,
+        entrypoint=list(c.entrypoint) if c.entrypoint is not None else None,
+        environment=c.env_dict(),
+        labels=labels,
+        restart_policy={"Name": c.restart} if c.restart != "no" else None,
+        detach=True,
+    )
+    if c.network == "host":
+        kwargs["network_mode"] = "host"
+    else:
+        kwargs["network"] = c.network
+        if c.aliases:
+            kwargs["networking_config"] = {c.network: {"Aliases": list(c.aliases)}}
+    if c.shm_size:
+        kwargs["shm_size"] = c.shm_size
+    if c.nofile:
+        kwargs["ulimits"] = [{"name": "nofile", "soft": c.nofile, "hard": c.nofile}]
+    if c.cpus:
+        kwargs["nano_cpus"] = int(c.cpus * NS)
+    if c.memory:
+        kwargs["mem_limit"] = c.memory
+        kwargs["mem_reservation"] = c.memory
+    if c.ports:
+        kwargs["ports"] = {f"{p.container}/tcp": (p.host_ip or "0.0.0.0", p.host)
+                           for p in c.ports}
+    if c.mounts:
+        kwargs["mounts"] = [
+            SdkMount(target=m.target, source=m.source, read_only=m.read_only,
+                     type="bind" if m.source.startswith("/") else "volume")
+            for m in c.mounts
+        ]
+    if c.health:
+        kwargs["healthcheck"] = {
+            "test": list(c.health.test),
+            "interval": int(c.health.interval * NS),
+            "timeout": int(c.health.timeout * NS),
+            "retries": c.health.retries,
+            "start_period": int(c.health.start_period * NS),
+        }
+    return kwargs

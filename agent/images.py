@@ -30,22 +30,23 @@ def ensure(engine: Engine, settings: Settings, wanted: dict[str, str], say: Say)
     Missing ones come from the bundle first, then the registry. Whatever is still missing is
     one error that names the image and the ways to provide it.
     """
-    missing = [ref for ref in wanted if engine.image_id(ref) is None]
-    if missing and settings.images is not None:
+    ids = {ref: engine.image_id(ref) for ref in wanted}
+    if any(i is None for i in ids.values()) and settings.images is not None:
         load_bundle(engine, settings.images, say)
-        missing = [ref for ref in missing if engine.image_id(ref) is None]
-    if missing and settings.registry:
+        ids = {ref: i or engine.image_id(ref) for ref, i in ids.items()}
+    if any(i is None for i in ids.values()) and settings.registry:
         auth = registry_auth(engine, settings)
-        for ref in missing:
+        for ref in [ref for ref, i in ids.items() if i is None]:
             pull(engine, ref, auth if ref.startswith(settings.registry + "/") else None, say)
-        missing = [ref for ref in missing if engine.image_id(ref) is None]
+            ids[ref] = engine.image_id(ref)
+    missing = [ref for ref, i in ids.items() if i is None]
     if missing:
         ref = missing[0]
         raise EnvironmentProblem(
             f"image {ref} (for {wanted[ref]}) is not on this engine: pass --images PATH (a "
             "`docker save` archive, .tar or .tar.gz), or --registry with --registry-user to "
             "pull it")
-    return {ref: engine.image_id(ref) or "" for ref in wanted}
+    return {ref: i or "" for ref, i in ids.items()}
 
 
 def bundle_files(path: Path) -> list[Path]:

@@ -2,7 +2,9 @@
 
 Plan first (pure: `plan`), then act (`apply`): create what is missing, start what is stopped,
 recreate what drifted (its config hash differs), remove what this role made and no longer wants.
-A run with nothing to do makes no engine call that changes anything.
+The engine is read once per run (`preflight`: one list of the managed containers, one inspect
+of each image) and apply acts on that reading; a run with nothing to do changes nothing and
+makes no further call.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from agent.errors import ConvergeError, EnvironmentProblem
 from agent.waits import poll
 
 Say = Callable[[str], None]
+READY_POLL = 0.25  # seconds between looks at a container that is becoming ready (one inspect)
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,26 @@ class Action:
     container: s.Container | None = None
     config_hash: str = ""
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What preflight read from the engine and what it decided to do about it."""
+
+    actions: list[Action]
+    observed: dict[str, Observed]  # the managed containers, by name
+
+    def part(self, services: set[str], removals: bool = False) -> list[Action]:
+        """The actions for these services (and the removals, if asked), in order."""
+        return [a for a in self.actions if (a.container is None and removals) or
+                (a.container is not None and a.container.service in services)]
+
+    def verb(self, name: str) -> str | None:
+        return next((a.verb for a in self.actions if a.name == name), None)
+
+    def ready(self, c: s.Container) -> bool:
+        """Left unchanged and ready when read: no need to look again."""
+        return self.verb(c.name) == "unchanged" and is_ready(self.observed.get(c.name), c)
 
 
 def require_images(engine: Engine, wanted: dict[str, str]) -> dict[str, str]:
@@ -50,19 +73,13 @@ def image_ids(engine: Engine, spec: s.Spec) -> dict[str, str]:
     return require_images(engine, {c.image: c.name for c in reversed(spec.containers)})
 
 
-def plan(spec: s.Spec, observed: list[Observed], ids: dict[str, str],
-         only: set[str] | None = None) -> list[Action]:
-    """What to do, removals first, then every wanted container in start order.
-
-    With `only`, just those services (and the removals).
-    """
+def plan(spec: s.Spec, observed: list[Observed], ids: dict[str, str]) -> list[Action]:
+    """What to do, removals first, then every wanted container in start order."""
     wanted = {c.name for c in spec.containers}
     current = {o.name: o for o in observed}
     actions = [Action("remove", o.name, reason="no longer wanted")
                for o in observed if o.name not in wanted]
     for c in spec.ordered():
-        if only is not None and c.service not in only:
-            continue
         h = c.config_hash(ids[c.image])
         o = current.get(c.name)
         if o is None:
@@ -104,11 +121,11 @@ def drift(o: Observed, c: s.Container, image_id: str) -> str | None:
 def check_names(engine: Engine, spec: s.Spec, observed: list[Observed]) -> None:
     """A container with a wanted name that the agent did not make is never touched."""
     mine = {o.name for o in observed}
+    if all(c.name in mine for c in spec.containers):
+        return
+    others = engine.container_names() - mine
     for c in spec.containers:
-        if c.name in mine:
-            continue
-        other = engine.observe(c.name)
-        if other is not None:
+        if c.name in others:
             raise EnvironmentProblem(
                 f"a container named {c.name} exists that this agent did not create (or that "
                 "belongs to another --instance); remove or rename it, then run again")
@@ -122,36 +139,40 @@ def is_ready(o: Observed | None, c: s.Container) -> bool:
 
 def wait_ready(engine: Engine, c: s.Container, timeout: float, say: Say) -> None:
     what = f"{c.name} to be {'healthy' if c.health else 'running'}"
-    if not poll(lambda: is_ready(engine.observe(c.name), c), timeout, what, say):
+    # Health checks pass between looks: a short ceiling starts the next service promptly.
+    if not poll(lambda: is_ready(engine.observe(c.name), c), timeout, what, say,
+                ceiling=READY_POLL):
         raise ConvergeError(
             f"{c.name} did not become {'healthy' if c.health else 'ready'} within "
             f"{timeout:.0f}s; last health output: {engine.health_log_tail(c.name)}; "
             f"see `syntho-agent logs` (or --ready-timeout to wait longer)")
 
 
-def apply(engine: Engine, spec: s.Spec, actions: list[Action], say: Say,
-          ready_timeout: float) -> int:
-    """Carry out the plan; returns how many changes were made."""
+def apply(engine: Engine, spec: s.Spec, plan: Plan, say: Say, ready_timeout: float,
+          actions: list[Action] | None = None) -> int:
+    """Carry out the plan (or these of its actions); returns how many changes were made."""
+    actions = plan.actions if actions is None else actions
     changes = 0
     by_service = {c.service: c for c in spec.containers}
-    for net in spec.networks:
-        if engine.ensure_network(net.name, {s.LABEL_MANAGED: "true",
-                                            s.LABEL_INSTANCE: spec.instance}):
-            say(f"created network {net.name}")
-            changes += 1
-    for vol in spec.volumes:
-        if engine.ensure_volume(vol.name, {s.LABEL_MANAGED: "true",
-                                           s.LABEL_INSTANCE: spec.instance}):
-            say(f"created volume {vol.name}")
-            changes += 1
-    observed = {o.name: o for o in engine.managed(spec.instance, spec.role)}
+    labels = {s.LABEL_MANAGED: "true", s.LABEL_INSTANCE: spec.instance}
+    # Networks and volumes matter only to a container being made or started (one in use
+    # cannot be removed), so a run that leaves every container alone does not look at them.
+    if any(a.verb in ("create", "recreate", "start") for a in actions):
+        for net in spec.networks:
+            if engine.ensure_network(net.name, labels):
+                say(f"created network {net.name}")
+                changes += 1
+        for vol in spec.volumes:
+            if engine.ensure_volume(vol.name, labels):
+                say(f"created volume {vol.name}")
+                changes += 1
+    ready = {c.name for c in spec.containers if plan.ready(c)}
     for action in actions:
         if action.verb == "unchanged":
             say(f"unchanged {action.name}")
             continue
         if action.verb == "remove":
-            if action.name in observed:
-                engine.remove(observed[action.name].sdk)
+            engine.remove(plan.observed[action.name].sdk)
             say(f"removed {action.name} ({action.reason})")
             changes += 1
             continue
@@ -159,21 +180,31 @@ def apply(engine: Engine, spec: s.Spec, actions: list[Action], say: Say,
         assert c is not None
         # Start order, gated by health: the services this one waits for must be ready first.
         for dep in c.after:
-            if dep in by_service:
+            if dep in by_service and by_service[dep].name not in ready:
                 wait_ready(engine, by_service[dep], ready_timeout, say)
-        if action.verb in ("start", "recreate") and c.name not in observed:
-            # It vanished between plan and act (removed meanwhile): make it anew.
-            action = Action("create", c.name, c, action.config_hash)
+                ready.add(by_service[dep].name)
+        old = plan.observed[c.name].sdk if action.verb in ("start", "recreate") else None
+        if old is not None and not engine.reload(old):
+            # Removed since preflight read it: make it anew.
+            action, old = Action("create", c.name, c, action.config_hash,
+                                 "removed while this run planned"), None
         if action.verb == "start":
-            engine.start(observed[c.name].sdk, c.name)
+            assert old is not None
+            engine.start(old, c.name)
             say(f"started {c.name} ({action.reason})")
         else:
-            labels = {**spec.labels(c), s.LABEL_HASH: action.config_hash}
-            old = observed[c.name].sdk if action.verb == "recreate" else None
-            replace(engine, c, labels, old)
+            replace(engine, c, {**spec.labels(c), s.LABEL_HASH: action.config_hash}, old)
             say(f"{action.verb}d {c.name}" + (f" ({action.reason})" if action.reason else ""))
         changes += 1
     return changes
+
+
+def wait_all_ready(engine: Engine, spec: s.Spec, plan: Plan, timeout: float, say: Say) -> None:
+    """Every container with a health check healthy (those the plan saw healthy and left
+    alone are not looked at again)."""
+    for c in spec.ordered():
+        if c.health and not plan.ready(c):
+            wait_ready(engine, c, timeout, say)
 
 
 def replace(engine: Engine, c: s.Container, labels: dict[str, str],
@@ -184,8 +215,7 @@ def replace(engine: Engine, c: s.Container, labels: dict[str, str],
     a run killed midway leaves it as an unwanted container that the next run removes.
     """
     was_running = False
-    if old is not None:
-        old.reload()
+    if old is not None:  # apply has just reloaded it
         was_running = old.status == "running"
         engine.stop(old)
         old.rename(f"{c.name}-replaced-{old.short_id}")
@@ -232,20 +262,21 @@ def published_ports(o: Observed) -> set[int]:
             if b.get("HostPort")}
 
 
-def preflight(engine: Engine, spec: s.Spec, only: set[str] | None = None) -> list[Action]:
-    """Everything that can be refused without changing anything: images, names, host ports.
+def preflight(engine: Engine, spec: s.Spec, ids: dict[str, str] | None = None) -> Plan:
+    """Read the engine once and refuse, before anything changes, what would fail: a missing
+    image, a name taken by a container the agent did not make, a host port in use.
 
-    Returns the plan.
+    `ids` are the images' IDs when the caller has just read them (images.ensure).
     """
-    ids = image_ids(engine, spec)
+    ids = ids if ids is not None else image_ids(engine, spec)
     observed = engine.managed(spec.instance, spec.role)
     check_names(engine, spec, observed)
-    actions = plan(spec, observed, ids, only)
+    actions = plan(spec, observed, ids)
     check_ports(actions, observed)
-    return actions
+    return Plan(actions, {o.name: o for o in observed})
 
 
 def reconcile(engine: Engine, spec: s.Spec, say: Say, ready_timeout: float,
-              only: set[str] | None = None) -> int:
-    """Converge the engine to spec (or only some services); returns the number of changes."""
-    return apply(engine, spec, preflight(engine, spec, only), say, ready_timeout)
+              ids: dict[str, str] | None = None) -> int:
+    """Converge the engine to spec; returns the number of changes."""
+    return apply(engine, spec, preflight(engine, spec, ids=ids), say, ready_timeout)

@@ -30,17 +30,19 @@ def poll(
     timeout: float,
     what: str,
     progress: Callable[[str], None] | None = None,
-    first: float = 0.1,
-    ceiling: float = 2.0,
+    first: float = 0.05,
+    ceiling: float = 0.5,
 ) -> bool:
     """Poll until condition() is true or timeout seconds pass (0 = forever); True if it held.
 
-    The interval doubles from `first` up to `ceiling`; progress hears about it every ~10 s.
+    Looks begin `first` seconds apart, doubling up to `ceiling` (the time a look itself takes
+    counts toward it); progress hears about it every ~10 s.
     """
     start = time.monotonic()
     interval = first
     next_note = start + 10
     while True:
+        began = time.monotonic()
         if condition():
             return True
         now = time.monotonic()
@@ -49,8 +51,8 @@ def poll(
         if progress and now >= next_note:
             progress(f"still waiting for {what} ({now - start:.0f}s)")
             next_note = now + 10
-        sleep = min(interval, ceiling)
+        sleep = max(0.0, min(interval, ceiling) - (now - began))
         if timeout:
-            sleep = max(0.0, min(sleep, start + timeout - now))
+            sleep = min(sleep, start + timeout - now)
         time.sleep(sleep)
         interval *= 2

@@ -26,7 +26,6 @@ from agent import spec as s
 from bench import common, stacks
 
 FLOOR = Path(__file__).resolve().parent / "floor.py"
-WHATIF = Path(__file__).resolve().parent / "whatif.py"
 SLOW = 30.0  # seconds: a run slower than this prints its timeline
 RETRIES = 4
 
@@ -118,9 +117,9 @@ def main() -> None:
     args = common.parser(__doc__.splitlines()[0], repeat=3).parse_args()
     client = common.client()
     images = common.images(client)
-    times: dict[str, list[float]] = {"agent": [], "floor": [], "whatif": []}
-    flakes = {"agent": 0, "floor": 0, "whatif": 0}
-    lags: dict[str, dict[str, list[float]]] = {"agent": {}, "floor": {}, "whatif": {}}
+    times: dict[str, list[float]] = {"agent": [], "floor": []}
+    flakes = {"agent": 0, "floor": 0}
+    lags: dict[str, dict[str, list[float]]] = {"agent": {}, "floor": {}}
     notes: list[str] = []
     with common.Janitor(client) as j:
         common.log("starting the Ray head on the app's network ...")
@@ -172,26 +171,22 @@ def main() -> None:
 
         agent_run = side("agent", agent_command([common.PY, "-m", "agent"], "agent"))
         floor_run = side("floor", floor_command)
-        whatif_run = side("whatif", agent_command(
-            [common.PY, str(WHATIF), "health-poll-ceiling=0.25", "--"], "whatif"))
         common.log("one unmeasured agent run (warm-up) ...")
         agent_run(-1)
-        common.interleave(args.repeat, agent_run, floor_run, whatif_run)
+        common.interleave(args.repeat, agent_run, floor_run)
         teardown(j, base.instance)
 
     agent_med = common.summary(times["agent"]).median
     floor_med = common.summary(times["floor"]).median
-    whatif_med = common.summary(times["whatif"]).median
     notes.append("both sides: the same 7 containers, network and volume; postgres initialises "
                  "a new database each round; health checks every 2 s (the agent's spec)")
     notes.append("rounds re-run because the Ray client server failed to start the core's "
                  f"session (a Ray flake, ~40 s, not the agent's or the engine's): agent "
-                 f"{flakes['agent']} (the warm-up included), floor {flakes['floor']}, what-if "
-                 f"{flakes['whatif']}")
+                 f"{flakes['agent']} (the warm-up included), floor {flakes['floor']}")
     notes.append("median lag after each gate opened (s): " + "; ".join(
         f"{kind}: " + ", ".join(f"{gate} {common.summary(v).median:.2f}"
                                 for gate, v in lags[kind].items())
-        for kind in ("agent", "floor", "whatif") if lags[kind]) + " (core: its start after "
+        for kind in ("agent", "floor") if lags[kind]) + " (core: its start after "
         "postgres and redis turned healthy; frontend: after the backend did; end: the run's "
         "exit after the frontend did)")
     rows = [
@@ -200,12 +195,6 @@ def main() -> None:
                    target="overhead <= 10%", met=agent_med <= 1.10 * floor_med,
                    note=f"overhead {100 * (agent_med / floor_med - 1):+.0f}% "
                         f"({agent_med - floor_med:+.1f} s)"),
-        common.Row("2b. what-if: health gates polled every <= 0.25 s", "s", times["whatif"],
-                   "engine floor (SDK script, 50 ms polls)", times["floor"],
-                   target="overhead <= 10%", met=whatif_med <= 1.10 * floor_med,
-                   note=f"overhead {100 * (whatif_med / floor_med - 1):+.0f}% "
-                        f"({whatif_med - floor_med:+.1f} s); agent/ unchanged, patched in "
-                        "bench/whatif.py"),
     ]
     common.report(rows, notes, args.json)
 

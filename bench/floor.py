@@ -7,8 +7,8 @@ any such script costs.
 
 PLAN.json (written by the benchmark from the agent's own Spec, see stacks.floor_plan): an
 optional TCP address to wait for first (a Ray head's 6379), the volumes, the containers in start
-order (each with its SDK create() arguments, the names it waits for, whether it has a health
-check), and an optional URL that must answer at the end.
+order (each with the SDK create() arguments of agent.engine.create_args, the names it waits
+for, whether it has a health check), and an optional URL that must answer at the end.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import urllib.request
 from typing import Any, Callable
 
 import docker
-import docker.types
 
 POLL = 0.05  # seconds between looks at a health state
 TCP_POLL = 0.01  # seconds between connection attempts
@@ -60,15 +59,12 @@ def tcp_open(host: str, port: int) -> bool:
         return False
 
 
-def create_kwargs(client: docker.DockerClient, c: dict[str, Any]) -> dict[str, Any]:
+def create_kwargs(c: dict[str, Any]) -> dict[str, Any]:
+    """The SDK arguments agent.engine.create_args() gives (as JSON: the ports' (ip, port)
+    pairs came as lists)."""
     kwargs = dict(c["create"])
-    kwargs["mounts"] = [docker.types.Mount(**m) for m in kwargs.pop("mounts", [])]
-    kwargs["ports"] = {k: tuple(v) for k, v in kwargs.pop("ports", {}).items()}
-    kwargs["ulimits"] = [docker.types.Ulimit(**u) for u in kwargs.pop("ulimits", [])]
-    if c["aliases"]:
-        # Aliases at create time: one call (the SDK has taken networking_config since 7.0).
-        kwargs["networking_config"] = {
-            kwargs["network"]: client.api.create_endpoint_config(aliases=c["aliases"])}
+    if "ports" in kwargs:
+        kwargs["ports"] = {k: tuple(v) for k, v in kwargs["ports"].items()}
     return kwargs
 
 
@@ -86,7 +82,7 @@ def main(path: str) -> None:
     for c in plan["containers"]:
         for dep in c["after"]:
             wait(dep, functools.partial(ready, client, dep, health[dep]), POLL)
-        client.containers.create(**create_kwargs(client, c)).start()
+        client.containers.create(**create_kwargs(c)).start()
     for c in plan["containers"]:
         if c["health"]:
             wait(c["name"], functools.partial(ready, client, c["name"], True), POLL)

@@ -31,7 +31,6 @@ from bench import common, stacks
 
 TARGET = 2.0  # seconds
 SETTLED = 11.0  # seconds a container must have run before it is killed again
-WHATIF = Path(__file__).resolve().parent / "whatif.py"
 
 
 def started_at(c: docker.DockerClient, name: str) -> float:
@@ -41,11 +40,10 @@ def started_at(c: docker.DockerClient, name: str) -> float:
 class Watcher:
     """`syntho-agent app --watch` in the background, until stopped."""
 
-    def __init__(self, j: common.Janitor, deployment: stacks.AgentApp, log: Path,
-                 prefix: list[str]) -> None:
+    def __init__(self, j: common.Janitor, deployment: stacks.AgentApp, log: Path) -> None:
         self.log = log
         self.out = log.open("w")
-        self.proc = j.spawn([*prefix, "app", *deployment.args(), "--watch"],
+        self.proc = j.spawn([common.PY, "-m", "agent", "app", *deployment.args(), "--watch"],
                             cwd=common.REPO, env=common.agent_env(), stdout=self.out,
                             stderr=self.out)
         common.wait_for(lambda: "watching" in log.read_text() or self.proc.poll() is not None,
@@ -83,7 +81,7 @@ def main() -> None:
     args = common.parser(__doc__.splitlines()[0], repeat=5).parse_args()
     client = common.client()
     images = common.images(client)
-    sides = ("crash", "api-kill", "remove", "remove-whatif")
+    sides = ("crash", "api-kill", "remove")
     agent: dict[str, list[float]] = {f: [] for f in sides}
     failed: dict[str, list[str]] = {f: [] for f in sides}
     engine_crash: list[float] = []
@@ -112,14 +110,12 @@ def main() -> None:
                     time.sleep(wait)
             common.wait_for(lambda: common.http_status(url) == 200, 60, "the frontend")
 
-        def round_of(side: str, watched: bool) -> Callable[[int], None]:
-            fault = side.split("-whatif")[0]
-            prefix = ([common.PY, str(WHATIF), "apply-race-retry", "--"]
-                      if side.endswith("-whatif") else [common.PY, "-m", "agent"])
+        def round_of(fault: str, watched: bool) -> Callable[[int], None]:
+            side = fault
 
             def run(i: int) -> None:
                 ready_for(fault)
-                watcher = (Watcher(j, deployment, j.tmp / f"watch-{side}-{i}.log", prefix)
+                watcher = (Watcher(j, deployment, j.tmp / f"watch-{side}-{i}.log")
                            if watched else None)
                 try:
                     t0 = time.perf_counter()
@@ -140,10 +136,9 @@ def main() -> None:
             return run
 
         common.log(f"{args.repeat} rounds of: crash (watched, then restart policy alone), "
-                   "docker kill (watched), removal (watched; and with the what-if fix) ...")
+                   "docker kill (watched), removal (watched) ...")
         common.interleave(args.repeat, round_of("crash", True), round_of("crash", False),
-                          round_of("api-kill", True), round_of("remove", True),
-                          round_of("remove-whatif", True))
+                          round_of("api-kill", True), round_of("remove", True))
 
         for fault in ("api-kill", "remove"):
             common.log(f"{fault} without the agent: does the engine bring it back? (10 s)")
@@ -173,8 +168,6 @@ def main() -> None:
         row("3b. heal after `docker kill` (SIGKILL via the API) of the frontend", "api-kill",
             baseline_text=gone("api-kill")),
         row("3c. heal after removal (docker rm -f) of the frontend", "remove",
-            baseline_text=gone("remove")),
-        row("3d. what-if: 3c with apply's vanished-container race made a retry", "remove-whatif",
             baseline_text=gone("remove")),
     ]
     notes.append("latency: from the fault (the call returning) until the frontend's published "

@@ -21,7 +21,7 @@ from agent import spec as s
 from agent import store
 from agent.app_setup import write_init_script
 from agent.config import Settings
-from agent.engine import NS
+from agent.engine import create_args
 from agent.roles import app
 from bench.common import (
     NOFILE,
@@ -214,48 +214,13 @@ def compose_file(spec: s.Spec) -> dict[str, Any]:
     }
 
 
-def create_kwargs(c: s.Container, labels: dict[str, str]) -> dict[str, Any]:
-    """What Engine.create() passes the SDK for c, as JSON (bench/floor.py rebuilds the types)."""
-    create: dict[str, Any] = dict(
-        image=c.image, name=c.name,
-        command=list(c.command) if c.command is not None else None,
-        entrypoint=list(c.entrypoint) if c.entrypoint is not None else None,
-        environment=c.env_dict(), labels=labels,
-        restart_policy={"Name": c.restart} if c.restart != "no" else None, detach=True)
-    if c.network == "host":
-        create["network_mode"] = "host"
-    else:
-        create["network"] = c.network
-    if c.shm_size:
-        create["shm_size"] = c.shm_size
-    if c.nofile:
-        create["ulimits"] = [{"name": "nofile", "soft": c.nofile, "hard": c.nofile}]
-    if c.cpus:
-        create["nano_cpus"] = int(c.cpus * NS)
-    if c.memory:
-        create["mem_limit"] = create["mem_reservation"] = c.memory
-    if c.ports:
-        create["ports"] = {f"{p.container}/tcp": [p.host_ip or "0.0.0.0", p.host]
-                           for p in c.ports}
-    if c.mounts:
-        create["mounts"] = [dict(target=m.target, source=m.source, read_only=m.read_only,
-                                 type="bind" if m.source.startswith("/") else "volume")
-                            for m in c.mounts]
-    if c.health:
-        create["healthcheck"] = {
-            "test": list(c.health.test), "interval": int(c.health.interval * NS),
-            "timeout": int(c.health.timeout * NS), "retries": c.health.retries,
-            "start_period": int(c.health.start_period * NS)}
-    return create
-
-
 def floor_plan(spec: s.Spec, labels: dict[str, str], url: str | None = None,
                wait_tcp: tuple[str, int] | None = None) -> dict[str, Any]:
     """bench/floor.py's input: the Spec's containers in start order, as the agent makes them
     (its labels too, plus `labels`), with the names each waits for."""
     by_service = {c.service: c for c in spec.containers}
-    containers = [{"name": c.name, "create": create_kwargs(c, {**spec.labels(c), **labels}),
-                   "aliases": list(c.aliases), "health": c.health is not None,
+    containers = [{"name": c.name, "create": create_args(c, {**spec.labels(c), **labels}),
+                   "health": c.health is not None,
                    "after": [by_service[d].name for d in c.after if d in by_service]}
                   for c in spec.ordered()]
     volume_labels = {**labels, s.LABEL_MANAGED: "true", s.LABEL_INSTANCE: spec.instance}

@@ -17,14 +17,11 @@ Targets: warm start at most 1.5x the virtualenv; watch RSS under 60 MB.
 from __future__ import annotations
 
 import functools
-import io
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -58,25 +55,6 @@ def clean_env(shiv_root: Path, bytecode: bool = True) -> dict[str, str]:
     if not bytecode:
         env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
-
-
-def with_compile_pyc(zipapp: Path, out: Path) -> Path:
-    """A copy of the zipapp whose environment.json asks shiv to compile the bytecode when it
-    extracts (shiv's --compile-pyc), for a what-if row."""
-    data = zipapp.read_bytes()
-    buf = io.BytesIO()
-    buf.write(data[: data.index(b"\n") + 1])  # the shebang line
-    with zipfile.ZipFile(zipapp) as src, zipfile.ZipFile(buf, "w") as dst:
-        for info in src.infolist():
-            content = src.read(info)
-            if info.filename == "environment.json":
-                env = json.loads(content)
-                env["compile_pyc"] = True
-                content = json.dumps(env).encode()
-            dst.writestr(info, content)
-    out.write_bytes(buf.getvalue())
-    out.chmod(0o755)
-    return out
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
@@ -141,14 +119,10 @@ def main() -> None:
             common.log(f"start times of `{cli_args[0]}` ({args.repeat} runs each) ...")
             common.interleave(args.repeat, venv, warm, cold)
 
-        # PYTHONDONTWRITEBYTECODE=1 (this CI sets it): nothing extracted ever gets bytecode,
-        # so every start compiles the dependencies; shiv's compile_pyc would do it once.
-        common.log("start times with PYTHONDONTWRITEBYTECODE=1, and the compile_pyc what-if ...")
-        pyc_zipapp = with_compile_pyc(zipapp, j.tmp / "syntho-agent-compile-pyc")
-        nobc_root, pyc_root = new_root("nobc"), new_root("pyc")
-        started = time.perf_counter()
-        timed([BASE_PY, str(pyc_zipapp), "--help"], clean_env(pyc_root, bytecode=False))
-        pyc_cold = time.perf_counter() - started
+        # PYTHONDONTWRITEBYTECODE=1 (this CI sets it): nothing imported gets bytecode written,
+        # so only what the zipapp compiled at extraction (build.py: shiv's --compile-pyc) helps.
+        common.log("start times with PYTHONDONTWRITEBYTECODE=1 ...")
+        nobc_root = new_root("nobc")
         timed([BASE_PY, str(zipapp), "--help"], clean_env(nobc_root, bytecode=False))
 
         def side(key: str, cmd: list[str], root: Path) -> Callable[[int], None]:
@@ -158,8 +132,7 @@ def main() -> None:
 
         common.interleave(
             args.repeat, side("nobc-venv", common.agent_cmd("--help"), nobc_root),
-            side("nobc-warm", [BASE_PY, str(zipapp), "--help"], nobc_root),
-            side("pyc-warm", [BASE_PY, str(pyc_zipapp), "--help"], pyc_root))
+            side("nobc-warm", [BASE_PY, str(zipapp), "--help"], nobc_root))
 
         common.log("the --watch memory: an app stack, two watchers (zipapp, virtualenv) ...")
         deployment = stacks.new_app(j, images, "rss")
@@ -226,17 +199,11 @@ def main() -> None:
         "5d. start, warm zipapp, `--help`, PYTHONDONTWRITEBYTECODE=1", "s", times["nobc-warm"],
         "virtualenv, same env", times["nobc-venv"], target="<= 1.5x venv",
         met=common.summary(times["nobc-warm"]).median <= 1.5 * nobc_venv,
-        note="nothing extracted gets bytecode: every start compiles docker, requests, click ..."))
-    rows.append(common.Row(
-        "5e. what-if: 5d with shiv's compile_pyc (bytecode made at extraction)", "s",
-        times["pyc-warm"], "virtualenv, same env", times["nobc-venv"], target="<= 1.5x venv",
-        met=common.summary(times["pyc-warm"]).median <= 1.5 * nobc_venv,
-        note=f"environment.json patched in a copy; its cold start (extract + compile): "
-             f"{pyc_cold:.2f} s"))
+        note="the bytecode the zipapp compiled when it was extracted serves every start"))
     zip_rss, zip_peak = final["zipapp"]
     venv_rss, venv_peak = final["venv"]
     rows.append(common.Row(
-        f"5f. --watch RSS after {args.events} events ({heals} real heals)", "MB",
+        f"5e. --watch RSS after {args.events} events ({heals} real heals)", "MB",
         [*samples["zipapp"], zip_rss], "the same watcher from the virtualenv",
         [*samples["venv"], venv_rss], target=f"< {RSS_TARGET:.0f} MB",
         met=zip_peak < RSS_TARGET,

@@ -136,6 +136,25 @@ def test_a_changed_database_password_is_refused_then_rotated_for_real(stack: App
     assert "nothing to do" in ok(stack.run())
 
 
+def test_the_database_password_is_proven_again_when_postgres_restarts(stack: App) -> None:
+    """A no-op run does not probe the database: the password was proven for this run of the
+    Postgres container. A restart (as after swapping the volume's contents) is probed again."""
+    secrets = stack.secrets()
+    password = secrets["postgres-password"].strip()
+    proven = (stack.data_dir / ".db-password-proven").read_text()
+    assert "nothing to do" in ok(stack.run())
+    assert (stack.data_dir / ".db-password-proven").read_text() == proven
+    stack.psql("postgres", "ALTER ROLE syntho PASSWORD 'changed-behind-its-back'")
+    stack.container("postgres").restart(timeout=10)
+    result = stack.run()
+    assert result.returncode == 2 and "refuses the password" in result.stderr, result.stderr
+    assert stack.secrets() == secrets
+    assert "changed-behind-its-back" not in result.stdout + result.stderr
+    stack.psql("postgres", f"ALTER ROLE syntho PASSWORD '{password}'")
+    assert "nothing to do" in ok(stack.run())
+    assert (stack.data_dir / ".db-password-proven").read_text() != proven
+
+
 def test_a_hand_edited_env_file_is_kept_aside_and_rewritten(stack: App) -> None:
     env_file = stack.data_dir / "app.env"
     original = env_file.read_text()
