@@ -27,6 +27,7 @@ from agent.spec import Spec
 from agent.waits import http_ok, poll, tcp_open
 
 Say = Callable[[str], None]
+HEAD_POLL = 0.5  # seconds between looks at the head's port while waiting for it
 
 
 def report(changes: int, spec: Spec, say: Say) -> None:
@@ -86,9 +87,6 @@ def run_head(engine: Engine, settings: Settings, say: Say) -> Spec:
             say(f"  copy {path} to the worker as ./ray-token, then")
         say(join)
         return spec
-
-
-HEAD_POLL = 0.5  # seconds between looks at the head's port while waiting for it
 
 
 def wait_for_head(settings: Settings, say: Say) -> None:

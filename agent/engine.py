@@ -191,7 +191,6 @@ class Engine:
         return (nets.get(network) or {}).get("IPAddress") or None
 
 
-
 def create_args(c: s.Container, labels: dict[str, str]) -> dict[str, Any]:
     """The SDK's containers.create() arguments for c: one create call makes the container
     whole (its network aliases included). Plain data, apart from the ports' (ip, port) tuples."""
