@@ -62,7 +62,7 @@ def follow(engine: Engine, spec: s.Spec, settings: Settings, say: Say,
                 if end is not None and time.monotonic() >= end:
                     events.close()
                     break
-        except (AgentError, KeyError) as exc:  # the engine moved under us: look again
+        except AgentError as exc:  # the engine moved under us: look again
             say(f"could not heal yet: {exc}")
             time.sleep(min(backoff, 5.0))
             backoff *= 2
