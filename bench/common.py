@@ -251,14 +251,6 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
         return None
 
 
-def tcp_open(host: str, port: int, timeout: float = 0.05) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def wait_for(condition: Callable[[], bool], timeout: float, what: str,
              interval: float = 0.02) -> float:
     """Poll tightly until condition() holds; returns the perf_counter() when it did."""

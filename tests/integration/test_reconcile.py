@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from typing import Any
 
 import pytest
-import requests
 
 from agent import spec as s
 from agent.engine import Engine
 from agent.errors import EnvironmentProblem
 from agent.reconcile import apply, preflight, reconcile
+from bench.common import CallCounter
 from tests.conftest import Sandbox
 
 
@@ -35,42 +34,26 @@ def busybox_spec(sandbox: Sandbox, image: str, n: int, env: str = "1") -> s.Spec
                   networks=(s.Network(sandbox.network),))
 
 
-def count_calls(engine: Engine) -> Counter[str]:
-    """Every request the engine's client sends from now on, as 'METHOD /path-kind'."""
-    counts: Counter[str] = Counter()
-    original = engine.client.api.send
-
-    def send(request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        # /v1.41/containers/json, /v1.41/containers/ID/json, /v1.41/images/REPO/NAME:TAG/json
-        parts = (request.path_url or "").split("?")[0].split("/")[2:]
-        kind = "/".join(parts if len(parts) <= 2 else [parts[0], "{id}", parts[-1]])
-        counts[f"{request.method} {kind}"] += 1
-        return original(request, **kwargs)
-
-    engine.client.api.send = send  # type: ignore[method-assign]
-    return counts
-
-
 def test_a_no_op_reads_the_engine_once(sandbox: Sandbox, images: dict[str, str]) -> None:
     n = 6
     spec = busybox_spec(sandbox, images["busybox"], n)
     engine = Engine(sandbox.client)
     assert reconcile(engine, spec, quiet, ready_timeout=60) == n + 1  # and the network
-    calls = count_calls(engine)
+    calls = CallCounter(engine.client).counts
     assert reconcile(engine, spec, quiet, ready_timeout=60) == 0
     # One image inspect, one list of the managed containers and one inspect of each: nothing
     # per container that a second look would repeat, nothing that changes anything.
-    assert calls == Counter({"GET images/{id}/json": 1, "GET containers/json": 1,
-                             "GET containers/{id}/json": n}), calls
+    assert calls == Counter({"GET /images/{name}/json": 1, "GET /containers/json": 1,
+                             "GET /containers/{id}/json": n}), calls
 
 
 def test_containers_are_made_whole_with_their_aliases(
         sandbox: Sandbox, images: dict[str, str]) -> None:
     spec = busybox_spec(sandbox, images["busybox"], 2)
     engine = Engine(sandbox.client)
-    calls = count_calls(engine)
+    calls = CallCounter(engine.client).counts
     reconcile(engine, spec, quiet, ready_timeout=60)
-    assert calls["POST containers/create"] == 2
+    assert calls["POST /containers/create"] == 2
     assert not any("disconnect" in k or "connect" in k for k in calls), calls
     for c in spec.containers:
         attrs = sandbox.client.api.inspect_container(c.name)
