@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import urllib.error
@@ -12,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import pytest
 
+from agent.waits import poll, tcp_open
 from tests.conftest import NOFILE, Sandbox, run_agent
 
 
@@ -150,12 +153,6 @@ def start_registry(tmp: Path, user: str, password: str, listen: str = "127.0.0.1
 
     Returns the process (terminate it) and its port. Engines trust 127.0.0.0/8 without TLS.
     """
-    import shutil
-
-    import pytest
-
-    from agent.waits import poll, tcp_open
-
     binary, htpasswd = shutil.which("docker-registry"), shutil.which("htpasswd")
     if not binary or not htpasswd:
         pytest.fail("docker-registry and htpasswd are needed: apt-get install docker-registry "
