@@ -257,6 +257,18 @@ def test_honours_shiv_root(built: Build, tmp_path: Path) -> None:
     assert (tmp_path / f"syntho-agent_{built.build_id()}" / "site-packages" / "agent").is_dir()
 
 
+def test_bytecode_is_made_at_extraction_even_where_python_writes_none(
+        built: Build, tmp_path: Path) -> None:
+    """shiv --compile-pyc: with PYTHONDONTWRITEBYTECODE set, a module that `version` never
+    imports still has its bytecode, so no start compiles the dependencies again."""
+    env = clean_env(SHIV_ROOT=str(tmp_path), PYTHONDONTWRITEBYTECODE="1")
+    ok(run(sys.executable, built.file(), "version", env=env))
+    site = tmp_path / f"syntho-agent_{built.build_id()}" / "site-packages"
+    tag = sys.implementation.cache_tag
+    assert (site / "click" / "__pycache__" / f"testing.{tag}.pyc").is_file()
+    assert (site / "agent" / "__pycache__" / f"launcher.{tag}.pyc").is_file()
+
+
 # --- refusals: one line, before anything is extracted or imported -------------------------
 
 
