@@ -10,7 +10,7 @@ from importlib import resources
 from typing import Callable
 
 from agent import store
-from agent.config import Settings
+from agent.config import AppSettings
 from agent.engine import Engine
 from agent.errors import ConvergeError, UsageError
 from agent.ops import redact
@@ -22,7 +22,7 @@ ADMIN_PASSWORD = "admin-password"
 PROVEN = ".db-password-proven"  # which run of the Postgres container took the password
 
 
-def app_secrets(settings: Settings, token: str | None, db_supplied: str | None,
+def app_secrets(settings: AppSettings, token: str | None, db_supplied: str | None,
                 say: Say) -> app.Secrets:
     """Generated once, reused forever; a value the operator supplies wins (a database
     password only once checked against the database: see db_password_change)."""
@@ -52,12 +52,12 @@ def app_secrets(settings: Settings, token: str | None, db_supplied: str | None,
     return secrets
 
 
-def write_env_file(settings: Settings, secrets: app.Secrets, ray_host: str, say: Say) -> None:
+def write_env_file(settings: AppSettings, values: dict[str, str], say: Say) -> None:
     """The guide's .env in the data dir (0600). It is output: the config wins over hand edits,
     and a hand-edited file is kept aside, never silently lost."""
     path = settings.data_dir / "app.env"
     stamp = settings.data_dir / ".app.env.sha256"
-    content = app.render_env(app.env_file(settings, secrets, ray_host))
+    content = app.render_env(values)
     if path.exists():
         current = path.read_bytes()
         recorded = stamp.read_text().strip() if stamp.exists() else None
@@ -73,7 +73,7 @@ def write_env_file(settings: Settings, secrets: app.Secrets, ray_host: str, say:
     say(f"wrote {path}")
 
 
-def write_init_script(settings: Settings) -> None:
+def write_init_script(settings: AppSettings) -> None:
     folder = settings.data_dir / "postgres-init"
     folder.mkdir(mode=0o755, exist_ok=True)
     folder.chmod(0o755)
@@ -83,7 +83,7 @@ def write_init_script(settings: Settings) -> None:
         store.write_atomic(target, script, mode=0o755)
 
 
-def db_password_change(settings: Settings, engine: Engine) -> str | None:
+def db_password_change(settings: AppSettings, engine: Engine) -> str | None:
     """The new database password the operator asked for, if it differs from the stored one
     and a database already exists (else None). Refused without --rotate-db-password."""
     if settings.postgres_url is not None or settings.db_password is None:
@@ -102,7 +102,7 @@ def db_password_change(settings: Settings, engine: Engine) -> str | None:
     return settings.db_password
 
 
-def check_db_password(engine: Engine, settings: Settings, secrets: app.Secrets,
+def check_db_password(engine: Engine, settings: AppSettings, secrets: app.Secrets,
                       new_password: str | None, say: Say) -> None:
     """Prove the bundled database takes the password the app will use; rotate it if asked.
 
@@ -114,8 +114,7 @@ def check_db_password(engine: Engine, settings: Settings, secrets: app.Secrets,
     name = settings.suffix("syntho-postgres")
     proven = settings.data_dir / PROVEN
     current = engine.observe(name)
-    run = (f"{current.sdk.id} {current.sdk.attrs.get('State', {}).get('StartedAt', '')}\n"
-           if current is not None else "")
+    run = f"{current.id} {current.started_at}\n" if current is not None else ""
     if new_password is None and run and proven.exists() and proven.read_text() == run:
         return
     if new_password is not None:

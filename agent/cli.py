@@ -1,7 +1,8 @@
 """The command line: `syntho-agent head | worker | app | status | down | logs | version`.
 
-Thin: it parses options into Settings (agent.config), connects to the engine, and hands over to
-agent.deploy or agent.ops. Every expected failure leaves as one line and a documented exit code.
+Thin: it parses options into the command's settings type (agent.config), connects to the
+engine, and hands over to agent.deploy or agent.ops. Every expected failure leaves as one line
+and a documented exit code.
 """
 
 from __future__ import annotations
@@ -9,40 +10,33 @@ from __future__ import annotations
 import platform
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import click
-import docker.errors
 
 from agent import __version__, buildinfo, deploy, launcher, ops, systemd, watch
 from agent.config import (
-    APP,
-    CLUSTER,
-    COMMON,
-    IMAGE_SOURCES,
-    JOIN,
-    RAY,
-    WATCH,
-    Settings,
+    AppSettings,
+    Common,
+    HeadSettings,
+    RoleSettings,
+    WorkerSettings,
+    click_options,
     config_option,
-    options,
+    lenient_config_option,
 )
 from agent.engine import Engine
-from agent.errors import EXIT_ENVIRONMENT, EXIT_USAGE, AgentError
+from agent.errors import EXIT_USAGE, AgentError
 from agent.spec import Spec
+
+R = TypeVar("R", HeadSettings, WorkerSettings, AppSettings)
 
 
 def say(line: str) -> None:
     click.echo(line)
 
 
-def _settings(params: dict[str, Any]) -> Settings:
-    return Settings.from_params(params)
-
-
-def _run(action: Callable[[Engine, Settings, Callable[[str], None]], Spec],
-         params: dict[str, Any]) -> None:
-    settings = _settings(params)
+def _run(action: Callable[[Engine, R, Callable[[str], None]], Spec], settings: R) -> None:
     engine = Engine.connect()
     spec = action(engine, settings, say)
     if settings.watch:
@@ -60,37 +54,34 @@ def cli() -> None:
 
 @cli.command()
 @config_option
-@options(COMMON + RAY + CLUSTER + IMAGE_SOURCES + WATCH)
+@click_options(HeadSettings)
 def head(**params: Any) -> None:
     """Run the Ray head on this VM."""
-    _run(deploy.run_head, params)
+    _run(deploy.run_head, HeadSettings.from_params(params))
 
 
 @cli.command()
 @config_option
-@options(COMMON + JOIN + RAY + CLUSTER + IMAGE_SOURCES + WATCH)
+@click_options(WorkerSettings)
 def worker(**params: Any) -> None:
     """Run a Ray worker that joins the head at --head."""
     if not params.get("head"):
         raise click.UsageError("worker needs --head (the Ray head's IP address or hostname)")
-    _run(deploy.run_worker, params)
+    _run(deploy.run_worker, WorkerSettings.from_params(params))
 
 
 @cli.command()
 @config_option
-@options(COMMON + JOIN + CLUSTER + APP + IMAGE_SOURCES + WATCH)
+@click_options(AppSettings)
 def app(**params: Any) -> None:
     """Run the Syntho application stack, wired to the Ray head at --head."""
     if not params.get("head"):
         raise click.UsageError("app needs --head (the Ray head's IP address or hostname)")
-    _run(deploy.run_app, params)
+    _run(deploy.run_app, AppSettings.from_params(params))
 
 
-ROLE_OPTIONS = {
-    "head": COMMON + RAY + CLUSTER + IMAGE_SOURCES,
-    "worker": COMMON + JOIN + RAY + CLUSTER + IMAGE_SOURCES,
-    "app": COMMON + JOIN + CLUSTER + APP + IMAGE_SOURCES,
-}
+ROLES: dict[str, type[RoleSettings]] = {
+    "head": HeadSettings, "worker": WorkerSettings, "app": AppSettings}
 
 
 @cli.group()
@@ -115,11 +106,12 @@ def _install_command(role: str) -> click.Command:
     @click.option("--enable/--no-enable", default=True, show_default=True,
                   help="systemctl enable --now the unit")
     @config_option
-    @options(ROLE_OPTIONS[role])
+    @click_options(ROLES[role])
     @click.pass_context
     def command(ctx: click.Context, /, root: Path, enable: bool, **params: Any) -> None:
         given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT,
                  click.core.ParameterSource.DEFAULT_MAP)
+        params.pop("watch", None)  # the unit always watches
         values = {k: _yaml_value(v) for k, v in params.items()
                   if v is not None and ctx.get_parameter_source(k) in given}
         if role != "head" and not values.get("head"):
@@ -144,36 +136,36 @@ def uninstall(roles: tuple[str, ...], root: Path, enable: bool) -> None:
 
 
 @cli.command()
-@config_option
-@options(COMMON)
+@lenient_config_option
+@click_options(Common)
 def status(**params: Any) -> None:
     """Show what the agent manages here: containers, health, Ray nodes, the app's URL."""
-    settings = _settings(params)
+    settings = Common.from_params(params)
     not_ready = ops.status(Engine.connect(), settings.data_dir, settings.instance, say)
     sys.exit(1 if not_ready else 0)
 
 
 @cli.command()
-@config_option
-@options(COMMON)
+@lenient_config_option
+@click_options(Common)
 @click.option("--purge", is_flag=True, help="also remove volumes (the database!) and the data dir")
 @click.option("--yes", is_flag=True, help="do not ask before --purge")
 def down(purge: bool, yes: bool, **params: Any) -> None:
     """Stop and remove the containers the agent made (volumes and data dir are kept)."""
-    settings = _settings(params)
+    settings = Common.from_params(params)
     if purge and not yes:
         click.confirm(f"remove every volume (the database) and {settings.data_dir}?", abort=True)
     ops.down(Engine.connect(), settings.data_dir, settings.instance, purge, say)
 
 
 @cli.command()
-@config_option
-@options(COMMON)
+@lenient_config_option
+@click_options(Common)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("syntho_logs.log"), show_default=True, help="file to write")
 def logs(output: Path, **params: Any) -> None:
     """Write every managed container's logs, timestamped and redacted, into one file."""
-    settings = _settings(params)
+    settings = Common.from_params(params)
     ops.logs(Engine.connect(), settings.data_dir, settings.instance, output, say)
 
 
@@ -198,13 +190,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         click.echo(f"syntho-agent: error: {exc.format_message()}", err=True)
         sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
-    except AgentError as exc:
+    except AgentError as exc:  # the engine's failures too (agent.engine.EngineError)
         click.echo(f"syntho-agent: error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except docker.errors.DockerException as exc:
-        explanation = getattr(exc, "explanation", None) or str(exc)
-        click.echo(f"syntho-agent: error: the Docker engine failed: {explanation}", err=True)
-        sys.exit(EXIT_ENVIRONMENT)
     except KeyboardInterrupt:
         click.echo("syntho-agent: interrupted", err=True)
         sys.exit(130)

@@ -7,17 +7,27 @@ import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agent import store, validate
-from agent.config import Settings
 from agent.errors import UsageError
 from agent.roles.ray import DASHBOARD_PORT, GCS_PORT
 
 TOKEN_FILE = "ray-token"
 
 
-def _supplied_token(settings: Settings) -> str | None:
+class TokenSettings(Protocol):
+    """The token options (of a role, or of launcher-config)."""
+
+    @property
+    def auth(self) -> bool: ...
+    @property
+    def token(self) -> str | None: ...
+    @property
+    def token_file(self) -> Path | None: ...
+
+
+def _supplied_token(settings: TokenSettings) -> str | None:
     token = settings.token
     if token is None and settings.token_file is not None:
         token = store.read_secret(settings.token_file)
@@ -29,11 +39,11 @@ def _supplied_token(settings: Settings) -> str | None:
     return token
 
 
-def head_token(settings: Settings) -> tuple[str | None, bool]:
+def head_token(settings: TokenSettings, data_dir: Path) -> tuple[str | None, bool]:
     """The head's token: stored, or supplied once, or generated once; (token, created)."""
     if not settings.auth:
         return None, False
-    path = settings.data_dir / TOKEN_FILE
+    path = data_dir / TOKEN_FILE
     supplied = _supplied_token(settings)
     stored = store.read_secret(path)
     if supplied and stored and supplied != stored:
@@ -46,11 +56,11 @@ def head_token(settings: Settings) -> tuple[str | None, bool]:
     return store.secret(path, store.token_hex(32))
 
 
-def joining_token(settings: Settings) -> str | None:
+def joining_token(settings: TokenSettings, data_dir: Path) -> str | None:
     """A worker's or the app's token: supplied (and then remembered) or remembered."""
     if not settings.auth:
         return None
-    path = settings.data_dir / TOKEN_FILE
+    path = data_dir / TOKEN_FILE
     supplied = _supplied_token(settings)
     stored = store.read_secret(path)
     if supplied is None and stored is None:

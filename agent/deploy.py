@@ -1,10 +1,14 @@
-"""What each role command does, start to finish: lock, secrets, spec, reconcile, readiness.
+"""What each role command does, start to finish: resolve, then converge.
 
-The CLI calls one function here per role; everything below it is settings -> spec -> engine.
+A role run first resolves every input (images on the engine, the token, the secrets, a pending
+database password rotation, the head's address) into one value, refusing before anything
+changes what would fail; then it builds its spec once, plans once (agent.reconcile), applies
+the plan and waits for readiness. The CLI calls one `run_*` function here per role.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from agent import cluster, images, store
@@ -16,18 +20,19 @@ from agent.app_setup import (
     write_env_file,
     write_init_script,
 )
-from agent.config import Settings
+from agent.config import AppSettings, HeadSettings, JoinOptions, WorkerSettings
 from agent.engine import Engine
 from agent.errors import ConvergeError, EnvironmentProblem
 from agent.lock import data_dir_lock
 from agent.ops import redact
-from agent.reconcile import apply, preflight, reconcile, wait_all_ready, wait_ready
+from agent.reconcile import Plan, apply, preflight, wait_all_ready, wait_ready
 from agent.roles import app, ray
 from agent.spec import Spec
 from agent.waits import http_ok, poll, tcp_open
 
 Say = Callable[[str], None]
 HEAD_POLL = 0.5  # seconds between looks at the head's port while waiting for it
+INFRA = {"postgres", "redis"}
 
 
 def report(changes: int, spec: Spec, say: Say) -> None:
@@ -35,28 +40,46 @@ def report(changes: int, spec: Spec, say: Say) -> None:
         say(f"nothing to do: {len(spec.containers)} container(s) up to date")
 
 
-def head_address(engine: Engine, settings: Settings) -> str:
+def container_ip(engine: Engine, name: str, network: str) -> str | None:
+    found = engine.observe(name)
+    return found.ip_on(network) if found is not None else None
+
+
+def head_address(engine: Engine, settings: HeadSettings) -> str:
     """Where this machine reaches the head it runs."""
     if settings.network != "host":
-        ip = engine.container_ip(settings.suffix("ray-head"), settings.network)
+        ip = container_ip(engine, settings.suffix("ray-head"), settings.network)
         if ip:
             return ip
     return settings.node_ip or "127.0.0.1"
 
 
-def run_head(engine: Engine, settings: Settings, say: Say) -> Spec:
+@dataclass(frozen=True)
+class RayInputs:
+    """What a head or worker run resolved before changing anything."""
+
+    image_ids: dict[str, str]
+    token: str | None
+
+
+def resolve_head(engine: Engine, settings: HeadSettings, say: Say) -> RayInputs:
+    ids = images.ensure(engine, settings, {settings.ray_image: settings.suffix("ray-head")}, say)
+    token, created = cluster.head_token(settings, settings.data_dir)
+    if not settings.auth:
+        say(ray.AUTH_OFF_WARNING)
+    elif created:
+        say(f"generated the cluster's Ray token in {cluster.token_path(settings.data_dir)}")
+    return RayInputs(ids, token)
+
+
+def run_head(engine: Engine, settings: HeadSettings, say: Say) -> Spec:
     store.ensure_dir(settings.data_dir)
     with data_dir_lock(settings.data_dir, settings.lock_wait, say):
-        ids = images.ensure(engine, settings, {settings.ray_image: settings.suffix("ray-head")},
-                            say)
-        token, created = cluster.head_token(settings)
-        if not settings.auth:
-            say("WARNING: Ray token auth is OFF (--no-auth): anyone who reaches ports 6379, 8265 "
-                "and 10001 can run code on this cluster")
-        elif created:
-            say(f"generated the cluster's Ray token in {cluster.token_path(settings.data_dir)}")
+        inputs = resolve_head(engine, settings, say)
+        token = inputs.token
         spec = ray.head_spec(settings, token)
-        report(reconcile(engine, spec, say, settings.ready_timeout, ids), spec, say)
+        plan = preflight(engine, spec, inputs.image_ids)
+        report(apply(engine, spec, plan, say, settings.ready_timeout), spec, say)
         address = head_address(engine, settings)
 
         advertised: list[str] = []
@@ -89,7 +112,7 @@ def run_head(engine: Engine, settings: Settings, say: Say) -> Spec:
         return spec
 
 
-def wait_for_head(settings: Settings, say: Say) -> None:
+def wait_for_head(settings: JoinOptions, say: Say) -> None:
     """Until the head's GCS port takes a connection. An address that does not answer at all
     (a VM still booting) would hold a connection attempt: each gives up within one interval."""
     assert settings.head
@@ -110,20 +133,27 @@ def wait_for_head(settings: Settings, say: Say) -> None:
     say(f"the Ray head at {settings.head}:{ray.GCS_PORT} answers")
 
 
-def run_worker(engine: Engine, settings: Settings, say: Say) -> Spec:
+def resolve_worker(engine: Engine, settings: WorkerSettings, say: Say) -> RayInputs:
+    # A missing image fails now, before anything is written or waited for.
+    ids = images.ensure(engine, settings, {settings.ray_image: settings.suffix("ray-worker")},
+                        say)
+    token = cluster.joining_token(settings, settings.data_dir)
+    wait_for_head(settings, say)
+    return RayInputs(ids, token)
+
+
+def run_worker(engine: Engine, settings: WorkerSettings, say: Say) -> Spec:
     assert settings.head
     store.ensure_dir(settings.data_dir)
     with data_dir_lock(settings.data_dir, settings.lock_wait, say):
-        # A missing image fails now, before anything is written or waited for.
-        ids = images.ensure(engine, settings,
-                            {settings.ray_image: settings.suffix("ray-worker")}, say)
-        token = cluster.joining_token(settings)
+        inputs = resolve_worker(engine, settings, say)
+        token = inputs.token
         spec = ray.worker_spec(settings, token)
-        wait_for_head(settings, say)
-        report(reconcile(engine, spec, say, settings.ready_timeout, ids), spec, say)
+        plan = preflight(engine, spec, inputs.image_ids)
+        report(apply(engine, spec, plan, say, settings.ready_timeout), spec, say)
         name = settings.suffix("ray-worker")
         if settings.network != "host":
-            my_ip = engine.container_ip(name, settings.network) or ""
+            my_ip = container_ip(engine, name, settings.network) or ""
         else:
             my_ip = settings.node_ip or cluster.source_ip_towards(settings.head)
 
@@ -141,16 +171,15 @@ def run_worker(engine: Engine, settings: Settings, say: Say) -> Spec:
 
 
 def last_log_line(engine: Engine, name: str, secrets: tuple[str, ...]) -> str:
-    obs = engine.observe(name)
-    if obs is None:
+    if engine.observe(name) is None:
         return "container missing"
-    lines = list(engine.logs(obs.sdk, tail=1))
+    lines = engine.logs(name, tail=1)
     return redact(lines[-1] if lines else "(no output)", list(secrets))[:300]
 
 
 # ---- the app role ----
 
-def app_images(settings: Settings) -> dict[str, str]:
+def app_images(settings: AppSettings) -> dict[str, str]:
     """Every image the app needs, by reference, with the container that needs it."""
     wanted = {settings.core_image: "core", settings.backend_image: "backend",
               settings.frontend_image: "frontend"}
@@ -161,7 +190,7 @@ def app_images(settings: Settings) -> dict[str, str]:
     return wanted
 
 
-def app_ray_host(settings: Settings, token: str | None, say: Say) -> str:
+def app_ray_host(settings: AppSettings, token: str | None, say: Say) -> str:
     """The head's address as the app's containers reach it.
 
     A head given as loopback runs on this VM; containers reach it at the address Ray itself
@@ -186,40 +215,61 @@ def app_ray_host(settings: Settings, token: str | None, say: Say) -> str:
     return found[0]
 
 
-def run_app(engine: Engine, settings: Settings, say: Say) -> Spec:
+@dataclass(frozen=True)
+class AppInputs:
+    """What an app run resolved before changing anything."""
+
+    image_ids: dict[str, str]
+    secrets: app.Secrets  # as the containers get them (a pending rotation's new password)
+    rotate_to: str | None  # the new database password, when a rotation is pending
+    ray_host: str
+
+
+def resolve_app(engine: Engine, settings: AppSettings, say: Say) -> AppInputs:
+    ids = images.ensure(engine, settings, app_images(settings), say)
+    rotate_to = db_password_change(settings, engine)
+    token = cluster.joining_token(settings, settings.data_dir)
+    # While a rotation is pending, the stored password is the one the database still has;
+    # the file changes only once Postgres has taken the new one (the db-password step).
+    secrets = app_secrets(settings, token, settings.db_password if rotate_to is None else None,
+                          say)
+    if rotate_to is not None:
+        secrets = replace(secrets, db_password=rotate_to)
+    write_init_script(settings)
+    wait_for_head(settings, say)
+    return AppInputs(ids, secrets, rotate_to, app_ray_host(settings, token, say))
+
+
+def run_app(engine: Engine, settings: AppSettings, say: Say) -> Spec:
     assert settings.head
     store.ensure_dir(settings.data_dir)
     with data_dir_lock(settings.data_dir, settings.lock_wait, say):
-        ids = images.ensure(engine, settings, app_images(settings), say)
-        rotate_to = db_password_change(settings, engine)
-        token = cluster.joining_token(settings)
-        # While a rotation is pending, the stored password is the one the database still has.
-        db_supplied = settings.db_password if rotate_to is None else None
-        secrets = app_secrets(settings, token, db_supplied, say)
-        write_init_script(settings)
-        wait_for_head(settings, say)
-        ray_host = app_ray_host(settings, token, say)
-        spec = app.app_spec(settings, secrets, settings.data_dir, ray_host)
-        plan = preflight(engine, spec, ids)
-        write_env_file(settings, secrets, ray_host, say)
-        # Postgres and Redis first; the app's password is proven before anything uses it.
-        infra = {"postgres", "redis"}
-        changes = apply(engine, spec, plan, say, settings.ready_timeout,
-                        plan.part(infra, removals=True))
-        if settings.postgres_url is None:
-            postgres = next(c for c in spec.containers if c.service == "postgres")
+        inputs = resolve_app(engine, settings, say)
+        values = app.app_values(settings, inputs.secrets, inputs.ray_host)
+        spec = app.app_spec(settings, values)
+        postgres = next((c for c in spec.containers if c.service == "postgres"), None)
+
+        def db_password(plan: Plan) -> int:
+            """Prove the database takes the password before anything uses it (rotate first,
+            when asked)."""
+            assert postgres is not None
             if not plan.ready(postgres):
                 wait_ready(engine, postgres, settings.ready_timeout, say)
-            check_db_password(engine, settings, secrets, rotate_to, say)
-            if rotate_to is not None:
-                secrets = app_secrets(settings, token, rotate_to, say)
-                spec = app.app_spec(settings, secrets, settings.data_dir, ray_host)
-                write_env_file(settings, secrets, ray_host, say)
-                plan = preflight(engine, spec, ids)
-        rest = {c.service for c in spec.containers} - infra
-        if rotate_to is not None:
-            rest.add("postgres")  # its POSTGRES_PASSWORD follows (unused once initialised)
-        changes += apply(engine, spec, plan, say, settings.ready_timeout, plan.part(rest))
+            check_db_password(engine, settings, inputs.secrets, inputs.rotate_to, say)
+            return 0 if inputs.rotate_to is None else 1
+
+        def env_file(plan: Plan) -> int:
+            write_env_file(settings, app.env_file(settings, values), say)
+            return 0
+
+        # Postgres and Redis first (the spec's start order); then the password is proven and
+        # the env file written; then the services that use them.
+        plan = preflight(engine, spec, inputs.image_ids)
+        if postgres is not None:
+            plan = plan.with_step("db-password", "prove the database password", after=INFRA)
+        plan = plan.with_step("env-file", "write app.env", after={*INFRA, "db-password"})
+        changes = apply(engine, spec, plan, say, settings.ready_timeout,
+                        {"db-password": db_password, "env-file": env_file})
         report(changes, spec, say)
         wait_all_ready(engine, spec, plan, settings.ready_timeout, say)
         # Every container left alone and ready when read (the frontend's own health check is

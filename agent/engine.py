@@ -1,42 +1,184 @@
-"""The Docker engine, through the SDK: what the reconciler needs (observe, create, start,
-remove, exec), translating spec objects into SDK calls and SDK failures into the agent's
-one-line errors. The edges that need more of the SDK (images.py: load, login, pull; watch.py:
-events; ops.py: listing networks and volumes) use `Engine.client` directly.
+"""The Docker engine, through the SDK: the only module that imports `docker`.
+
+What the engine has comes back as plain frozen values (`Observed`, read from one inspect by
+`observe_attrs`); what the agent wants goes in as spec objects (`create_args` turns a
+`spec.Container` into the SDK's create arguments). Every SDK failure leaves this module as
+one of the agent's errors: `EngineError` (the engine refused or failed a call, in its own
+words) or `EngineLost` (it went away, as when dockerd restarts).
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any, Callable, TypeVar, cast
 
 import docker
 import docker.errors
-from docker.models.containers import Container as SdkContainer
+import requests.exceptions
 from docker.types import Mount as SdkMount
 
 from agent import spec as s
 from agent.errors import EnvironmentProblem, UsageError
 
 NS = 1_000_000_000
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass
+class EngineError(EnvironmentProblem):
+    """The engine refused or failed a call; `explanation` is its own words."""
+
+    def __init__(self, message: str, explanation: str = "") -> None:
+        super().__init__(message)
+        self.explanation = explanation
+
+
+class EngineLost(EngineError):
+    """The engine stopped answering (dockerd restarted, the socket went away)."""
+
+
+def _sdk(fn: F) -> F:
+    """Translate what the SDK raises past a method into the agent's errors."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except docker.errors.APIError as exc:
+            explanation = str(exc.explanation or exc)
+            raise EngineError(f"the Docker engine failed: {explanation}", explanation) from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException,
+                ConnectionError) as exc:
+            raise EngineLost(f"the Docker engine stopped answering ({type(exc).__name__}); "
+                             "check that it runs (docker info)", str(exc)) from None
+
+    return cast(F, call)
+
+
+# ---- what the engine has, as plain values ------------------------------------------------------
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A container's place on one network."""
+
+    network: str
+    ip: str
+    aliases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Published:
+    """A host port a container publishes (as configured, also while it is stopped)."""
+
+    container_port: int
+    host_ip: str
+    host_port: int
+
+
+@dataclass(frozen=True)
 class Observed:
-    """A managed container as the engine has it."""
+    """A container as the engine has it: one inspect, read into plain values."""
 
+    id: str
     name: str
-    service: str
-    status: str  # created | running | exited | restarting | paused | dead
+    labels: tuple[tuple[str, str], ...]
+    status: str  # created | running | exited | restarting | paused | dead | removing
     health: str | None  # healthy | unhealthy | starting | None when no healthcheck
-    config_hash: str
-    sdk: SdkContainer
+    health_log: tuple[str, ...]  # the health check's latest outputs, oldest first
+    image_id: str
+    image: str  # the reference it was created from
+    env: tuple[str, ...]  # "KEY=value", as the engine has them
+    command: tuple[str, ...]
+    entrypoint: tuple[str, ...]
+    restart_policy: str  # "no" when none
+    network_mode: str
+    endpoints: tuple[Endpoint, ...]
+    published: tuple[Published, ...]
+    started_at: str
+    restart_count: int
 
+    def label(self, key: str) -> str:
+        return dict(self.labels).get(key, "")
+
+    @property
+    def service(self) -> str:
+        return self.label(s.LABEL_SERVICE)
+
+    @property
+    def role(self) -> str:
+        return self.label(s.LABEL_ROLE)
+
+    @property
+    def config_hash(self) -> str:
+        return self.label(s.LABEL_HASH)
+
+    @property
+    def hash_scheme(self) -> str:
+        return self.label(s.LABEL_HASH_SCHEME)
+
+    def env_value(self, key: str) -> str | None:
+        for item in self.env:
+            k, _, v = item.partition("=")
+            if k == key:
+                return v
+        return None
+
+    def ip_on(self, network: str) -> str | None:
+        return next((e.ip for e in self.endpoints if e.network == network and e.ip), None)
+
+    @property
+    def host_network(self) -> bool:
+        return self.network_mode == "host"
+
+
+def observe_attrs(attrs: dict[str, Any]) -> Observed:
+    """An inspect's JSON, as plain values (pure: the planner's tests build these directly)."""
+    state = attrs.get("State") or {}
+    config = attrs.get("Config") or {}
+    host = attrs.get("HostConfig") or {}
+    health = state.get("Health") or {}
+    networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+    bindings = host.get("PortBindings") or {}
+    return Observed(
+        id=str(attrs.get("Id", "")),
+        name=str(attrs.get("Name", "")).lstrip("/"),
+        labels=tuple(sorted((config.get("Labels") or {}).items())),
+        status=str(state.get("Status", "")),
+        health=health.get("Status"),
+        health_log=tuple(str(e.get("Output", "")).strip().replace("\n", " ")
+                         for e in health.get("Log") or []),
+        image_id=str(attrs.get("Image", "")),
+        image=str(config.get("Image", "")),
+        env=tuple(config.get("Env") or ()),
+        command=tuple(config.get("Cmd") or ()),
+        entrypoint=tuple(config.get("Entrypoint") or ()),
+        restart_policy=str((host.get("RestartPolicy") or {}).get("Name") or "no"),
+        network_mode=str(host.get("NetworkMode", "")),
+        endpoints=tuple(Endpoint(name, str(e.get("IPAddress") or ""),
+                                 tuple(e.get("Aliases") or ()))
+                        for name, e in sorted(networks.items()) if e is not None),
+        published=tuple(Published(int(port.split("/")[0]), str(b.get("HostIp") or ""),
+                                  int(b["HostPort"]))
+                        for port, bs in sorted(bindings.items()) for b in (bs or [])
+                        if b.get("HostPort")),
+        started_at=str(state.get("StartedAt", "")),
+        restart_count=int(attrs.get("RestartCount") or 0),
+    )
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    name: str
+    users: tuple[str, ...]  # names of the containers attached to it
+
+
+# ---- the engine ----------------------------------------------------------------------------
 
 class Engine:
     def __init__(self, client: docker.DockerClient) -> None:
-        self.client = client
+        self._client = client
 
     @classmethod
     def connect(cls, timeout: int = 60) -> Engine:
@@ -57,83 +199,156 @@ class Engine:
 
     # ---- images ----
 
+    @_sdk
     def image_id(self, ref: str) -> str | None:
         try:
-            return str(self.client.images.get(ref).id)
+            return str(self._client.images.get(ref).id)
         except docker.errors.ImageNotFound:
             return None
 
+    @_sdk
+    def load_images(self, stream: IO[bytes]) -> list[str]:
+        """Load a `docker save` archive (the engine unpacks gzip itself); the tags it held."""
+        return [t for image in self._client.images.load(stream) for t in image.tags]
+
+    @_sdk
+    def login(self, registry: str, username: str, password: str) -> None:
+        """Check the credentials with the registry now. The SDK keeps them in memory for the
+        pulls of this process; it writes no credentials file."""
+        self._client.login(username=username, password=password, registry=registry, reauth=True)
+
+    def pull(self, repo: str, tag: str | None,
+             auth: dict[str, str] | None) -> Iterator[dict[str, Any]]:
+        """The engine's progress events of one pull, as it sends them."""
+        try:
+            yield from self._client.api.pull(repo, tag, stream=True, decode=True,
+                                             auth_config=auth)
+        except docker.errors.APIError as exc:
+            explanation = str(exc.explanation or exc)
+            raise EngineError(f"the engine failed to pull {repo}: {explanation}",
+                              explanation) from None
+
     # ---- observing ----
 
+    @_sdk
     def managed(self, instance: str, role: str | None = None) -> list[Observed]:
+        """The containers this agent made here (one list, one inspect each)."""
         filters = [f"{s.LABEL_MANAGED}=true", f"{s.LABEL_INSTANCE}={instance}"]
         if role:
             filters.append(f"{s.LABEL_ROLE}={role}")
-        found = self.client.containers.list(all=True, filters={"label": filters})
-        return [self._observe(c) for c in found]
+        found = self._client.containers.list(all=True, filters={"label": filters})
+        return [observe_attrs(c.attrs) for c in found]
 
-    def observe(self, name: str) -> Observed | None:
+    @_sdk
+    def observe(self, name_or_id: str) -> Observed | None:
         try:
-            return self._observe(self.client.containers.get(name))
+            return observe_attrs(self._client.api.inspect_container(name_or_id))
         except docker.errors.NotFound:
             return None
 
-    @staticmethod
-    def _observe(c: SdkContainer) -> Observed:
-        state = c.attrs.get("State", {})
-        labels = c.labels or {}
-        return Observed(
-            name=c.name or "",
-            service=labels.get(s.LABEL_SERVICE, ""),
-            status=state.get("Status", c.status),
-            health=(state.get("Health") or {}).get("Status"),
-            config_hash=labels.get(s.LABEL_HASH, ""),
-            sdk=c,
-        )
-
+    @_sdk
     def container_names(self) -> set[str]:
         """The names of every container on the engine (one list call, no inspects)."""
-        return {str(n).lstrip("/") for c in self.client.api.containers(all=True)
+        return {str(n).lstrip("/") for c in self._client.api.containers(all=True)
                 for n in c.get("Names") or []}
 
     def health_log_tail(self, name: str, lines: int = 3) -> str:
         obs = self.observe(name)
         if obs is None:
             return "container is missing"
-        health = obs.sdk.attrs.get("State", {}).get("Health") or {}
-        entries = health.get("Log") or []
-        tail = " | ".join(str(e.get("Output", "")).strip().replace("\n", " ")[:300]
-                          for e in entries[-lines:])
+        tail = " | ".join(line[:300] for line in obs.health_log[-lines:])
         return tail or f"status {obs.status}"
+
+    @_sdk
+    def logs(self, name_or_id: str, tail: int | str = "all") -> list[str]:
+        data = self._client.api.logs(name_or_id, timestamps=True, tail=tail)
+        return cast(bytes, data).decode(errors="replace").splitlines()
+
+    def events(self, instance: str, role: str, until: int) -> Generator[str, None, None]:
+        """The actions (die, start, destroy ...) of this role's containers until `until`
+        (a Unix time); EngineLost when the engine goes away meanwhile."""
+        filters = {"type": "container", "label": [
+            f"{s.LABEL_MANAGED}=true", f"{s.LABEL_INSTANCE}={instance}",
+            f"{s.LABEL_ROLE}={role}"]}
+        stream = _sdk(self._client.events)(decode=True, filters=filters, until=until)
+        try:
+            for event in _sdk(iter)(stream):
+                yield str(event.get("Action", "")).split(":")[0]
+        except (docker.errors.DockerException, requests.exceptions.RequestException,
+                OSError) as exc:
+            raise EngineLost(f"the Docker engine stopped answering ({type(exc).__name__})",
+                             str(exc)) from None
+        finally:
+            stream.close()
 
     # ---- acting ----
 
+    @_sdk
     def ensure_network(self, name: str, labels: dict[str, str]) -> bool:
         """Create a bridge network unless it exists; True when created."""
         # The engine's name filter matches substrings ("syntho" finds "syntho-x"): compare.
-        if any(n.name == name for n in self.client.networks.list(names=[name])):
+        if any(n.name == name for n in self._client.networks.list(names=[name])):
             return False
-        self.client.networks.create(name, driver="bridge", labels=labels)
+        self._client.networks.create(name, driver="bridge", labels=labels)
         return True
 
+    @_sdk
     def ensure_volume(self, name: str, labels: dict[str, str]) -> bool:
         try:
-            self.client.volumes.get(name)
+            self._client.volumes.get(name)
             return False
         except docker.errors.NotFound:
-            self.client.volumes.create(name, labels=labels)
+            self._client.volumes.create(name, labels=labels)
             return True
 
-    def create(self, c: s.Container, labels: dict[str, str]) -> SdkContainer:
+    @_sdk
+    def volume_exists(self, name: str) -> bool:
         try:
-            return self.client.containers.create(**create_args(c, labels))
+            self._client.volumes.get(name)
+            return True
+        except docker.errors.NotFound:
+            return False
+
+    @_sdk
+    def networks(self, labels: list[str]) -> list[NetworkInfo]:
+        found = []
+        for net in self._client.networks.list(filters={"label": labels}):
+            net.reload()
+            users = (net.attrs.get("Containers") or {}).values()
+            found.append(NetworkInfo(str(net.name), tuple(sorted(
+                str(c.get("Name", "?")) for c in users))))
+        return found
+
+    @_sdk
+    def remove_network(self, name: str) -> None:
+        for net in self._client.networks.list(names=[name]):
+            if net.name == name:
+                net.remove()
+
+    @_sdk
+    def volumes(self, labels: list[str]) -> list[str]:
+        return [str(v.name) for v in self._client.volumes.list(filters={"label": labels})]
+
+    @_sdk
+    def remove_volume(self, name: str) -> None:
+        try:
+            self._client.volumes.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+    @_sdk
+    def create(self, c: s.Container, labels: dict[str, str]) -> str:
+        """Create c (not started); its ID."""
+        try:
+            return str(self._client.containers.create(**create_args(c, labels)).id)
         except docker.errors.APIError as exc:
             raise EnvironmentProblem(f"the engine refused to create {c.name}: "
                                      f"{exc.explanation or exc}") from None
 
-    def start(self, container: SdkContainer, name: str) -> None:
+    @_sdk
+    def start(self, container_id: str, name: str) -> None:
         try:
-            container.start()
+            self._client.api.start(container_id)
         except docker.errors.APIError as exc:
             explanation = str(exc.explanation or exc)
             if "nofile" in explanation or "operation not permitted" in explanation:
@@ -147,53 +362,34 @@ class Engine:
                     f"({explanation}); free it or choose another port") from None
             raise EnvironmentProblem(f"the engine refused to start {name}: {explanation}") from None
 
-    def reload(self, container: SdkContainer) -> bool:
-        """Read the container's state again; False when it is gone."""
-        try:
-            container.reload()
-            return True
-        except docker.errors.NotFound:
-            return False
+    @_sdk
+    def rename(self, container_id: str, name: str) -> None:
+        self._client.api.rename(container_id, name)
 
-    def remove(self, container: SdkContainer) -> None:
+    @_sdk
+    def remove(self, container_id: str) -> None:
         try:
-            container.remove(force=True)
+            self._client.api.remove_container(container_id, force=True)
         except docker.errors.NotFound:
             pass
 
-    def stop(self, container: SdkContainer, timeout: int = 10) -> None:
+    @_sdk
+    def stop(self, container_id: str, timeout: int = 10) -> None:
         try:
-            container.stop(timeout=timeout)
+            self._client.api.stop(container_id, timeout=timeout)
         except docker.errors.NotFound:
             pass
 
-    def volume_exists(self, name: str) -> bool:
-        try:
-            self.client.volumes.get(name)
-            return True
-        except docker.errors.NotFound:
-            return False
-
+    @_sdk
     def exec(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
-        container = self.client.containers.get(name)
+        container = self._client.containers.get(name)
         code, out = container.exec_run(cmd, environment=env or {}, demux=False)
         return int(code), (out or b"").decode(errors="replace")
-
-    def logs(self, container: SdkContainer, tail: int | str = "all") -> Iterator[str]:
-        data = container.logs(timestamps=True, tail=tail)
-        yield from data.decode(errors="replace").splitlines()
-
-    def container_ip(self, name: str, network: str) -> str | None:
-        obs = self.observe(name)
-        if obs is None:
-            return None
-        nets = obs.sdk.attrs.get("NetworkSettings", {}).get("Networks", {})
-        return (nets.get(network) or {}).get("IPAddress") or None
 
 
 def create_args(c: s.Container, labels: dict[str, str]) -> dict[str, Any]:
     """The SDK's containers.create() arguments for c: one create call makes the container
-    whole (its network aliases included). Plain data, apart from the ports' (ip, port) tuples."""
+    whole (its network aliases included). Plain data, apart from the mounts' SDK type."""
     kwargs: dict[str, Any] = dict(
         image=c.image,
         name=c.name,

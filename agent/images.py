@@ -13,18 +13,17 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import docker.errors
-
 from agent import store
-from agent.config import Settings
-from agent.engine import Engine
+from agent.config import ImageSources
+from agent.engine import Engine, EngineError
 from agent.errors import EnvironmentProblem, UsageError
 
 Say = Callable[[str], None]
 PASSWORD_ENV = "SYNTHO_AGENT_REGISTRY_PASSWORD"
 
 
-def ensure(engine: Engine, settings: Settings, wanted: dict[str, str], say: Say) -> dict[str, str]:
+def ensure(engine: Engine, settings: ImageSources, wanted: dict[str, str],
+           say: Say) -> dict[str, str]:
     """Every wanted image (reference -> who needs it) on the engine; returns their IDs.
 
     Missing ones come from the bundle first, then the registry. Whatever is still missing is
@@ -67,16 +66,15 @@ def load_bundle(engine: Engine, path: Path, say: Say) -> None:
         say(f"loading images from {archive}")
         try:
             with archive.open("rb") as stream:  # the engine unpacks gzip itself
-                loaded = engine.client.images.load(stream)
-        except (OSError, EOFError, docker.errors.APIError) as exc:
+                tags = engine.load_images(stream)
+        except (OSError, EOFError, EngineError) as exc:
             raise EnvironmentProblem(f"cannot load images from {archive}: {exc}; check that it "
                                      "is a `docker save` archive") from None
-        tags = [t for image in loaded for t in image.tags]
         say(f"loaded {', '.join(tags) or 'no tagged image'} in "
             f"{time.monotonic() - started:.0f}s")
 
 
-def registry_password(settings: Settings) -> str:
+def registry_password(settings: ImageSources) -> str:
     if settings.registry_password_file is not None:
         value = store.read_secret(settings.registry_password_file)
         if value is None:
@@ -93,17 +91,16 @@ def registry_password(settings: Settings) -> str:
         f"{PASSWORD_ENV}, or --registry-password-stdin")
 
 
-def registry_auth(engine: Engine, settings: Settings) -> dict[str, str]:
+def registry_auth(engine: Engine, settings: ImageSources) -> dict[str, str]:
     """Log in once (checks the password now, with a clear error) and return the pull auth."""
     if not settings.registry_user:
         raise UsageError(f"--registry {settings.registry} needs --registry-user")
     auth = {"username": settings.registry_user, "password": registry_password(settings)}
+    assert settings.registry
     try:
-        # The SDK keeps this in memory for the pulls; it writes no credentials file.
-        engine.client.login(username=auth["username"], password=auth["password"],
-                            registry=settings.registry, reauth=True)
-    except docker.errors.APIError as exc:
-        text = str(exc.explanation or exc)
+        engine.login(settings.registry, auth["username"], auth["password"])
+    except EngineError as exc:
+        text = exc.explanation
         if "unauthorized" in text.lower() or "401" in text:
             raise UsageError(f"the registry {settings.registry} refused the login of "
                              f"{settings.registry_user}: check the password") from None
@@ -120,8 +117,7 @@ def pull(engine: Engine, ref: str, auth: dict[str, str] | None, say: Say) -> Non
     tty = sys.stdout.isatty()
     layers: dict[str, str] = {}
     try:
-        for event in engine.client.api.pull(repo, tag, stream=True, decode=True,
-                                            auth_config=auth):
+        for event in engine.pull(repo, tag, auth):
             if "error" in event:
                 raise EnvironmentProblem(f"cannot pull {ref}: {event['error']}")
             if tty and event.get("id"):
@@ -129,8 +125,8 @@ def pull(engine: Engine, ref: str, auth: dict[str, str] | None, say: Say) -> Non
                 done = sum(1 for s in layers.values() if s in ("Pull complete", "Already exists"))
                 sys.stdout.write(f"\r  {done}/{len(layers)} layers")
                 sys.stdout.flush()
-    except docker.errors.APIError as exc:
-        raise EnvironmentProblem(f"cannot pull {ref}: {exc.explanation or exc}") from None
+    except EngineError as exc:
+        raise EnvironmentProblem(f"cannot pull {ref}: {exc.explanation}") from None
     if tty:
         sys.stdout.write("\n")
     say(f"pulled {ref} in {time.monotonic() - started:.0f}s")

@@ -19,19 +19,9 @@ import click
 import yaml
 
 from agent import cluster, store
-from agent.config import (
-    CLUSTER,
-    COMMON,
-    IMAGE_SOURCES,
-    LAUNCHER,
-    RAY,
-    Opt,
-    Settings,
-    config_option,
-    options,
-)
+from agent.config import LauncherSettings, click_options, config_option
 from agent.errors import EnvironmentProblem, UsageError
-from agent.roles.ray import GCS_PORT
+from agent.roles import ray
 
 Say = Callable[[str], None]
 
@@ -81,29 +71,9 @@ ONLY_FOR: dict[str, tuple[str, ...]] = {
 }
 
 
-# Shared options whose help says something else here.
-HELP = {
-    "data-dir": "where the Ray token and license key files are kept (0600), as for the head",
-    "registry": "the registry every node logs in to before it pulls the Ray image (HOST[:PORT]); "
-                "an image reference without a registry is looked up there",
-    "registry-password-file": "a local file holding the registry password: `ray up` copies it "
-                              "to the nodes, which log in with it on standard input",
-}
-
-
-def _pick(opts: list[Opt], *names: str) -> list[Opt]:
-    return [replace(o, help=HELP.get(o.name, o.help)) for o in opts if o.name in names]
-
-
-OPTIONS = (_pick(COMMON, "data-dir") + _pick(RAY, "ray-image", "shm-size", "nofile", "ray-arg")
-           + _pick(CLUSTER, "license-key", "auth", "token", "token-file")
-           + _pick(IMAGE_SOURCES, "registry", "registry-user", "registry-password-file")
-           + LAUNCHER)
-
-
 # --- checks: every combination `ray up` would refuse, or quietly get wrong ---------------------
 
-def check(settings: Settings) -> None:
+def check(settings: LauncherSettings) -> None:
     """Raise UsageError (exit 2, one line) for settings that cannot make a working cluster."""
     provider = settings.provider
     if provider is None:
@@ -120,14 +90,14 @@ def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def _check_applies(settings: Settings, provider: str) -> None:
+def _check_applies(settings: LauncherSettings, provider: str) -> None:
     for key, providers in ONLY_FOR.items():
         if provider not in providers and getattr(settings, key) not in (None, (), False):
             raise UsageError(f"{_flag(key)} does not apply to --provider {provider} "
                              f"(only to {', '.join(providers)})")
 
 
-def _check_local(settings: Settings) -> None:
+def _check_local(settings: LauncherSettings) -> None:
     if not settings.head_ip or not settings.worker_ip:
         raise UsageError("--provider local needs --head-ip and at least one --worker-ip "
                          "(the machines Ray runs on)")
@@ -139,7 +109,7 @@ def _check_local(settings: Settings) -> None:
                          "to the machines with)")
 
 
-def _check_cloud(settings: Settings, provider: str) -> None:
+def _check_cloud(settings: LauncherSettings, provider: str) -> None:
     if provider == "gcp":
         _check_gcp(settings)
     if provider == "azure":
@@ -156,7 +126,7 @@ def _check_cloud(settings: Settings, provider: str) -> None:
                              f"--{role}-instance-type has: give --{role}-cpus")
 
 
-def _check_gcp(settings: Settings) -> None:
+def _check_gcp(settings: LauncherSettings) -> None:
     missing = [_flag(k) for k in ("region", "availability_zone", "project_id")
                if not getattr(settings, k)]
     if missing:
@@ -166,7 +136,7 @@ def _check_gcp(settings: Settings) -> None:
                          f"--region {settings.region} (for example {settings.region}-b)")
 
 
-def _check_azure(settings: Settings) -> None:
+def _check_azure(settings: LauncherSettings) -> None:
     if not settings.resource_group:
         raise UsageError("--provider azure needs --resource-group")
     if settings.vm_image and len(_azure_image(settings.vm_image)) != 4:
@@ -174,7 +144,7 @@ def _check_azure(settings: Settings) -> None:
                          f"{DEFAULTS['azure'].image}")
 
 
-def _check_registry(settings: Settings) -> None:
+def _check_registry(settings: LauncherSettings) -> None:
     if not settings.registry:
         for key in ("registry_user", "registry_password_file"):
             if getattr(settings, key) is not None:
@@ -190,7 +160,7 @@ def _check_registry(settings: Settings) -> None:
 
 # --- the config: pure ---------------------------------------------------------------------------
 
-def cluster_config(settings: Settings, token_file: Path | None,
+def cluster_config(settings: LauncherSettings, token_file: Path | None,
                    license_file: Path | None) -> dict[str, Any]:
     """The whole `ray up` config for checked settings; token_file None means no token auth."""
     provider = str(settings.provider)
@@ -217,16 +187,17 @@ def cluster_config(settings: Settings, token_file: Path | None,
         config["head_setup_commands"] = list(settings.head_setup_command)  # needs on the head
     config["worker_setup_commands"] = []
     secrets = (token_file is not None, license_file is not None)
+    # The head role's `ray start` (roles/ray.py), run by Ray's launcher in the foreground of
+    # its own SSH session rather than as the container's main process: no --block.
     config["head_start_ray_commands"] = ["ray stop", _ray_start(
-        settings, ["--head", f"--port={GCS_PORT}", "--dashboard-host", "0.0.0.0",
-                   "--disable-usage-stats", "--autoscaling-config=~/ray_bootstrap_config.yaml"],
-        *secrets)]
+        settings, [*ray.start_command(None, block=False),
+                   "--autoscaling-config=~/ray_bootstrap_config.yaml"], *secrets)]
     config["worker_start_ray_commands"] = ["ray stop", _ray_start(
-        settings, [f"--address=$RAY_HEAD_IP:{GCS_PORT}", "--disable-usage-stats"], *secrets)]
+        settings, ray.start_command("$RAY_HEAD_IP", block=False), *secrets)]
     return config
 
 
-def _worker_range(settings: Settings) -> tuple[int, int]:
+def _worker_range(settings: LauncherSettings) -> tuple[int, int]:
     """(min, max) worker VMs; local keeps every machine it is given."""
     if settings.provider == "local":
         return len(settings.worker_ip), len(settings.worker_ip)
@@ -238,7 +209,7 @@ def _worker_range(settings: Settings) -> tuple[int, int]:
     return low, high
 
 
-def _provider_section(settings: Settings, provider: str) -> dict[str, Any]:
+def _provider_section(settings: LauncherSettings, provider: str) -> dict[str, Any]:
     if provider == "local":
         return {"type": "local", "head_ip": settings.head_ip,
                 "worker_ips": list(settings.worker_ip)}
@@ -257,7 +228,7 @@ def _provider_section(settings: Settings, provider: str) -> dict[str, Any]:
     return section
 
 
-def public_key(settings: Settings) -> Path:
+def public_key(settings: LauncherSettings) -> Path:
     """The public key to deliver: given, else the login key's public half, else the guide's."""
     if settings.ssh_public_key is not None:
         return settings.ssh_public_key
@@ -266,7 +237,7 @@ def public_key(settings: Settings) -> Path:
     return Path("~/.ssh/id_rsa.pub")
 
 
-def _auth(settings: Settings, provider: str) -> dict[str, Any]:
+def _auth(settings: LauncherSettings, provider: str) -> dict[str, Any]:
     auth: dict[str, Any] = {"ssh_user": settings.ssh_user}
     if settings.ssh_private_key is not None:
         auth["ssh_private_key"] = str(settings.ssh_private_key)
@@ -275,7 +246,7 @@ def _auth(settings: Settings, provider: str) -> dict[str, Any]:
     return auth
 
 
-def _docker(settings: Settings) -> dict[str, Any]:
+def _docker(settings: LauncherSettings) -> dict[str, Any]:
     """The head role's container settings, as `docker run` options (Ray adds --net=host)."""
     return {
         "image": settings.ray_image,
@@ -283,7 +254,7 @@ def _docker(settings: Settings) -> dict[str, Any]:
         "pull_before_run": True,
         "run_options": [f"--shm-size={_docker_size(settings.shm_size)}",
                         f"--ulimit nofile={settings.nofile}:{settings.nofile}",
-                        "-e RAY_SCHEDULER_SPREAD_THRESHOLD=0.0"],
+                        *(f"-e {k}={v}" for k, v in ray.SCHEDULER_ENV)],
     }
 
 
@@ -294,7 +265,7 @@ def _docker_size(size: int) -> str:
     return f"{size}b"
 
 
-def _cpus(settings: Settings, provider: str, role: str) -> int | None:
+def _cpus(settings: LauncherSettings, provider: str, role: str) -> int | None:
     """CPUs to declare: given, or known for the default size; None when only aws can tell."""
     given: int | None = getattr(settings, f"{role}_cpus")
     if given is not None:
@@ -304,7 +275,7 @@ def _cpus(settings: Settings, provider: str, role: str) -> int | None:
     return getattr(cloud, f"{role}_cpus") if size == getattr(cloud, role) else None
 
 
-def _node_type(settings: Settings, provider: str, role: str) -> dict[str, Any]:
+def _node_type(settings: LauncherSettings, provider: str, role: str) -> dict[str, Any]:
     cloud = DEFAULTS[provider]
     size = getattr(settings, f"{role}_instance_type") or getattr(cloud, role)
     cpus = _cpus(settings, provider, role)
@@ -315,7 +286,7 @@ def _node_type(settings: Settings, provider: str, role: str) -> dict[str, Any]:
     return {"resources": {"CPU": cpus} if cpus else {}, "node_config": node_config}
 
 
-def _aws_node(settings: Settings, size: str, spot: bool) -> dict[str, Any]:
+def _aws_node(settings: LauncherSettings, size: str, spot: bool) -> dict[str, Any]:
     node: dict[str, Any] = {
         "InstanceType": size,
         "BlockDeviceMappings": [{"DeviceName": "/dev/sda1",
@@ -330,7 +301,7 @@ def _aws_node(settings: Settings, size: str, spot: bool) -> dict[str, Any]:
     return node
 
 
-def _gcp_node(settings: Settings, size: str, spot: bool) -> dict[str, Any]:
+def _gcp_node(settings: LauncherSettings, size: str, spot: bool) -> dict[str, Any]:
     image = settings.vm_image or DEFAULTS["gcp"].image
     node: dict[str, Any] = {
         "machineType": size,
@@ -347,7 +318,7 @@ def _azure_image(image: str) -> list[str]:
     return [part for part in image.split(":") if part]
 
 
-def _azure_node(settings: Settings, size: str, spot: bool) -> dict[str, Any]:
+def _azure_node(settings: LauncherSettings, size: str, spot: bool) -> dict[str, Any]:
     publisher, offer, sku, version = _azure_image(settings.vm_image or str(DEFAULTS["azure"].image))
     params: dict[str, Any] = {"vmSize": size, "imagePublisher": publisher, "imageOffer": offer,
                               "imageSku": sku, "imageVersion": version,
@@ -357,7 +328,7 @@ def _azure_node(settings: Settings, size: str, spot: bool) -> dict[str, Any]:
     return {"azure_arm_parameters": params}
 
 
-def _file_mounts(settings: Settings, token_file: Path | None,
+def _file_mounts(settings: LauncherSettings, token_file: Path | None,
                  license_file: Path | None) -> dict[str, str]:
     """Node path -> local path: what `ray up` copies to every node (and into its container)."""
     mounts = {PUBLIC_KEY_ON_NODE: str(public_key(settings))}
@@ -370,7 +341,7 @@ def _file_mounts(settings: Settings, token_file: Path | None,
     return mounts
 
 
-def _initialization(settings: Settings) -> list[str]:
+def _initialization(settings: LauncherSettings) -> list[str]:
     """On the VM, before the container: the guide's docker setup, then the registry login with
     the password on standard input (never in the YAML, a command line or shell history)."""
     commands = [
@@ -391,14 +362,15 @@ def _from_file(variable: str, path: str) -> str:
     return f'{variable}="$(cat {path})" && test -n "${variable}" && export {variable}'
 
 
-def _ray_start(settings: Settings, args: list[str], token: bool, license_key: bool) -> str:
+def _ray_start(settings: LauncherSettings, args: list[str], token: bool, license_key: bool) -> str:
     steps = []
     if license_key:
-        steps.append(_from_file("LICENSE_KEY_SIGNED", LICENSE_ON_NODE))
+        steps.append(_from_file(ray.LICENSE_ENV, LICENSE_ON_NODE))
     if token:
-        steps += [_from_file("RAY_AUTH_TOKEN", TOKEN_ON_NODE), "export RAY_AUTH_MODE=token"]
+        mode, value = ray.AUTH_MODE_ENV
+        steps += [_from_file(ray.TOKEN_ENV, TOKEN_ON_NODE), f"export {mode}={value}"]
     extra = [shlex.quote(arg) for arg in settings.ray_arg]
-    steps.append(" ".join(["ray", "start", *args, *extra]))
+    steps.append(" ".join([*args, *extra]))
     return " && ".join(steps)
 
 
@@ -411,15 +383,14 @@ def render(config: dict[str, Any], auth: bool) -> str:
         "# local files that `ray up` copies to every node (file_mounts), read there when used.",
     ]
     if not auth:
-        header.append("# WARNING: Ray token auth is OFF: anyone who reaches the head's ports "
-                      "6379, 8265 and 10001 can run code on this cluster.")
+        header.append(f"# {ray.AUTH_OFF_WARNING}")
     body = yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=4096)
     return "\n".join(header) + "\n" + body
 
 
 # --- the command: I/O ---------------------------------------------------------------------------
 
-def _absolute(settings: Settings) -> Settings:
+def _absolute(settings: LauncherSettings) -> LauncherSettings:
     """Local paths as absolute ones (`ray up` may run from another directory), and the public
     key checked: `ray up` would stop at a missing one."""
     def absolute(path: Path | None) -> Path | None:
@@ -434,21 +405,20 @@ def _absolute(settings: Settings) -> Settings:
                    registry_password_file=absolute(settings.registry_password_file))
 
 
-def _token_file(settings: Settings, say: Say) -> Path | None:
+def _token_file(settings: LauncherSettings, say: Say) -> Path | None:
     """<data-dir>/ray-token, as for the head role: supplied once or generated once."""
     if not settings.auth:
-        say("WARNING: Ray token auth is OFF (--no-auth): anyone who reaches ports 6379, 8265 "
-            "and 10001 of the head can run code on this cluster")
+        say(ray.AUTH_OFF_WARNING)
         return None
     store.ensure_dir(settings.data_dir)
-    _, created = cluster.head_token(settings)
+    _, created = cluster.head_token(settings, settings.data_dir)
     path = cluster.token_path(settings.data_dir)
     if created:
         say(f"generated the cluster's Ray token in {path}")
     return path
 
 
-def _license_file(settings: Settings) -> Path | None:
+def _license_file(settings: LauncherSettings) -> Path | None:
     """The license key as a 0600 file in the data dir, for file_mounts (never in the YAML)."""
     if not settings.license_key:
         return None
@@ -470,7 +440,7 @@ def _write(output: str, text: str) -> None:
                                  "--output") from None
 
 
-def _next_steps(settings: Settings, output: str, token_file: Path | None, say: Say) -> None:
+def _next_steps(settings: LauncherSettings, output: str, token_file: Path | None, say: Say) -> None:
     low, high = _worker_range(settings)
     workers = f"{low}" if low == high else f"{low} to {high}"
     say(f"wrote {'the config' if output == '-' else output}: {settings.provider}, a head and "
@@ -485,12 +455,12 @@ def _next_steps(settings: Settings, output: str, token_file: Path | None, say: S
 
 @click.command("launcher-config")
 @config_option
-@options(OPTIONS)
+@click_options(LauncherSettings)
 @click.option("--output", "-o", default="cluster.yaml", show_default=True,
               help="the file to write; - for standard output")
 def command(output: str, **params: Any) -> None:
     """Write a cluster config for Ray's cluster launcher (`ray up`): the guide's option 1."""
-    settings = Settings.from_params(params)
+    settings = LauncherSettings.from_params(params)
     check(settings)
 
     def say(line: str) -> None:  # keep standard output for the YAML when it goes there

@@ -20,7 +20,7 @@ _URL_PASSWORD = re.compile(r"://[^:/@\s]+:([^@/\s]+)@")
 def managed(engine: Engine, instance: str) -> list[Observed]:
     order = {"head": 0, "worker": 1, "app": 2}
     found = engine.managed(instance)
-    return sorted(found, key=lambda o: (order.get(o.sdk.labels.get(s.LABEL_ROLE, ""), 9), o.name))
+    return sorted(found, key=lambda o: (order.get(o.role, 9), o.name))
 
 
 def secrets_to_redact(engine: Engine, data_dir: Path, observed: list[Observed]) -> list[str]:
@@ -34,7 +34,7 @@ def secrets_to_redact(engine: Engine, data_dir: Path, observed: list[Observed]) 
         if stored:
             values.add(stored)
     for o in observed:
-        for item in o.sdk.attrs.get("Config", {}).get("Env") or []:
+        for item in o.env:
             key, _, value = item.partition("=")
             if _SECRET_KEY.search(key) and len(value) >= 4:
                 values.add(value)
@@ -50,14 +50,9 @@ def redact(text: str, secrets: list[str]) -> str:
 
 
 def _ray_address(o: Observed) -> str:
-    settings = o.sdk.attrs.get("HostConfig", {})
-    if settings.get("NetworkMode") == "host":
+    if o.host_network:
         return "127.0.0.1"
-    nets = o.sdk.attrs.get("NetworkSettings", {}).get("Networks", {})
-    for net in nets.values():
-        if net.get("IPAddress"):
-            return str(net["IPAddress"])
-    return "127.0.0.1"
+    return next((e.ip for e in o.endpoints if e.ip), "127.0.0.1")
 
 
 def status(engine: Engine, data_dir: Path, instance: str, say: Say) -> int:
@@ -71,7 +66,7 @@ def status(engine: Engine, data_dir: Path, instance: str, say: Say) -> int:
     not_ready = 0
     for o in observed:
         health = o.health or "-"
-        say(f"{o.sdk.labels.get(s.LABEL_ROLE, '?'):<8} {o.name:<24} {o.status:<10} {health}")
+        say(f"{o.role or '?':<8} {o.name:<24} {o.status:<10} {health}")
         if o.status != "running" or o.health not in (None, "healthy"):
             not_ready += 1
     for o in observed:
@@ -94,38 +89,34 @@ def status(engine: Engine, data_dir: Path, instance: str, say: Say) -> int:
 
 def app_urls(observed: list[Observed]) -> list[str]:
     for o in observed:
-        if o.service == "frontend":
-            ports = o.sdk.attrs.get("NetworkSettings", {}).get("Ports") or {}
-            for bindings in ports.values():
-                for b in bindings or []:
-                    host = b.get("HostIp") or "0.0.0.0"
-                    host = "<this VM>" if host in ("0.0.0.0", "::") else host
-                    return [f"open the app at http://{host}:{b.get('HostPort')}"]
+        if o.service == "frontend" and o.status == "running":
+            for p in o.published:
+                host = p.host_ip or "0.0.0.0"
+                host = "<this VM>" if host in ("0.0.0.0", "::") else host
+                return [f"open the app at http://{host}:{p.host_port}"]
     return []
 
 
 def down(engine: Engine, data_dir: Path, instance: str, purge: bool, say: Say) -> None:
     observed = managed(engine, instance)
     for o in reversed(observed):
-        engine.remove(o.sdk)
+        engine.remove(o.id)
         say(f"removed {o.name}")
     labels = [f"{s.LABEL_MANAGED}=true", f"{s.LABEL_INSTANCE}={instance}"]
-    for net in engine.client.networks.list(filters={"label": labels}):
-        net.reload()
-        users = sorted(c.get("Name", "?") for c in (net.attrs.get("Containers") or {}).values())
-        if users:
-            say(f"kept network {net.name} (still used by {', '.join(users)})")
+    for net in engine.networks(labels):
+        if net.users:
+            say(f"kept network {net.name} (still used by {', '.join(net.users)})")
             continue
-        net.remove()
+        engine.remove_network(net.name)
         say(f"removed network {net.name}")
     if not purge:
         if not observed:
             say("nothing to remove")
         say(f"kept volumes and {data_dir} (--purge removes them)")
         return
-    for vol in engine.client.volumes.list(filters={"label": labels}):
-        vol.remove(force=True)
-        say(f"removed volume {vol.name}")
+    for volume in engine.volumes(labels):
+        engine.remove_volume(volume)
+        say(f"removed volume {volume}")
     if data_dir.exists():
         shutil.rmtree(data_dir)
         say(f"removed {data_dir}")
@@ -137,6 +128,6 @@ def logs(engine: Engine, data_dir: Path, instance: str, output: Path, say: Say) 
     lines: list[str] = []
     for o in observed:
         lines.append(f"===== {o.name} ({o.status}{', ' + o.health if o.health else ''}) =====")
-        lines.extend(redact(line, secrets) for line in engine.logs(o.sdk))
+        lines.extend(redact(line, secrets) for line in engine.logs(o.id))
     store.write_atomic(output, "\n".join(lines) + "\n", mode=0o600)
     say(f"wrote the logs of {len(observed)} container(s) to {output} (secrets redacted)")

@@ -1,7 +1,9 @@
 """The reconciler: compare a Spec with what the engine runs, then act, in start order.
 
-Plan first (pure: `plan`), then act (`apply`): create what is missing, start what is stopped,
-recreate what drifted (its config hash differs), remove what this role made and no longer wants.
+Plan first (pure: `plan`, `drift`, on plain `Observed` values), then act (`apply`): create what
+is missing, start what is stopped, recreate what drifted (its config hash differs), remove what
+this role made and no longer wants, and run the role's own steps where the plan puts them
+(the app proves its database password between Postgres and the services that use it).
 The engine is read once per run (`preflight`: one list of the managed containers, one inspect
 of each image) and apply acts on that reading; a run with nothing to do changes nothing and
 makes no further call.
@@ -13,8 +15,6 @@ import socket
 from dataclasses import dataclass
 from typing import Callable
 
-from docker.models.containers import Container as SdkContainer
-
 from agent import spec as s
 from agent.engine import Engine, Observed
 from agent.errors import ConvergeError, EnvironmentProblem
@@ -24,10 +24,13 @@ Say = Callable[[str], None]
 READY_POLL = 0.25  # seconds between looks at a container that is becoming ready (one inspect)
 
 
+Step = Callable[["Plan"], int]  # a role's own step: runs with the plan, returns its changes
+
+
 @dataclass(frozen=True)
 class Action:
-    verb: str  # create | recreate | start | unchanged | remove
-    name: str
+    verb: str  # create | recreate | start | unchanged | remove | step
+    name: str  # the container's name, or the step's
     container: s.Container | None = None
     config_hash: str = ""
     reason: str = ""
@@ -40,10 +43,15 @@ class Plan:
     actions: list[Action]
     observed: dict[str, Observed]  # the managed containers, by name
 
-    def part(self, services: set[str], removals: bool = False) -> list[Action]:
-        """The actions for these services (and the removals, if asked), in order."""
-        return [a for a in self.actions if (a.container is None and removals) or
-                (a.container is not None and a.container.service in services)]
+    def with_step(self, name: str, reason: str, after: set[str]) -> Plan:
+        """This plan with a role's step placed after the actions of these services."""
+        last = max((i for i, a in enumerate(self.actions)
+                    if a.container is not None and a.container.service in after), default=-1)
+        removals = sum(1 for a in self.actions if a.verb == "remove")
+        at = max(last + 1, removals)
+        actions = [*self.actions[:at], Action("step", name, reason=reason),
+                   *self.actions[at:]]
+        return Plan(actions, self.observed)
 
     def verb(self, name: str) -> str | None:
         return next((a.verb for a in self.actions if a.name == name), None)
@@ -84,7 +92,7 @@ def plan(spec: s.Spec, observed: list[Observed], ids: dict[str, str]) -> list[Ac
         o = current.get(c.name)
         if o is None:
             actions.append(Action("create", c.name, c, h))
-        elif o.config_hash != h:
+        elif not c.hash_matches(ids[c.image], o.config_hash, o.hash_scheme):
             actions.append(Action("recreate", c.name, c, h, "configuration changed"))
         elif (what := drift(o, c, ids[c.image])) is not None:
             actions.append(Action("recreate", c.name, c, h, f"{what} changed outside the agent"))
@@ -98,22 +106,20 @@ def plan(spec: s.Spec, observed: list[Observed], ids: dict[str, str]) -> list[Ac
 def drift(o: Observed, c: s.Container, image_id: str) -> str | None:
     """What of the container differs from its spec, though its label claims the right hash
     (someone recreated it by hand, copying the labels); None when it matches."""
-    attrs = o.sdk.attrs
-    config, host = attrs.get("Config") or {}, attrs.get("HostConfig") or {}
-    if attrs.get("Image") != image_id:
+    if o.image_id != image_id:
         return "the image"
-    if not {f"{k}={v}" for k, v in c.env} <= set(config.get("Env") or []):
+    if not {f"{k}={v}" for k, v in c.env} <= set(o.env):
         return "the environment"
-    if c.command is not None and list(c.command) != (config.get("Cmd") or []):
+    if c.command is not None and c.command != o.command:
         return "the command"
-    if c.entrypoint is not None and list(c.entrypoint) != (config.get("Entrypoint") or []):
+    if c.entrypoint is not None and c.entrypoint != o.entrypoint:
         return "the entrypoint"
-    if ((host.get("RestartPolicy") or {}).get("Name") or "no") != c.restart:
+    if o.restart_policy != c.restart:
         return "the restart policy"
     if c.network == "host":
-        return None if host.get("NetworkMode") == "host" else "the network"
-    endpoint = ((attrs.get("NetworkSettings") or {}).get("Networks") or {}).get(c.network)
-    if endpoint is None or not set(c.aliases) <= set(endpoint.get("Aliases") or []):
+        return None if o.host_network else "the network"
+    endpoint = next((e for e in o.endpoints if e.network == c.network), None)
+    if endpoint is None or not set(c.aliases) <= set(endpoint.aliases):
         return "the network"
     return None
 
@@ -149,9 +155,9 @@ def wait_ready(engine: Engine, c: s.Container, timeout: float, say: Say) -> None
 
 
 def apply(engine: Engine, spec: s.Spec, plan: Plan, say: Say, ready_timeout: float,
-          actions: list[Action] | None = None) -> int:
-    """Carry out the plan (or these of its actions); returns how many changes were made."""
-    actions = plan.actions if actions is None else actions
+          steps: dict[str, Step] | None = None) -> int:
+    """Carry out the plan; returns how many changes were made."""
+    actions = plan.actions
     changes = 0
     by_service = {c.service: c for c in spec.containers}
     labels = {s.LABEL_MANAGED: "true", s.LABEL_INSTANCE: spec.instance}
@@ -172,9 +178,12 @@ def apply(engine: Engine, spec: s.Spec, plan: Plan, say: Say, ready_timeout: flo
             say(f"unchanged {action.name}")
             continue
         if action.verb == "remove":
-            engine.remove(plan.observed[action.name].sdk)
+            engine.remove(plan.observed[action.name].id)
             say(f"removed {action.name} ({action.reason})")
             changes += 1
+            continue
+        if action.verb == "step":
+            changes += (steps or {})[action.name](plan)
             continue
         c = action.container
         assert c is not None
@@ -183,17 +192,18 @@ def apply(engine: Engine, spec: s.Spec, plan: Plan, say: Say, ready_timeout: flo
             if dep in by_service and by_service[dep].name not in ready:
                 wait_ready(engine, by_service[dep], ready_timeout, say)
                 ready.add(by_service[dep].name)
-        old = plan.observed[c.name].sdk if action.verb in ("start", "recreate") else None
-        if old is not None and not engine.reload(old):
-            # Removed since preflight read it: make it anew.
-            action, old = Action("create", c.name, c, action.config_hash,
-                                 "removed while this run planned"), None
+        old = plan.observed[c.name] if action.verb in ("start", "recreate") else None
+        if old is not None:
+            old = engine.observe(old.id)
+            if old is None:  # removed since preflight read it: make it anew
+                action = Action("create", c.name, c, action.config_hash,
+                                "removed while this run planned")
         if action.verb == "start":
             assert old is not None
-            engine.start(old, c.name)
+            engine.start(old.id, c.name)
             say(f"started {c.name} ({action.reason})")
         else:
-            replace(engine, c, {**spec.labels(c), s.LABEL_HASH: action.config_hash}, old)
+            replace(engine, c, spec.labels(c, action.config_hash), old)
             say(f"{action.verb}d {c.name}" + (f" ({action.reason})" if action.reason else ""))
         changes += 1
     return changes
@@ -208,17 +218,17 @@ def wait_all_ready(engine: Engine, spec: s.Spec, plan: Plan, timeout: float, say
 
 
 def replace(engine: Engine, c: s.Container, labels: dict[str, str],
-            old: SdkContainer | None) -> None:
+            old: Observed | None) -> None:
     """Create and start c; if it fails, put the old container (if any) back as it was.
 
     The old one is stopped and renamed aside first (a host-network container holds its ports);
     a run killed midway leaves it as an unwanted container that the next run removes.
     """
     was_running = False
-    if old is not None:  # apply has just reloaded it
+    if old is not None:  # apply has just read it again
         was_running = old.status == "running"
-        engine.stop(old)
-        old.rename(f"{c.name}-replaced-{old.short_id}")
+        engine.stop(old.id)
+        engine.rename(old.id, f"{c.name}-replaced-{old.id[:12]}")
     new = None
     try:
         new = engine.create(c, labels)
@@ -227,12 +237,12 @@ def replace(engine: Engine, c: s.Container, labels: dict[str, str],
         if new is not None:
             engine.remove(new)
         if old is not None:
-            old.rename(c.name)
+            engine.rename(old.id, c.name)
             if was_running:
-                old.start()
+                engine.start(old.id, c.name)
         raise
     if old is not None:
-        engine.remove(old)
+        engine.remove(old.id)
 
 
 def check_ports(actions: list[Action], observed: list[Observed]) -> None:
@@ -241,7 +251,8 @@ def check_ports(actions: list[Action], observed: list[Observed]) -> None:
     for action in actions:
         if action.verb not in ("create", "recreate") or action.container is None:
             continue
-        held = published_ports(current[action.name]) if action.name in current else set()
+        held = ({p.host_port for p in current[action.name].published}
+                if action.name in current else set())
         for p in action.container.ports:
             if p.host in held:
                 continue  # the container being replaced holds it
@@ -254,12 +265,6 @@ def check_ports(actions: list[Action], observed: list[Observed]) -> None:
                         f"port {p.host} on {p.host_ip or '0.0.0.0'} is already taken on this "
                         f"host (wanted by {action.name}); free it or choose another port"
                     ) from None
-
-
-def published_ports(o: Observed) -> set[int]:
-    bindings = o.sdk.attrs.get("HostConfig", {}).get("PortBindings") or {}
-    return {int(b["HostPort"]) for bs in bindings.values() for b in (bs or [])
-            if b.get("HostPort")}
 
 
 def preflight(engine: Engine, spec: s.Spec, ids: dict[str, str] | None = None) -> Plan:

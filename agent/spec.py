@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from typing import Any
 
 LABEL_PREFIX = "io.syntho.agent"
 LABEL_MANAGED = f"{LABEL_PREFIX}.managed"
@@ -16,6 +17,8 @@ LABEL_INSTANCE = f"{LABEL_PREFIX}.instance"
 LABEL_ROLE = f"{LABEL_PREFIX}.role"
 LABEL_SERVICE = f"{LABEL_PREFIX}.service"
 LABEL_HASH = f"{LABEL_PREFIX}.config-hash"
+LABEL_HASH_SCHEME = f"{LABEL_PREFIX}.hash-scheme"
+HASH_SCHEME = "2"
 
 
 @dataclass(frozen=True)
@@ -64,9 +67,32 @@ class Container:
     after: tuple[str, ...] = ()  # services that must be ready before this one starts
 
     def config_hash(self, image_id: str) -> str:
-        """A hash of everything that, changed, needs a new container (compose's idea)."""
-        payload = json.dumps({"spec": asdict(self), "image_id": image_id}, sort_keys=True)
+        """A hash of everything that, changed, needs a new container (compose's idea).
+
+        Only fields that differ from their defaults enter it, in a canonical form: a later
+        agent that adds a field (with a default) computes the same hash for the same
+        containers, so an agent upgrade recreates nothing (see LABEL_HASH_SCHEME).
+        """
+        payload = json.dumps({"scheme": HASH_SCHEME, "spec": canonical(self),
+                              "image_id": image_id}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()
+
+    def legacy_hash(self, image_id: str) -> str | None:
+        """The hash the first agent (hash scheme 1, no scheme label) wrote for this container,
+        or None when this container uses something that agent could not express."""
+        spec = _v1_dict(self, V1_FIELDS)
+        if spec is None:
+            return None
+        payload = json.dumps({"spec": spec, "image_id": image_id}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def hash_matches(self, image_id: str, found_hash: str, found_scheme: str) -> bool:
+        """Whether a container labelled with (found_hash, found_scheme) was made for this."""
+        if found_scheme == HASH_SCHEME:
+            return found_hash == self.config_hash(image_id)
+        if found_scheme == "":
+            return found_hash == self.legacy_hash(image_id)
+        return False  # another agent's scheme: make it anew
 
     def env_dict(self) -> dict[str, str]:
         return dict(self.env)
@@ -93,13 +119,16 @@ class Spec:
     volumes: tuple[Volume, ...] = ()
     secrets: tuple[str, ...] = field(default=())  # values to redact from anything printed
 
-    def labels(self, container: Container) -> dict[str, str]:
-        return {
+    def labels(self, container: Container, config_hash: str = "") -> dict[str, str]:
+        labels = {
             LABEL_MANAGED: "true",
             LABEL_INSTANCE: self.instance,
             LABEL_ROLE: self.role,
             LABEL_SERVICE: container.service,
         }
+        if config_hash:
+            labels.update({LABEL_HASH: config_hash, LABEL_HASH_SCHEME: HASH_SCHEME})
+        return labels
 
     def ordered(self) -> list[Container]:
         """Containers in start order: each after the services it waits for."""
@@ -121,6 +150,58 @@ class Spec:
         for c in self.containers:
             visit(c, ())
         return done
+
+
+def canonical(value: Any) -> Any:
+    """A dataclass as JSON-ready data with only its non-default fields (recursively)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        out = {}
+        for f in fields(value):
+            v = getattr(value, f.name)
+            if f.default is not MISSING and v == f.default:
+                continue
+            out[f.name] = canonical(v)
+        return out
+    if isinstance(value, (tuple, list)):
+        return [canonical(v) for v in value]
+    return value
+
+
+# Hash scheme 1 (the first agent): sha256 of asdict() of these fields, all of them.
+V1_FIELDS: dict[str, tuple[str, ...]] = {
+    "Container": ("service", "name", "image", "command", "entrypoint", "env", "network",
+                  "aliases", "ports", "mounts", "restart", "shm_size", "nofile", "cpus",
+                  "memory", "health", "after"),
+    "Health": ("test", "interval", "timeout", "retries", "start_period"),
+    "Port": ("container", "host", "host_ip"),
+    "Mount": ("source", "target", "read_only"),
+}
+
+
+def _v1_dict(value: Any, known: dict[str, tuple[str, ...]]) -> Any:
+    """asdict() as scheme 1 saw it, or None if a field it did not know is not at its default."""
+    if is_dataclass(value) and not isinstance(value, type):
+        names = known.get(type(value).__name__)
+        if names is None:
+            return None
+        out = {}
+        for f in fields(value):
+            v = getattr(value, f.name)
+            if f.name not in names:
+                if f.default is MISSING or v != f.default:
+                    return None
+                continue
+            converted = _v1_dict(v, known)
+            if converted is None and v is not None:
+                return None
+            out[f.name] = converted
+        return out
+    if isinstance(value, (tuple, list)):
+        items = [_v1_dict(v, known) for v in value]
+        if any(i is None and v is not None for i, v in zip(items, value)):
+            return None
+        return items
+    return value
 
 
 def env_pairs(**values: str | int | None) -> tuple[tuple[str, str], ...]:

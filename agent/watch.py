@@ -13,22 +13,18 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-import docker.errors
-import requests.exceptions
-
 from agent import spec as s
-from agent.config import Settings
-from agent.engine import Engine
+from agent.config import RoleSettings
+from agent.engine import Engine, EngineLost
 from agent.errors import AgentError
 from agent.lock import data_dir_lock
 from agent.reconcile import reconcile
 
 Say = Callable[[str], None]
 TRIGGERS = {"die", "destroy", "stop", "kill", "oom", "pause"}
-_LOST = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
 
-def heal(engine: Engine, spec: s.Spec, settings: Settings, say: Say) -> int:
+def heal(engine: Engine, spec: s.Spec, settings: RoleSettings, say: Say) -> int:
     """One converge, saying only what changed."""
     def changes_only(line: str) -> None:
         if not line.startswith("unchanged "):
@@ -38,12 +34,9 @@ def heal(engine: Engine, spec: s.Spec, settings: Settings, say: Say) -> int:
         return reconcile(engine, spec, changes_only, settings.ready_timeout)
 
 
-def follow(engine: Engine, spec: s.Spec, settings: Settings, say: Say,
+def follow(engine: Engine, spec: s.Spec, settings: RoleSettings, say: Say,
            resync: float = 30.0, stop_after: float | None = None) -> None:
     """Heal until interrupted (or for stop_after seconds, for tests and benchmarks)."""
-    filters = {"type": "container", "label": [
-        f"{s.LABEL_MANAGED}=true", f"{s.LABEL_INSTANCE}={spec.instance}",
-        f"{s.LABEL_ROLE}={spec.role}"]}
     end = time.monotonic() + stop_after if stop_after else None
     say(f"watching {len(spec.containers)} container(s) of the {spec.role} role "
         "(Ctrl-C stops watching; the containers keep running)")
@@ -52,21 +45,20 @@ def follow(engine: Engine, spec: s.Spec, settings: Settings, say: Say,
         window = resync if end is None else max(0.1, min(resync, end - time.monotonic()))
         try:
             # Subscribe first, then converge: an event during the converge is not lost.
-            events = engine.client.events(decode=True, filters=filters,
-                                          until=int(time.time() + window) + 1)
+            events = engine.events(spec.instance, spec.role, until=int(time.time() + window) + 1)
             heal(engine, spec, settings, say)
             backoff = 0.5
-            for event in events:
-                if event.get("Action", "").split(":")[0] in TRIGGERS:
+            for action in events:
+                if action in TRIGGERS:
                     heal(engine, spec, settings, say)
                 if end is not None and time.monotonic() >= end:
                     events.close()
                     break
-        except AgentError as exc:  # the engine moved under us: look again
-            say(f"could not heal yet: {exc}")
+        except EngineLost as exc:
+            say(f"lost the Docker engine ({exc.explanation or exc}); reconnecting")
             time.sleep(min(backoff, 5.0))
             backoff *= 2
-        except _LOST as exc:
-            say(f"lost the Docker engine ({type(exc).__name__}); reconnecting")
+        except AgentError as exc:  # the engine moved under us: look again
+            say(f"could not heal yet: {exc}")
             time.sleep(min(backoff, 5.0))
             backoff *= 2

@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent import spec as s
 from bench import common, stacks
+from tests.support.agent_cli import agent_cmd, agent_env
+from tests.support.constants import AGENT_INSTANCE_LABEL, REPO
 
 FLOOR = Path(__file__).resolve().parent / "floor.py"
 SLOW = 30.0  # seconds: a run slower than this prints its timeline
@@ -34,7 +36,7 @@ def teardown(j: common.Janitor, instance: str) -> None:
     """The app's containers and database volume; the network and the Ray head stay."""
     for ctr in j.client.containers.list(
             all=True, sparse=True,
-            filters={"label": f"{common.AGENT_INSTANCE_LABEL}={instance}"}):
+            filters={"label": f"{AGENT_INSTANCE_LABEL}={instance}"}):
         ctr.remove(force=True)
     try:
         j.client.volumes.get(f"syntho-database-data-{instance}").remove(force=True)
@@ -44,7 +46,7 @@ def teardown(j: common.Janitor, instance: str) -> None:
 
 def check_up(j: common.Janitor, instance: str) -> None:
     found = j.client.containers.list(
-        filters={"label": f"{common.AGENT_INSTANCE_LABEL}={instance}"})
+        filters={"label": f"{AGENT_INSTANCE_LABEL}={instance}"})
     if len(found) != 7:
         raise RuntimeError(f"expected 7 running app containers, found {len(found)}")
 
@@ -59,7 +61,7 @@ def timeline(j: common.Janitor, instance: str, wall_start: float
     for event in j.client.events(since=int(wall_start) - 1, until=f"{time.time():.3f}",
                                  decode=True, filters={
                                      "type": "container",
-                                     "label": f"{common.AGENT_INSTANCE_LABEL}={instance}"}):
+                                     "label": f"{AGENT_INSTANCE_LABEL}={instance}"}):
         service = event.get("Actor", {}).get("Attributes", {}).get(s.LABEL_SERVICE, "?")
         when = event.get("timeNano", 0) / 1e9 - wall_start
         if when < 0:
@@ -92,7 +94,7 @@ def run_round(cmd: list[str], flake: stacks.RayFlake, log: Path) -> tuple[float,
     started = time.perf_counter()
     wall_start = time.time()
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=common.REPO, env=common.agent_env(), text=True,
+        proc = subprocess.Popen(cmd, cwd=REPO, env=agent_env(write_bytecode=True), text=True,
                                 stdout=out, stderr=subprocess.STDOUT)
         next_look = started + 1.0
         while proc.poll() is None:
@@ -169,7 +171,7 @@ def main() -> None:
             path.write_text(json.dumps(stacks.floor_plan(spec, j.labels, url=base.frontend_url)))
             return [common.PY, str(FLOOR), str(path)]
 
-        agent_run = side("agent", agent_command([common.PY, "-m", "agent"], "agent"))
+        agent_run = side("agent", agent_command(agent_cmd(), "agent"))
         floor_run = side("floor", floor_command)
         common.log("one unmeasured agent run (warm-up) ...")
         agent_run(-1)

@@ -1,5 +1,7 @@
 """What every benchmark shares: statistics, the result table, the engine objects a run makes
-(and their removal, pass or fail), the agent as a subprocess, and the machine's description.
+(and their removal, pass or fail), and the machine's description. The helpers the tests share
+too (the agent as a subprocess, free ports, counting engine calls, REPO, NOFILE) are in
+tests/support, imported from there.
 
 Each benchmark is a script (`python bench/NAME.py --repeat N [--json FILE]`); bench/run_all.py
 runs them all and prints one table. A row compares the agent with a baseline measured in the
@@ -13,10 +15,8 @@ import calendar
 import json
 import os
 import platform
-import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,27 +25,22 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 import docker
 import docker.errors
 import requests
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.constants import AGENT_INSTANCE_LABEL, REPO
+from tests.support.engine import connect
+
 PY = sys.executable  # the virtualenv's interpreter under `make bench`
 BENCH_LABEL = "syntho-bench.owner"
-AGENT_INSTANCE_LABEL = "io.syntho.agent.instance"
 COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
-# This machine refuses nofile 65536 (see README): the benchmarks use what the tests use.
-NOFILE = os.environ.get("SYNTHO_TEST_NOFILE", "20000")
-RESERVED_PORTS = {3000, 8000, 5432, 6379, 8265, 10001}
 
 
 def log(line: str) -> None:
@@ -187,11 +182,9 @@ def interleave(runs: int, *sides: Callable[[int], None]) -> None:
 
 def client(timeout: int = 300) -> docker.DockerClient:
     try:
-        c = docker.from_env(timeout=timeout)
-        c.ping()
+        return connect(timeout)
     except docker.errors.DockerException as exc:
         raise SystemExit(f"the Docker engine does not answer ({exc}); run `make engine`") from None
-    return c
 
 
 def images(c: docker.DockerClient) -> dict[str, str]:
@@ -206,39 +199,6 @@ def images(c: docker.DockerClient) -> dict[str, str]:
         except docker.errors.ImageNotFound:
             raise SystemExit(f"the test image {refs[name]} is missing: run `make images`") from None
     return refs
-
-
-def agent_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of an agent run: none of the agent's own variables, and Python caching
-    bytecode as on a VM (CI may set PYTHONDONTWRITEBYTECODE; compose's is compiled by dpkg)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SYNTHO_AGENT_") and k != "PYTHONDONTWRITEBYTECODE"}
-    env.update(extra or {})
-    return env
-
-
-def agent_cmd(*args: str) -> list[str]:
-    return [PY, "-m", "agent", *args]
-
-
-def run_agent(*args: str, env: dict[str, str] | None = None,
-              timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """The real CLI from the virtualenv, in a subprocess; fails loudly on a non-zero exit."""
-    done = subprocess.run(agent_cmd(*args), cwd=REPO, env=agent_env(env), capture_output=True,
-                          text=True, timeout=timeout)
-    if done.returncode != 0:
-        raise RuntimeError(f"syntho-agent {args[0]} exited {done.returncode}:\n"
-                           f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return done
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("0.0.0.0", 0))
-            port = int(sock.getsockname()[1])
-        if port > 20000 and port not in RESERVED_PORTS:
-            return port
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:
@@ -383,57 +343,6 @@ class Janitor:
 
 def _interrupted(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-# ---- counting the engine API calls ----
-
-_ID_RESOURCES = {"containers", "networks", "volumes", "exec", "plugins"}
-_VERBS = {"json", "create", "prune", "load"}
-
-
-def call_kind(method: str, url: str) -> str:
-    """'GET /containers/{id}/json' for a request to the engine's API."""
-    parts = [p for p in urlsplit(url).path.split("/") if p]
-    if parts and re.fullmatch(r"v\d+\.\d+", parts[0]):
-        parts = parts[1:]
-    if parts and parts[0] == "images" and len(parts) > 2:
-        parts = ["images", "{name}", parts[-1]]
-    elif parts and parts[0] in _ID_RESOURCES and len(parts) > 1 and parts[1] not in _VERBS:
-        parts[1] = "{id}"
-    return f"{method} /{'/'.join(parts)}"
-
-
-class CallCounter:
-    """Counts (and times) every request a DockerClient sends, by kind."""
-
-    def __init__(self, c: docker.DockerClient) -> None:
-        self.counts: Counter[str] = Counter()
-        self.seconds = 0.0
-        api = c.api
-        original: Callable[..., requests.Response] = api.send
-
-        def send(request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-            self.counts[call_kind(request.method or "?", request.url or "")] += 1
-            started = time.perf_counter()
-            try:
-                return original(request, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - started
-
-        api.send = send
-
-    def reset(self) -> None:
-        self.counts.clear()
-        self.seconds = 0.0
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    @contextmanager
-    def measure(self) -> Iterator[Counter[str]]:
-        self.reset()
-        yield self.counts
 
 
 # ---- the machine ----

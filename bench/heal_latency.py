@@ -28,6 +28,8 @@ import docker
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common, stacks
+from tests.support.agent_cli import agent_cmd, agent_env
+from tests.support.constants import REPO
 
 TARGET = 2.0  # seconds
 SETTLED = 11.0  # seconds a container must have run before it is killed again
@@ -43,8 +45,8 @@ class Watcher:
     def __init__(self, j: common.Janitor, deployment: stacks.AgentApp, log: Path) -> None:
         self.log = log
         self.out = log.open("w")
-        self.proc = j.spawn([common.PY, "-m", "agent", "app", *deployment.args(), "--watch"],
-                            cwd=common.REPO, env=common.agent_env(), stdout=self.out,
+        self.proc = j.spawn(agent_cmd("app", *deployment.args(), "--watch"),
+                            cwd=REPO, env=agent_env(write_bytecode=True), stdout=self.out,
                             stderr=self.out)
         common.wait_for(lambda: "watching" in log.read_text() or self.proc.poll() is not None,
                         120, "the watcher to start", interval=0.05)

@@ -34,11 +34,13 @@ import docker.errors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.config import Settings
+from agent.config import WorkerSettings
 from agent.deploy import HEAD_POLL
 from agent.roles import ray
 from agent.validate import size
 from bench import common, stacks
+from tests.support.agent_cli import agent_cmd, agent_env
+from tests.support.constants import AGENT_INSTANCE_LABEL, NOFILE, REPO
 
 FLOOR = Path(__file__).resolve().parent / "floor.py"
 POLL_CEILING = HEAD_POLL  # agent/deploy.py wait_for_head: a look every 0.5 s at most
@@ -93,16 +95,17 @@ class Side:
         self.name = f"ray-worker-{self.instance}"
         self.log = j.tmp / f"{tag}.log"
         # Unbuffered: each line is read (and timestamped) the moment the agent says it.
-        env = common.agent_env({"SYNTHO_AGENT_TOKEN": token, "PYTHONUNBUFFERED": "1"})
+        env = agent_env({"SYNTHO_AGENT_TOKEN": token, "PYTHONUNBUFFERED": "1"},
+                        write_bytecode=True)
         if kind == "agent":
-            cmd = common.agent_cmd(
+            cmd = agent_cmd(
                 "worker", "--data-dir", str(j.tmp / self.instance), "--instance", self.instance,
                 "--network", network, "--head", ip, "--wait", "0", "--ray-image", images["ray"],
-                "--shm-size", "512mb", "--nofile", common.NOFILE)
+                "--shm-size", "512mb", "--nofile", NOFILE)
         else:
-            settings = Settings(data_dir=j.tmp / self.instance, instance=self.instance, head=ip,
-                                network=network, ray_image=images["ray"],
-                                shm_size=size("512mb"), nofile=int(common.NOFILE))
+            settings = WorkerSettings(data_dir=j.tmp / self.instance, instance=self.instance,
+                                      head=ip, network=network, ray_image=images["ray"],
+                                      shm_size=size("512mb"), nofile=int(NOFILE))
             plan = stacks.floor_plan(ray.worker_spec(settings, token), j.labels,
                                      wait_tcp=(ip, ray.GCS_PORT))
             path = j.tmp / f"{tag}.json"
@@ -111,7 +114,7 @@ class Side:
         self.out = self.log.open("w")
         self.env = env
         self.lines: list[tuple[float, str]] = []
-        self.proc = j.spawn(cmd, cwd=common.REPO, env=env, stdout=subprocess.PIPE,
+        self.proc = j.spawn(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
         self.reader = threading.Thread(target=self.read, daemon=True)
         self.reader.start()
@@ -146,7 +149,7 @@ class Side:
         self.out.close()
         for ctr in self.j.client.containers.list(
                 all=True, sparse=True,
-                filters={"label": f"{common.AGENT_INSTANCE_LABEL}={self.instance}"}):
+                filters={"label": f"{AGENT_INSTANCE_LABEL}={self.instance}"}):
             ctr.remove(force=True)
 
 
@@ -196,8 +199,8 @@ def main() -> None:
                 token = secrets.token_hex(32)
                 side = Side(j, images, kind, tag, net_name, ip, token, phases[i])
                 head_instance = j.instance(f"{tag}h")
-                starter = j.spawn(common.agent_cmd("head", *stacks.head_args(
-                    j, images, head_instance, net_name)), cwd=common.REPO, env=side.env,
+                starter = j.spawn(agent_cmd("head", *stacks.head_args(
+                    j, images, head_instance, net_name)), cwd=REPO, env=side.env,
                     stdout=side.out, stderr=side.out)
                 try:
                     opened = listening_since(client, f"ray-head-{head_instance}", ray.GCS_PORT)
@@ -209,7 +212,7 @@ def main() -> None:
                     common.Janitor.stop(starter)
                     side.end()
                     for ctr in client.containers.list(all=True, sparse=True, filters={
-                            "label": f"{common.AGENT_INSTANCE_LABEL}={head_instance}"}):
+                            "label": f"{AGENT_INSTANCE_LABEL}={head_instance}"}):
                         ctr.remove(force=True)
                     net.remove()
                 if got != ip:

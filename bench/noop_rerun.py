@@ -18,20 +18,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common, stacks
+from tests.support.agent_cli import run_agent
+from tests.support.constants import AGENT_INSTANCE_LABEL
+from tests.support.engine_calls import CallCounter
 
 
-def in_process_calls(deployment: stacks.AgentApp) -> tuple[common.CallCounter, float]:
+def in_process_calls(deployment: stacks.AgentApp) -> tuple[CallCounter, float]:
     """One no-op run of the CLI inside this process, its engine client counted."""
     from agent import cli
     from agent.engine import Engine
 
-    counter: common.CallCounter | None = None
+    counter: CallCounter | None = None
     original = Engine.connect
 
     def connect(timeout: int = 60) -> Engine:
         nonlocal counter
         engine = original(timeout)
-        counter = common.CallCounter(engine.client)
+        counter = CallCounter(engine._client)  # the SDK client the engine wraps
         return engine
 
     Engine.connect = connect  # type: ignore[method-assign]
@@ -60,7 +63,7 @@ def main() -> None:
         common.log("setting up the compose stack (Ray head + compose project) ...")
         compose = stacks.new_compose_app(j, images, "noc")
         ids_before = {c.id for c in client.containers.list(
-            filters={"label": f"{common.AGENT_INSTANCE_LABEL}={deployment.instance}"})}
+            filters={"label": f"{AGENT_INSTANCE_LABEL}={deployment.instance}"})}
         # One unmeasured run of each: caches warm, and proof that both are no-ops.
         first = deployment.run().stdout
         if "nothing to do" not in first:
@@ -83,7 +86,7 @@ def main() -> None:
         common.log(f"{args.repeat} no-op runs of each, interleaved ...")
         common.interleave(args.repeat, agent_run, compose_run)
         ids_after = {c.id for c in client.containers.list(
-            filters={"label": f"{common.AGENT_INSTANCE_LABEL}={deployment.instance}"})}
+            filters={"label": f"{AGENT_INSTANCE_LABEL}={deployment.instance}"})}
         if ids_after != ids_before or len(ids_after) != 7:
             raise RuntimeError("the agent's no-op runs changed containers")
 
@@ -92,7 +95,7 @@ def main() -> None:
         notes.append(f"one no-op run in-process: {inproc:.2f} s, {counter.total} engine API calls "
                      f"taking {counter.seconds:.2f} s ({kinds})")
         started = time.perf_counter()
-        common.run_agent("--help")
+        run_agent("--help", check=True, write_bytecode=True)
         notes.append(f"the CLI's start alone (`--help`, interpreter + imports): "
                      f"{time.perf_counter() - started:.2f} s")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common
+from tests.support.constants import REPO
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ("noop_rerun", "cold_converge", "heal_latency", "join_latency", "zipapp_start",
@@ -47,7 +48,7 @@ def main() -> int:
                 cmd += ["--repeat", str(args.repeat)]
             common.log(f"=== {name} ===")
             began = time.perf_counter()
-            done = subprocess.run(cmd, cwd=common.REPO)
+            done = subprocess.run(cmd, cwd=REPO)
             took = time.perf_counter() - began
             if done.returncode != 0 or not out.exists():
                 failed.append(name)

@@ -21,6 +21,7 @@ from agent import spec as s
 from agent.engine import Engine
 from agent.reconcile import reconcile
 from bench import common
+from tests.support.engine_calls import CallCounter
 
 SIZES = (10, 50, 100)
 
@@ -41,8 +42,9 @@ def main() -> None:
     args = p.parse_args()
     client = common.client()
     images = common.images(client)
-    engine = Engine(common.client())
-    counter = common.CallCounter(engine.client)
+    counted = common.client()
+    engine = Engine(counted)
+    counter = CallCounter(counted)
     agent: dict[int, list[float]] = {}
     floor: dict[int, list[float]] = {}
     calls: dict[int, dict[str, int]] = {}

@@ -20,20 +20,13 @@ import yaml
 from agent import spec as s
 from agent import store
 from agent.app_setup import write_init_script
-from agent.config import Settings
+from agent.config import AppSettings
 from agent.engine import create_args
 from agent.roles import app
-from bench.common import (
-    NOFILE,
-    REPO,
-    Janitor,
-    container_ip,
-    free_port,
-    http_status,
-    log,
-    run_agent,
-    wait_for,
-)
+from bench.common import Janitor, container_ip, http_status, log, wait_for
+from tests.support.agent_cli import run_agent
+from tests.support.constants import NOFILE, REPO
+from tests.support.ports import free_port
 
 
 @dataclass(frozen=True)
@@ -62,7 +55,7 @@ def start_head(j: Janitor, images: dict[str, str], name: str, network: str) -> H
     """The agent's head role on `network` (a bridge the head agent creates if missing)."""
     instance = j.instance(name)
     j.networks.append(network)
-    run_agent("head", *head_args(j, images, instance, network))
+    run_agent("head", *head_args(j, images, instance, network), check=True, write_bytecode=True)
     ip = container_ip(j.client, f"ray-head-{instance}", network)
     return Head(instance, j.tmp / instance, network, ip)
 
@@ -125,7 +118,7 @@ class AgentApp:
                 "--backend-port", str(self.backend_port), "--ready-timeout", "300"]
 
     def run(self, *more: str) -> subprocess.CompletedProcess[str]:
-        return run_agent("app", *self.args(), *more)
+        return run_agent("app", *self.args(), *more, check=True, write_bytecode=True)
 
     @property
     def frontend_url(self) -> str:
@@ -146,8 +139,8 @@ def new_app(j: Janitor, images: dict[str, str], name: str, converge: bool = True
 # ---- the same stack without the agent ----
 
 def settings_for(instance: str, data_dir: Path, head: Head, images: dict[str, str],
-                 frontend_port: int, backend_port: int) -> Settings:
-    return Settings(data_dir=data_dir, instance=instance, head=head.ip,
+                 frontend_port: int, backend_port: int) -> AppSettings:
+    return AppSettings(data_dir=data_dir, instance=instance, head=head.ip,
                     token_file=head.token_file, core_image=images["core"],
                     backend_image=images["backend"], frontend_image=images["frontend"],
                     postgres_image=images["postgres"], redis_image=images["redis"],
@@ -161,11 +154,11 @@ def fresh_secrets(token: str | None) -> app.Secrets:
                        admin_password=store.token_urlsafe(15)(), ray_token=token)
 
 
-def app_spec_for(settings: Settings, head: Head) -> s.Spec:
+def app_spec_for(settings: AppSettings, head: Head) -> s.Spec:
     """The agent's Spec for these settings, with fresh secrets and the init script in place."""
     store.ensure_dir(settings.data_dir)
     write_init_script(settings)
-    return app.app_spec(settings, fresh_secrets(head.token), settings.data_dir, head.ip)
+    return app.app_spec(settings, app.app_values(settings, fresh_secrets(head.token), head.ip))
 
 
 def _seconds(value: float) -> str:

@@ -30,6 +30,8 @@ import docker
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common, stacks
+from tests.support.agent_cli import agent_cmd
+from tests.support.constants import REPO
 
 BASE_PY = getattr(sys, "_base_executable", sys.executable)  # the venv's interpreter, bare
 SIZE_LIMIT = 15.0  # MB: tests/integration/test_zipapp.py LIMIT
@@ -40,7 +42,7 @@ HEAL_TARGETS = ("core_worker", "worker")
 
 def build(j: common.Janitor) -> Path:
     dist = j.tmp / "dist"
-    subprocess.run([common.PY, "build.py", "--dist", str(dist)], cwd=common.REPO, check=True,
+    subprocess.run([common.PY, "build.py", "--dist", str(dist)], cwd=REPO, check=True,
                    capture_output=True, text=True)
     return dist / "syntho-agent"
 
@@ -59,7 +61,7 @@ def clean_env(shiv_root: Path, bytecode: bool = True) -> dict[str, str]:
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
     started = time.perf_counter()
-    done = subprocess.run(cmd, cwd=common.REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"{cmd} exited {done.returncode}: {done.stderr[-1000:]}")
@@ -106,7 +108,7 @@ def main() -> None:
         for name, cli_args in (("help", ["--help"]), ("status", status_args)):
             def venv(i: int, cli_args: list[str] = cli_args, name: str = name) -> None:
                 times.setdefault(f"{name}-venv", []).append(
-                    timed(common.agent_cmd(*cli_args), clean_env(warm_root)))
+                    timed(agent_cmd(*cli_args), clean_env(warm_root)))
 
             def warm(i: int, cli_args: list[str] = cli_args, name: str = name) -> None:
                 times.setdefault(f"{name}-warm", []).append(
@@ -131,7 +133,7 @@ def main() -> None:
             return run
 
         common.interleave(
-            args.repeat, side("nobc-venv", common.agent_cmd("--help"), nobc_root),
+            args.repeat, side("nobc-venv", agent_cmd("--help"), nobc_root),
             side("nobc-warm", [BASE_PY, str(zipapp), "--help"], nobc_root))
 
         common.log("the --watch memory: an app stack, two watchers (zipapp, virtualenv) ...")
@@ -139,10 +141,10 @@ def main() -> None:
         logs = {kind: (j.tmp / f"watch-{kind}.log").open("w") for kind in ("zipapp", "venv")}
         watchers = {
             "zipapp": j.spawn([BASE_PY, str(zipapp), "app", *deployment.args(), "--watch"],
-                              cwd=common.REPO, env=clean_env(warm_root),
+                              cwd=REPO, env=clean_env(warm_root),
                               stdout=logs["zipapp"], stderr=logs["zipapp"]),
-            "venv": j.spawn(common.agent_cmd("app", *deployment.args(), "--watch"),
-                            cwd=common.REPO, env=clean_env(warm_root),
+            "venv": j.spawn(agent_cmd("app", *deployment.args(), "--watch"),
+                            cwd=REPO, env=clean_env(warm_root),
                             stdout=logs["venv"], stderr=logs["venv"]),
         }
         for kind in watchers:

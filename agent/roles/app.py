@@ -1,5 +1,8 @@
-"""The app role: the Syntho application stack, container by container, as the stack contract
-defines it. Pure: settings and the resolved secrets in, a Spec (and the env file's values) out.
+"""The app role: the Syntho application stack, container by container (docs/stack.md).
+
+Pure. `app_values` resolves, once, every value the containers and `app.env` share (the
+database and Redis endpoints, the URLs, the secrets, the Ray head); `app_spec` and `env_file`
+read them from there, so the env file always says what the containers get.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from agent import spec as s
-from agent.config import Settings
-from agent.roles.ray import DASHBOARD_PORT
+from agent.config import AppSettings
+from agent.roles.ray import DASHBOARD_PORT, LICENSE_ENV, auth_env
 
 DB_USER = "syntho"
 INIT_SCRIPT = "create-multiple-databases.sh"
@@ -45,7 +48,7 @@ class Redis:
         return f"redis://{auth}{self.host}:{self.port}/{db}"
 
 
-def database(settings: Settings, secrets: Secrets) -> Database:
+def database(settings: AppSettings, secrets: Secrets) -> Database:
     if settings.postgres_url:
         u = urlsplit(settings.postgres_url)
         return Database(u.hostname or "", u.port or 5432, u.username or DB_USER,
@@ -53,7 +56,7 @@ def database(settings: Settings, secrets: Secrets) -> Database:
     return Database("postgres", 5432, DB_USER, secrets.db_password)
 
 
-def redis(settings: Settings) -> Redis:
+def redis(settings: AppSettings) -> Redis:
     if settings.redis_url:
         u = urlsplit(settings.redis_url)
         return Redis(u.hostname or "", u.port or 6379, u.password)
@@ -68,12 +71,37 @@ def head_is_local(head: str) -> bool:
         return head == "localhost"
 
 
-def frontend_host(settings: Settings) -> str:
+def frontend_host(settings: AppSettings) -> str:
     return settings.frontend_host or f"localhost:{settings.frontend_port}"
 
 
-def backend_host(settings: Settings) -> str:
+def backend_host(settings: AppSettings) -> str:
     return settings.backend_host or f"localhost:{settings.backend_port}"
+
+
+@dataclass(frozen=True)
+class AppValues:
+    """Every value the app's containers and app.env share, resolved once."""
+
+    secrets: Secrets
+    db: Database
+    redis: Redis
+    ray_host: str  # the head's address as the containers reach it (CORE_RAY_ADDRESS)
+    broker_url: str  # Celery's broker and result backend (Redis db 0)
+    backend_redis_db: str  # the backend's Redis database index
+    frontend_host: str
+    backend_host: str
+    frontend_url: str
+
+
+def app_values(settings: AppSettings, secrets: Secrets, ray_host: str) -> AppValues:
+    rd = redis(settings)
+    return AppValues(
+        secrets=secrets, db=database(settings, secrets), redis=rd, ray_host=ray_host,
+        broker_url=rd.url(0), backend_redis_db="1",
+        frontend_host=frontend_host(settings), backend_host=backend_host(settings),
+        frontend_url=f"{settings.frontend_protocol}://{frontend_host(settings)}",
+    )
 
 
 def _db_url(db: Database, name: str) -> str:
@@ -91,19 +119,16 @@ def _http_probe(url: str) -> s.Health:
     return _health(f"curl -fsS -o /dev/null {url} || wget -q -O /dev/null {url}")
 
 
-def app_spec(settings: Settings, secrets: Secrets, data_dir: Path, ray: str) -> s.Spec:
-    """ray: the head's address as the containers reach it (CORE_RAY_ADDRESS)."""
+def app_spec(settings: AppSettings, values: AppValues) -> s.Spec:
     net = settings.suffix("syntho")
-    db = database(settings, secrets)
-    rd = redis(settings)
+    secrets, db, rd, ray = values.secrets, values.db, values.redis, values.ray_host
+    data_dir: Path = settings.data_dir
     bundled_db = settings.postgres_url is None
     bundled_redis = settings.redis_url is None
     infra = tuple(x for x, bundled in (("postgres", bundled_db), ("redis", bundled_redis))
                   if bundled)
-    ray_auth = ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.ray_token}
-                if secrets.ray_token else {})
     https = settings.frontend_protocol == "https"
-    domain = frontend_host(settings).rsplit(":", 1)[0]
+    domain = values.frontend_host.rsplit(":", 1)[0]
 
     def box(service: str, image: str, **kw: object) -> s.Container:
         return s.Container(service=service, name=settings.suffix(f"syntho-{service}"),
@@ -112,16 +137,16 @@ def app_spec(settings: Settings, secrets: Secrets, data_dir: Path, ray: str) -> 
     core_env = dict(
         DATABASE_URL=_db_url(db, settings.core_db_name), APP_ENV="prod",
         SECRET_KEY=secrets.core_secret_key, SECRET_KEY_2=secrets.core_secret_key,
-        CELERY_BROKER_URL=rd.url(0), CELERY_RESULT_BACKEND=rd.url(0), RAY_ADDRESS=ray,
-        LICENSE_KEY_SIGNED=settings.license_key, REDIS_HOST=rd.host, REDIS_PORT=str(rd.port),
-        **ray_auth,
+        CELERY_BROKER_URL=values.broker_url, CELERY_RESULT_BACKEND=values.broker_url,
+        RAY_ADDRESS=ray, REDIS_HOST=rd.host, REDIS_PORT=str(rd.port),
+        **{LICENSE_ENV: settings.license_key}, **auth_env(secrets.ray_token),
     )
     worker_env = dict(
         SYNTHO_ENGINE_URL=f"http://core:{settings.core_port}/api",
         SYNTHO_WEBSOCKET_URL=f"ws://core:{settings.core_port}/websocket/",
         SECRET_KEY=secrets.backend_secret_key, DJANGO_PRODUCTION="True",
-        FRONTEND_URL=f"{settings.frontend_protocol}://{frontend_host(settings)}",
-        REDIS_HOST=rd.host, REDIS_PORT=str(rd.port), REDIS_DB_INDEX="1",
+        FRONTEND_URL=values.frontend_url,
+        REDIS_HOST=rd.host, REDIS_PORT=str(rd.port), REDIS_DB_INDEX=values.backend_redis_db,
         DB_HOST=db.host, DB_NAME=settings.backend_db_name, DB_USER=db.user,
         DB_PASSWORD=db.password, DB_PORT=str(db.port),
     )
@@ -192,16 +217,15 @@ def _published(address_port: tuple[str, int] | None, container_port: int) -> tup
     return (s.Port(container_port, port, address),)
 
 
-def env_file(settings: Settings, secrets: Secrets, ray: str) -> dict[str, str]:
+def env_file(settings: AppSettings, values: AppValues) -> dict[str, str]:
     """The guide's .env, with its variable names, as this deployment resolves them."""
-    db = database(settings, secrets)
-    rd = redis(settings)
+    secrets, db, rd, ray = values.secrets, values.db, values.redis, values.ray_host
     return {
         "CORE_IMAGE": settings.core_image,
         "BACKEND_IMAGE": settings.backend_image,
         "FRONTEND_IMAGE": settings.frontend_image,
-        "BACKEND_HOST": backend_host(settings),
-        "FRONTEND_HOST": frontend_host(settings),
+        "BACKEND_HOST": values.backend_host,
+        "FRONTEND_HOST": values.frontend_host,
         "BACKEND_PROTOCOL": settings.backend_protocol,
         "FRONTEND_PROTOCOL": settings.frontend_protocol,
         "LICENSE_KEY": settings.license_key,
@@ -209,8 +233,8 @@ def env_file(settings: Settings, secrets: Secrets, ray: str) -> dict[str, str]:
         "CORE_DATABASE_USER": db.user,
         "CORE_DATABASE_PASSWORD": db.password,
         "CORE_DATABASE_NAME": settings.core_db_name,
-        "CORE_CELERY_BROKER_URL": rd.url(0),
-        "CORE_CELERY_RESULT_BACKEND": rd.url(0),
+        "CORE_CELERY_BROKER_URL": values.broker_url,
+        "CORE_CELERY_RESULT_BACKEND": values.broker_url,
         "CORE_RAY_ADDRESS": ray,
         "CORE_SECRET_KEY": secrets.core_secret_key,
         "CORE_PORT": str(settings.core_port),
@@ -218,7 +242,7 @@ def env_file(settings: Settings, secrets: Secrets, ray: str) -> dict[str, str]:
         "BACKEND_DB_NAME": settings.backend_db_name,
         "BACKEND_REDIS_HOST": rd.host,
         "BACKEND_REDIS_PORT": str(rd.port),
-        "BACKEND_REDIS_DB_INDEX": "1",
+        "BACKEND_REDIS_DB_INDEX": values.backend_redis_db,
         "ADMIN_USERNAME": settings.admin_username,
         "ADMIN_PASSWORD": secrets.admin_password,
         "ADMIN_EMAIL": settings.admin_email,

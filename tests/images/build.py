@@ -11,6 +11,7 @@ of it. Each image is tagged by a hash of its recipe, so an unchanged recipe is n
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
@@ -23,6 +24,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import docker
 
@@ -68,10 +70,10 @@ def base_tag() -> str:
     return f"{REPO}/base:{_digest(recipe.encode(), _function_source(_build_base))}"
 
 
-def _function_source(fn: object) -> bytes:
+def _function_source(fn: Callable[..., object]) -> bytes:
     import inspect
 
-    return inspect.getsource(fn).encode()  # type: ignore[arg-type]
+    return inspect.getsource(fn).encode()
 
 
 def _context_files(name: str) -> list[Path]:
@@ -121,9 +123,9 @@ def _host_ca_bundle() -> str:
     raise SystemExit("no CA bundle found on this machine (set SSL_CERT_FILE)")
 
 
-def _run(cmd: list[str], **kw: object) -> None:
+def _run(cmd: list[str], **kw: Any) -> None:
     print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, **kw)  # type: ignore[call-overload]
+    subprocess.run(cmd, check=True, **kw)
 
 
 def _build_base(client: docker.DockerClient, tag: str) -> None:
@@ -212,10 +214,15 @@ def _exists(client: docker.DockerClient, tag: str) -> bool:
         return False
 
 
+def _build_derived_as(name: str, client: docker.DockerClient, tag: str) -> None:
+    _build_derived(client, name, tag)
+
+
 def build_all(client: docker.DockerClient) -> dict[str, str]:
     refs = image_refs()
-    steps = [("base", _build_base), ("busybox", _build_busybox)]
-    steps += [(name, lambda c, t, n=name: _build_derived(c, n, t)) for name in DERIVED]
+    steps: list[tuple[str, Callable[[docker.DockerClient, str], None]]] = [
+        ("base", _build_base), ("busybox", _build_busybox)]
+    steps += [(name, functools.partial(_build_derived_as, name)) for name in DERIVED]
     for name, builder in steps:
         if not _exists(client, refs[name]):
             start = time.monotonic()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -16,7 +15,10 @@ import docker
 import pytest
 
 from agent.waits import poll, tcp_open
-from tests.conftest import NOFILE, Sandbox, run_agent
+from tests.support.agent_cli import run_agent
+from tests.support.constants import NOFILE
+from tests.support.ports import free_port
+from tests.support.sandbox import Sandbox
 
 
 @dataclass
@@ -75,12 +77,6 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("0.0.0.0", 0))
-        return int(sock.getsockname()[1])
-
-
 def http(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
@@ -110,6 +106,7 @@ class App:
     images: dict[str, str]
     head: HeadVM
     name: str
+    first_output: str = field(default="", init=False)  # the `stack` fixture's converging run
 
     def __post_init__(self) -> None:
         self.instance = self.sandbox.instance(self.name)

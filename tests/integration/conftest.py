@@ -8,18 +8,17 @@ import docker
 import pytest
 
 from agent import cluster
-from tests.conftest import NOFILE, Sandbox, run_agent
 from tests.integration.agent_helpers import App, HeadVM, Node, ok
+from tests.support.agent_cli import run_agent
+from tests.support.constants import NOFILE
+from tests.support.sandbox import Sandbox
 
 
 @pytest.fixture(scope="module")
 def module_sandbox(docker_client: docker.DockerClient,
                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    box = Sandbox(docker_client, tmp_path_factory.mktemp("app"))
-    try:
+    with Sandbox(docker_client, tmp_path_factory.mktemp("app")) as box:
         yield box
-    finally:
-        box.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +46,7 @@ def stack(module_sandbox: Sandbox, images: dict[str, str], head_vm: HeadVM) -> A
     app = App(module_sandbox, images, head_vm, "app")
     out = ok(app.run())
     assert "the app is up" in out
-    app.first_output = out  # type: ignore[attr-defined]
+    app.first_output = out
     return app
 
 

@@ -15,8 +15,10 @@ import docker
 import pytest
 
 from agent.waits import poll
-from tests.conftest import Sandbox, run_agent
-from tests.integration.agent_helpers import App, HeadVM, engine_snapshot, free_port, http, ok
+from tests.integration.agent_helpers import App, HeadVM, engine_snapshot, http, ok
+from tests.support.agent_cli import run_agent
+from tests.support.ports import free_port
+from tests.support.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +69,7 @@ def test_secrets_stay_the_same_over_ten_reruns_and_never_show(stack: App) -> Non
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
     for path in (stack.data_dir / "secrets").iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    outputs = [stack.first_output]  # type: ignore[attr-defined]
+    outputs = [stack.first_output]
     snapshot = engine_snapshot(stack.sandbox.client)
     for _ in range(10):
         result = stack.run()

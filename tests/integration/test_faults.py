@@ -11,17 +11,19 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import docker
 import pytest
 
 from agent import cluster
 from agent.waits import poll
-from tests.conftest import NOFILE, REPO, Sandbox, run_agent
 from tests.integration.agent_helpers import App, HeadVM, Node, http, ip_on, ok
+from tests.support.agent_cli import agent_cmd, run_agent
+from tests.support.constants import NOFILE, REPO
+from tests.support.sandbox import Sandbox
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 SERVICES = ["postgres", "redis", "core", "core_worker", "backend", "worker", "frontend"]
@@ -31,17 +33,25 @@ SERVICES = ["postgres", "redis", "core", "core_worker", "backend", "worker", "fr
 KEPT_HIDDEN = {".app.env.sha256", ".db-password-proven"}
 
 
-def remember(stack: App) -> dict[str, object]:
+class Kept(TypedDict):
+    """What remember() read: the app's secrets, the Ray token, the database volume's path."""
+
+    secrets: dict[str, str]
+    token: str
+    volume: str
+
+
+def remember(stack: App) -> Kept:
     """What must survive: a row per database, the secrets, the token, the volume."""
     for db in ("syntho-core", "syntho-backend"):
         stack.psql(db, "CREATE TABLE IF NOT EXISTS kept (v text); DELETE FROM kept;"
                        f"INSERT INTO kept VALUES ('{db}-row')")
     volume = stack.sandbox.client.volumes.get(f"syntho-database-data-{stack.instance}")
-    return {"secrets": stack.secrets(), "token": stack.head.token,
-            "volume": volume.attrs["Mountpoint"]}
+    return Kept(secrets=stack.secrets(), token=stack.head.token,
+                volume=str(volume.attrs["Mountpoint"]))
 
 
-def assert_nothing_lost(stack: App, before: dict[str, object]) -> None:
+def assert_nothing_lost(stack: App, before: Kept) -> None:
     for db in ("syntho-core", "syntho-backend"):
         assert stack.psql(db, "SELECT v FROM kept") == f"{db}-row"
     assert stack.secrets() == before["secrets"]
@@ -123,8 +133,8 @@ def test_the_agent_killed_at_random_points_thirty_times_always_converges(stack: 
         # Something to do each round, so kills land inside real work.
         victim = SERVICES[round_ % len(SERVICES)]
         inject(stack, victim, "remove" if round_ % 2 else "by-hand")
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "app", *stack.args()],
-                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(agent_cmd("app", *stack.args()), cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.05, 2.5))  # a random point of the run, not a synchronisation
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -136,15 +146,14 @@ def test_the_agent_killed_at_random_points_thirty_times_always_converges(stack: 
         out = ok(stack.run())
         assert "the app is up" in out, round_
         assert_converged(stack)
-    assert sorted(p.name for p in secrets_dir.iterdir()) == sorted(before["secrets"])  # type: ignore[arg-type]
+    assert sorted(p.name for p in secrets_dir.iterdir()) == sorted(before["secrets"])
     assert_nothing_lost(stack, before)
 
 
 def test_two_agents_at_once_one_waits_or_refuses_and_nothing_is_corrupted(stack: App) -> None:
     before = remember(stack)
-    procs = [subprocess.Popen([sys.executable, "-m", "agent", "app", *stack.args(),
-                               "--lock-wait", "0"], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen(agent_cmd("app", *stack.args(), "--lock-wait", "0"), cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
     codes = sorted(r[0] for r in results)
@@ -230,7 +239,7 @@ def test_secrets_never_appear_on_any_command_line_while_the_agent_runs(stack: Ap
     """Scan every process's argv (containers' included) during a run that does real work."""
     secret_values = [v.strip() for v in stack.secrets().values()] + [stack.head.token]
     stack.container("backend").remove(force=True)
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "app", *stack.args()], cwd=REPO,
+    proc = subprocess.Popen(agent_cmd("app", *stack.args()), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen: set[str] = set()
     while proc.poll() is None:

@@ -7,7 +7,6 @@ import gzip
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,10 @@ import docker
 import pytest
 
 from agent.waits import poll
-from tests.conftest import NOFILE, REPO, Sandbox, run_agent
 from tests.integration.agent_helpers import start_registry
+from tests.support.agent_cli import agent_cmd, run_agent
+from tests.support.constants import NOFILE, REPO
+from tests.support.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -143,9 +144,9 @@ def test_watch_heals_a_removed_a_stopped_and_a_killed_container(
     sandbox.create_network()
     instance = sandbox.instance("head")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "head", "--data-dir", str(sandbox.tmp / "h"),
-         "--instance", instance, "--network", sandbox.network, "--ray-image", images["ray"],
-         "--shm-size", "512mb", "--nofile", NOFILE, "--watch"],
+        agent_cmd("head", "--data-dir", str(sandbox.tmp / "h"), "--instance", instance,
+                  "--network", sandbox.network, "--ray-image", images["ray"],
+                  "--shm-size", "512mb", "--nofile", NOFILE, "--watch"),
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     name = f"ray-head-{instance}"
@@ -159,7 +160,7 @@ def test_watch_heals_a_removed_a_stopped_and_a_killed_container(
 
         def container_running() -> bool:
             try:
-                return sandbox.client.containers.get(name).status == "running"
+                return bool(sandbox.client.containers.get(name).status == "running")
             except docker.errors.NotFound:
                 return False
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import urllib.error
 import urllib.request
@@ -12,7 +13,8 @@ import docker
 import pytest
 
 from agent.waits import poll
-from tests.conftest import REPO, Sandbox
+from tests.support.constants import REPO
+from tests.support.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -37,10 +39,15 @@ def get_json(url: str) -> tuple[int, Any]:
         return 0, str(exc)
 
 
+def answers(url: str, status: int) -> bool:
+    """get_json(url) answers with this HTTP status."""
+    return get_json(url)[0] == status
+
+
 def exec_ok(container: docker.models.containers.Container, cmd: list[str],
             env: dict[str, str] | None = None) -> str:
     code, out = container.exec_run(cmd, environment=env or {})
-    text = out.decode(errors="replace")
+    text: str = out.decode(errors="replace")
     assert code == 0, f"{cmd} exited {code}: {text}"
     return text
 
@@ -80,9 +87,9 @@ def test_ray_two_containers_form_a_cluster(sandbox: Sandbox, images: dict[str, s
 
     def two_nodes() -> bool:
         code, out = head.exec_run(["ray", "status"])
-        text = out.decode(errors="replace")
+        text: str = out.decode(errors="replace")
         active = text.split("Active:")[-1].split("Pending:")[0]
-        return code == 0 and active.count("node_") == 2
+        return bool(code == 0) and active.count("node_") == 2
 
     assert poll(two_nodes, 120, "2 active Ray nodes"), head.exec_run(["ray", "status"]).output
 
@@ -158,7 +165,7 @@ def test_standins_are_unhealthy_until_their_dependencies_answer(
     failing = {"frontend": ["backend"], "backend": ["postgres", "redis", "core"],
                "core": ["postgres", "broker", "ray"]}
     for name, url in urls.items():
-        assert poll(lambda u=url: get_json(u)[0] == 503, 30, f"{name} to answer"), name
+        assert poll(functools.partial(answers, url, 503), 30, f"{name} to answer"), name
         code, body = get_json(url)
         for dep in failing[name]:
             assert body["dependencies"][dep]["ok"] is False, (name, dep, body)
@@ -170,7 +177,7 @@ def test_standins_are_unhealthy_until_their_dependencies_answer(
                 command=["ray", "start", "--head", "--port=6379", "--dashboard-host", "0.0.0.0",
                          "--block", "--disable-usage-stats"])
     for name in ["core", "backend", "frontend"]:
-        assert poll(lambda n=name: get_json(urls[n])[0] == 200, 180, f"{name} healthy"), (
+        assert poll(functools.partial(answers, urls[name], 200), 180, f"{name} healthy"), (
             name, get_json(urls[name]))
     _, body = get_json(urls["core"])
     assert body["dependencies"]["ray"]["task_result"] == 49  # a real Ray task ran

@@ -28,8 +28,9 @@ from click.testing import CliRunner
 
 from agent import cli, cluster
 from agent.waits import poll
-from tests.conftest import TEST_LABEL, Sandbox
 from tests.integration.agent_helpers import ip_on
+from tests.support.constants import TEST_LABEL
+from tests.support.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,8 +15,10 @@ import pytest
 
 from agent import cluster
 from agent.waits import poll
-from tests.conftest import REPO, Sandbox, run_agent
 from tests.integration.agent_helpers import Node, engine_snapshot, ip_on, ok
+from tests.support.agent_cli import agent_cmd, run_agent
+from tests.support.constants import REPO
+from tests.support.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +28,8 @@ def alive(head_ip: str, token: str | None) -> int:
 
 
 def ray_active_nodes(head: Node) -> int:
-    out = head.container("ray-head").exec_run(["ray", "status"]).output.decode(errors="replace")
+    out: str = head.container("ray-head").exec_run(["ray", "status"]).output.decode(
+        errors="replace")
     return out.split("Active:")[-1].split("Pending:")[0].count("node_")
 
 
@@ -102,8 +104,8 @@ def test_worker_waits_for_the_head_then_joins(sandbox: Sandbox, images: dict[str
     holder.remove(force=True)
     worker = Node(sandbox, images, "w1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "worker", *worker.args(), "--head", head_ip,
-         "--wait", "300"], cwd=REPO, env={"SYNTHO_AGENT_TOKEN": token, "PATH": "/usr/bin:/bin"},
+        agent_cmd("worker", *worker.args(), "--head", head_ip, "--wait", "300"), cwd=REPO,
+        env={"SYNTHO_AGENT_TOKEN": token, "PATH": "/usr/bin:/bin"},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None
@@ -240,8 +242,8 @@ def test_an_engine_that_does_not_answer_or_refuses_the_user_is_one_clear_line(
     # A user outside the docker group: the socket refuses them.
     (tmp_path / "d2").mkdir(mode=0o777)
     denied = subprocess.run(
-        ["setpriv", "--reuid=54321", "--regid=54321", "--clear-groups", sys.executable, "-m",
-         "agent", "head", "--data-dir", str(tmp_path / "d2"), "--ray-image", images["ray"]],
+        ["setpriv", "--reuid=54321", "--regid=54321", "--clear-groups",
+         *agent_cmd("head", "--data-dir", str(tmp_path / "d2"), "--ray-image", images["ray"])],
         cwd=REPO, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert denied.returncode == 3, denied.stderr
     assert denied.stderr.count("\n") == 1 and "no permission" in denied.stderr

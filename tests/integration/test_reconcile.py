@@ -12,8 +12,8 @@ from agent import spec as s
 from agent.engine import Engine
 from agent.errors import EnvironmentProblem
 from agent.reconcile import apply, preflight, reconcile
-from bench.common import CallCounter
-from tests.conftest import Sandbox
+from tests.support.engine_calls import CallCounter
+from tests.support.sandbox import Sandbox
 
 
 def quiet(line: str) -> None:
@@ -39,7 +39,7 @@ def test_a_no_op_reads_the_engine_once(sandbox: Sandbox, images: dict[str, str])
     spec = busybox_spec(sandbox, images["busybox"], n)
     engine = Engine(sandbox.client)
     assert reconcile(engine, spec, quiet, ready_timeout=60) == n + 1  # and the network
-    calls = CallCounter(engine.client).counts
+    calls = CallCounter(sandbox.client).counts
     assert reconcile(engine, spec, quiet, ready_timeout=60) == 0
     # One image inspect, one list of the managed containers and one inspect of each: nothing
     # per container that a second look would repeat, nothing that changes anything.
@@ -51,7 +51,7 @@ def test_containers_are_made_whole_with_their_aliases(
         sandbox: Sandbox, images: dict[str, str]) -> None:
     spec = busybox_spec(sandbox, images["busybox"], 2)
     engine = Engine(sandbox.client)
-    calls = CallCounter(engine.client).counts
+    calls = CallCounter(sandbox.client).counts
     reconcile(engine, spec, quiet, ready_timeout=60)
     assert calls["POST /containers/create"] == 2
     assert not any("disconnect" in k or "connect" in k for k in calls), calls

@@ -9,6 +9,7 @@ as boot would: the workers rejoin and the app is healthy again with no manual st
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import subprocess
@@ -17,14 +18,16 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
 
 from agent import cluster
 from agent.waits import poll
-from tests.conftest import NOFILE, REPO, TEST_LABEL, Sandbox
 from tests.integration.agent_helpers import start_registry
+from tests.support.constants import NOFILE, REPO, TEST_LABEL
+from tests.support.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +61,19 @@ class VM:
         return out
 
 
+@dataclass
+class Lab:
+    """The simulated VMs on their private network, and the registry they pull from."""
+
+    sandbox: Sandbox
+    vms: dict[str, VM]
+    registry: str
+
+
+def docker_answers(vm: VM) -> bool:
+    return vm.sh("docker info")[0] == 0
+
+
 def zipapp() -> Path:
     """The zipapp for this machine, built by build.py (cached by the build itself)."""
     subprocess.run([str(REPO / ".venv/bin/python"), "build.py"], cwd=REPO, check=True,
@@ -89,7 +105,7 @@ def send_images(vm: VM, refs: list[str], path: str) -> None:
 
 @pytest.fixture(scope="module")
 def lab(docker_client: docker.DockerClient, images: dict[str, str],
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     sandbox = Sandbox(docker_client, tmp_path_factory.mktemp("vms"))
     registry_proc = None
     try:
@@ -135,9 +151,9 @@ def lab(docker_client: docker.DockerClient, images: dict[str, str],
             vms[name] = VM(name, ip, container)
         app_binary = zipapp()
         for vm in vms.values():
-            assert poll(lambda v=vm: v.sh("docker info")[0] == 0, 120, f"{vm.name} engine")
+            assert poll(functools.partial(docker_answers, vm), 120, f"{vm.name} engine")
             copy_file(vm, app_binary, "/usr/local/bin", "syntho-agent")
-        yield {"sandbox": sandbox, "vms": vms, "registry": registry}
+        yield Lab(sandbox, vms, registry)
     finally:
         sandbox.cleanup()
         if registry_proc is not None:
@@ -145,7 +161,7 @@ def lab(docker_client: docker.DockerClient, images: dict[str, str],
             registry_proc.wait(timeout=10)
 
 
-def core_status(app: VM) -> dict[str, object]:
+def core_status(app: VM) -> dict[str, Any]:
     code, out, _ = app.sh("docker exec syntho-core curl -fsS http://localhost:8080/api/v1/status")
     return json.loads(out) if code == 0 else {}
 
@@ -159,9 +175,8 @@ def http_ok(url: str) -> bool:
 
 
 def test_four_vms_form_the_deployment_and_survive_a_head_reboot(
-        lab: dict[str, object], images: dict[str, str]) -> None:
-    vms: dict[str, VM] = lab["vms"]  # type: ignore[assignment]
-    registry = str(lab["registry"])
+        lab: Lab, images: dict[str, str]) -> None:
+    vms, registry = lab.vms, lab.registry
     head, w1, w2, app = vms["head"], vms["w1"], vms["w2"], vms["app"]
     pull = ["--registry", registry, "--registry-user", USER]
     secret = {"SYNTHO_AGENT_REGISTRY_PASSWORD": PASSWORD}
@@ -199,8 +214,8 @@ def test_four_vms_form_the_deployment_and_survive_a_head_reboot(
                     "--ready-timeout", "300")
     assert "the app is up" in out and token not in out
     status = core_status(app)
-    ray = status["dependencies"]["ray"]  # type: ignore[index]
-    assert ray["task_result"] == 49 and ray["alive_nodes"] == 3  # type: ignore[index]
+    ray = status["dependencies"]["ray"]
+    assert ray["task_result"] == 49 and ray["alive_nodes"] == 3
     assert http_ok(f"http://{app.ip}:3000/")  # from outside vm-app
     app.inner("docker exec syntho-postgres psql -U syntho -d syntho-backend -c "
               "\"CREATE TABLE kept (v text); INSERT INTO kept VALUES ('before-reboot')\"")
@@ -217,7 +232,7 @@ def test_four_vms_form_the_deployment_and_survive_a_head_reboot(
     assert head.sh(f"cat {DATA}/ray-token")[1].strip() == token  # never regenerated
 
     def app_healthy_again() -> bool:
-        ray = core_status(app).get("dependencies", {}).get("ray", {})  # type: ignore[union-attr]
+        ray = core_status(app).get("dependencies", {}).get("ray", {})
         return bool(ray.get("ok")) and ray.get("alive_nodes") == 3 and http_ok(
             f"http://{app.ip}:3000/")
 

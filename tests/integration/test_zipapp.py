@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from agent import __version__
-from tests.conftest import REPO
+from tests.support.constants import REPO
 
 pytestmark = pytest.mark.integration
 

@@ -7,17 +7,15 @@ import pytest
 from click.testing import CliRunner
 
 from agent import cli, deploy
-from agent.config import Settings
+from agent.config import HeadSettings
+from agent.engine import Engine
 
 
 @pytest.fixture
-def captured(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
-    seen: list[Settings] = []
+def captured(monkeypatch: pytest.MonkeyPatch) -> list[HeadSettings]:
+    seen: list[HeadSettings] = []
     monkeypatch.setattr(deploy, "run_head", lambda engine, settings, say: seen.append(settings))
-    monkeypatch.setattr(cli.Engine, "connect", classmethod(lambda cls: None))
-    for key in list(__import__("os").environ):
-        if key.startswith("SYNTHO_AGENT_"):
-            monkeypatch.delenv(key)
+    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: None))
     return seen
 
 
@@ -25,7 +23,7 @@ def run(args: list[str], env: dict[str, str] | None = None) -> Any:
     return CliRunner().invoke(cli.cli, args, env=env, catch_exceptions=False)
 
 
-def test_precedence(captured: list[Settings], tmp_path: Path) -> None:
+def test_precedence(captured: list[HeadSettings], tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("shm-size: 2gb\nnofile: 1000\nray_image: file/ray:1\ncpus: 3\n")
     result = run(["head", "--config", str(config), "--nofile", "3000"],
@@ -40,7 +38,7 @@ def test_precedence(captured: list[Settings], tmp_path: Path) -> None:
     assert settings.auth is True
 
 
-def test_config_file_from_env(captured: list[Settings], tmp_path: Path) -> None:
+def test_config_file_from_env(captured: list[HeadSettings], tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("auth: false\n")
     assert run(["head"], env={"SYNTHO_AGENT_CONFIG": str(config)}).exit_code == 0
@@ -53,7 +51,7 @@ def test_config_file_from_env(captured: list[Settings], tmp_path: Path) -> None:
     ("- a\n- b\n", "must be a mapping"),
     ("shm-size: lots\n", "not a size"),
 ])
-def test_bad_config_file(captured: list[Settings], tmp_path: Path, content: str,
+def test_bad_config_file(captured: list[HeadSettings], tmp_path: Path, content: str,
                          message: str) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(content)
@@ -63,7 +61,7 @@ def test_bad_config_file(captured: list[Settings], tmp_path: Path, content: str,
     assert not captured
 
 
-def test_bad_values_never_reach_the_engine(captured: list[Settings]) -> None:
+def test_bad_values_never_reach_the_engine(captured: list[HeadSettings]) -> None:
     for args in (["--shm-size", "4 lots"], ["--ray-image", "Bad Image"], ["--nofile", "x"],
                  ["--node-ip", "10.0.0.300"], ["--instance", "Has Spaces"]):
         result = run(["head", *args])
@@ -72,7 +70,7 @@ def test_bad_values_never_reach_the_engine(captured: list[Settings]) -> None:
 
 
 def test_a_bad_token_is_refused_without_echoing_it(
-        captured: list[Settings], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        captured: list[HeadSettings], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["worker", "--head", "10.0.0.4", "--data-dir", str(tmp_path),
                   "--token", "short secret"])
@@ -81,3 +79,126 @@ def test_a_bad_token_is_refused_without_echoing_it(
     assert err.count("\n") == 1 and "token given is not valid" in err
     assert "short secret" not in err
     assert not (tmp_path / "ray-token").exists()
+
+
+# ---- one declaration, read the same from every source -----------------------------------------
+
+def test_each_role_gets_only_its_own_settings() -> None:
+    from agent.config import AppSettings, LauncherSettings, WorkerSettings
+
+    assert not hasattr(HeadSettings(), "core_image") and not hasattr(HeadSettings(), "head")
+    assert not hasattr(AppSettings(), "shm_size") and not hasattr(AppSettings(), "provider")
+    assert hasattr(WorkerSettings(), "head") and hasattr(AppSettings(), "core_image")
+    launcher = {o.key for o in LauncherSettings.options()}
+    assert {"data_dir", "ray_image", "token", "registry", "provider"} <= launcher
+    assert not launcher & {"instance", "network", "cpus", "core_image", "watch"}
+
+
+@pytest.mark.parametrize("flag,env,key,text,field,value", [
+    ("--admin-username", "SYNTHO_AGENT_ADMIN_USERNAME", "admin-username", "yes",
+     "admin_username", "yes"),
+    ("--license-key", "SYNTHO_AGENT_LICENSE_KEY", "license-key", "012", "license_key", "012"),
+    ("--core-db-name", "SYNTHO_AGENT_CORE_DB_NAME", "core-db-name", "1.5", "core_db_name",
+     "1.5"),
+    ("--max-workers", "SYNTHO_AGENT_MAX_WORKERS", "max-workers", "012", "max_workers", 12),
+    ("--rotate-db-password", "SYNTHO_AGENT_ROTATE_DB_PASSWORD", "rotate-db-password", "yes",
+     "rotate_db_password", True),
+])
+def test_flag_env_and_file_give_the_same_settings(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, flag: str, env: str, key: str,
+        text: str, field: str, value: object) -> None:
+    """A value is read from its text by the option's own parser, whatever the source: YAML's
+    typing (yes -> True, 012 -> 10, 1.5 -> float) never changes it."""
+    from agent.config import AppSettings
+
+    seen: list[AppSettings] = []
+    monkeypatch.setattr(deploy, "run_app", lambda engine, settings, say: seen.append(settings))
+    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: None))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"{key}: {text}\n")
+    switch = field == "rotate_db_password"
+    for args, environ in (([flag] if switch else [flag, text], {}),
+                          ([], {env: text}),
+                          (["--config", str(config)], {})):
+        result = CliRunner().invoke(cli.cli, ["app", "--head", "10.0.0.4", *args], env=environ,
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    assert len(seen) == 3 and seen[0] == seen[1] == seen[2]
+    assert getattr(seen[0], field) == value
+
+
+@pytest.mark.parametrize("args,env,content,where", [
+    (["--shm-size", "lots"], {}, None, "'--shm-size'"),
+    ([], {"SYNTHO_AGENT_SHM_SIZE": "lots"}, None, "SYNTHO_AGENT_SHM_SIZE"),
+    ([], {}, "nofile: 100\nshm-size: lots\n", "key 'shm-size' at line 2"),
+    ([], {}, "auth: maybe\n", "key 'auth' at line 1"),
+    ([], {"SYNTHO_AGENT_AUTH": "maybe"}, None, "SYNTHO_AGENT_AUTH"),
+])
+def test_a_bad_value_names_its_source(captured: list[HeadSettings], tmp_path: Path,
+                                      args: list[str], env: dict[str, str],
+                                      content: str | None, where: str) -> None:
+    if content is not None:
+        config = tmp_path / "config.yaml"
+        config.write_text(content)
+        args = [*args, "--config", str(config)]
+    result = run(["head", *args], env=env)
+    assert result.exit_code == 2 and where in result.output, result.output
+    assert not captured
+
+
+@pytest.mark.parametrize("content,message", [
+    ("nofile: 100\nshm-size: 1gb\nnofile: 200\n", "key 'nofile' is given twice (lines 1 and 3)"),
+    ("nofile: 100\nnofile: 100\n", "given twice"),
+    ("core-image: x/core:1\n", "key 'core-image' at line 1 does not apply to `syntho-agent "
+     "head`; it is an option of `syntho-agent app`"),
+    ("provider: aws\n", "option of `syntho-agent launcher-config`"),
+    ("nofile: [1, 2]\n", "takes one value, not a list"),
+    ("nofile:\n  a: 1\n", "not a mapping"),
+    ("nofile: [1\n", "not valid YAML at line"),
+])
+def test_the_config_file_is_read_as_written(captured: list[HeadSettings], tmp_path: Path,
+                                            content: str, message: str) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(content)
+    result = run(["head", "--config", str(config)])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not captured
+
+
+def test_lists_and_empty_values_in_the_config_file(captured: list[HeadSettings],
+                                                   tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("ray-arg: [--num-cpus=4, '--resources={\"a\": 1}']\nnode-ip:\n"
+                      "license-key: \"0x1F\"\n")
+    assert run(["head", "--config", str(config)]).exit_code == 0
+    assert captured[0].ray_arg == ("--num-cpus=4", '--resources={"a": 1}')
+    assert captured[0].node_ip is None and captured[0].license_key == "0x1F"
+    config.write_text("ray-arg: --num-cpus=2\n")
+    assert run(["head", "--config", str(config)]).exit_code == 0
+    assert captured[1].ray_arg == ("--num-cpus=2",)
+
+
+def test_day_two_commands_accept_a_role_config_file(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    """status, down and logs read the role's own config file (its data dir and instance) and
+    leave the role's other keys alone."""
+    from agent import ops
+
+    seen: list[tuple[Path, str]] = []
+
+    def status(engine: object, data_dir: Path, instance: str, say: object) -> int:
+        seen.append((data_dir, instance))
+        return 0
+
+    monkeypatch.setattr(ops, "status", status)
+    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: None))
+    config = tmp_path / "app.yaml"
+    config.write_text(f"head: 10.0.0.4\ncore-image: x/core:1\ndata-dir: {tmp_path}\n"
+                      "instance: blue\n")
+    result = CliRunner().invoke(cli.cli, ["status", "--config", str(config)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert seen == [(tmp_path, "blue")]
+    config.write_text("head-sise: 1\n")
+    result = CliRunner().invoke(cli.cli, ["status", "--config", str(config)])
+    assert result.exit_code == 2 and "unknown key 'head-sise'" in result.output

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from agent import cli, launcher
-from agent.config import Settings
+from agent.config import LauncherSettings as Settings
 
 HEAD_START = ("ray start --head --port=6379 --dashboard-host 0.0.0.0 --disable-usage-stats "
               "--autoscaling-config=~/ray_bootstrap_config.yaml")
@@ -58,9 +58,6 @@ PROVIDER_ARGS = {
 
 @pytest.fixture
 def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Files:
-    for key in list(os.environ):
-        if key.startswith("SYNTHO_AGENT_"):
-            monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
     return Files(tmp_path)
 

@@ -7,14 +7,12 @@ import pytest
 from click.testing import CliRunner
 
 from agent import cli, deploy
-from agent.config import Settings
+from agent.config import WorkerSettings
+from agent.engine import Engine
 
 
 def test_install_writes_a_unit_and_a_config_that_round_trips(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(__import__("os").environ):
-        if key.startswith("SYNTHO_AGENT_"):
-            monkeypatch.delenv(key)
     runner = CliRunner()
     result = runner.invoke(cli.cli, [
         "install", "worker", "--root", str(tmp_path), "--no-enable", "--head", "10.0.0.4",
@@ -28,9 +26,9 @@ def test_install_writes_a_unit_and_a_config_that_round_trips(
     assert "--config /etc/syntho-agent/worker.yaml --watch" in text
     assert "Restart=always" in text and "After=network-online.target docker.service" in text
     # The config file gives the same settings as the flags did.
-    seen: list[Settings] = []
+    seen: list[WorkerSettings] = []
     monkeypatch.setattr(deploy, "run_worker", lambda e, s, say: seen.append(s))
-    monkeypatch.setattr(cli.Engine, "connect", classmethod(lambda cls: None))
+    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: None))
     result = runner.invoke(cli.cli, ["worker", "--config", str(config)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert seen[0].head == "10.0.0.4" and seen[0].shm_size == 8 * 1024**3

@@ -24,8 +24,9 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(waits.time, "monotonic", fake.monotonic)
-    monkeypatch.setattr(waits.time, "sleep", fake.sleep)
+    # waits' own `time` (the module): patched by path, as waits does not export it.
+    monkeypatch.setattr("agent.waits.time.monotonic", fake.monotonic)
+    monkeypatch.setattr("agent.waits.time.sleep", fake.sleep)
     return fake
 
 

@@ -1,0 +1,13 @@
+"""Helpers shared by the test suites and the benchmarks (bench/ imports them, never the reverse).
+
+One copy of each, in a module named for what it does:
+
+- `constants`: REPO, TEST_LABEL, NOFILE;
+- `engine`: a Docker client that answers (the `docker_client` fixture's, and bench's);
+- `sandbox`: Sandbox, one test's engine objects and their removal;
+- `agent_cli`: the agent's CLI in a subprocess (run_agent, agent_cmd, agent_env);
+- `ports`: free_port;
+- `engine_calls`: CallCounter and call_kind, counting a client's requests to the engine.
+
+Nothing here imports pytest: the benchmarks run without it.
+"""

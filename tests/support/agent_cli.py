@@ -1,0 +1,55 @@
+"""The agent's real CLI in a subprocess (`python -m agent` from this interpreter, in the repo):
+real exit codes, real output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+
+from tests.support.constants import REPO
+
+
+class AgentFailed(RuntimeError):
+    """A run_agent(..., check=True) that exited non-zero."""
+
+    def __init__(self, args: tuple[str, ...], done: subprocess.CompletedProcess[str]) -> None:
+        super().__init__(f"syntho-agent {args[0] if args else ''} exited {done.returncode}:\n"
+                         f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        self.done = done
+
+
+def agent_cmd(*args: str) -> list[str]:
+    """The command line of the CLI with these arguments (cwd: REPO)."""
+    return [sys.executable, "-m", "agent", *args]
+
+
+def agent_env(extra: Mapping[str, str] | None = None, *,
+              write_bytecode: bool = False) -> dict[str, str]:
+    """This process's environment without the agent's own variables (SYNTHO_AGENT_*), plus
+    `extra`.
+
+    write_bytecode: also drop PYTHONDONTWRITEBYTECODE, so that Python caches bytecode as it
+    does on a VM (CI may set it; the benchmarks time starts against a dpkg-compiled compose).
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNTHO_AGENT_")
+           and not (write_bytecode and k == "PYTHONDONTWRITEBYTECODE")}
+    env.update(extra or {})
+    return env
+
+
+def run_agent(*args: str, env: Mapping[str, str] | None = None, timeout: float = 600,
+              stdin: str | None = None, check: bool = False,
+              write_bytecode: bool = False) -> subprocess.CompletedProcess[str]:
+    """The CLI with these arguments, to its exit; its output captured as text.
+
+    env: added to agent_env()'s; check: raise AgentFailed (with the output's tails) on a
+    non-zero exit instead of returning it; write_bytecode: see agent_env.
+    """
+    done = subprocess.run(agent_cmd(*args), cwd=REPO,
+                          env=agent_env(env, write_bytecode=write_bytecode),
+                          capture_output=True, text=True, timeout=timeout, input=stdin)
+    if check and done.returncode != 0:
+        raise AgentFailed(args, done)
+    return done

@@ -1,0 +1,74 @@
+"""One test's engine objects: unique names for them, and their removal afterwards."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import docker.models.containers
+
+from tests.support.constants import AGENT_INSTANCE_LABEL, TEST_LABEL
+
+
+class Sandbox:
+    """Names for one test's engine objects, and their removal afterwards, pass or fail.
+
+    Only what carries this sandbox's marks is removed: its TEST_LABEL, the agent instances it
+    named, its network and the volumes it recorded. A context manager, or call cleanup().
+    """
+
+    def __init__(self, client: docker.DockerClient, tmp_path: Path) -> None:
+        self.client = client
+        self.id = "t" + uuid.uuid4().hex[:6]
+        self.network = f"sa-{self.id}"
+        self.tmp = tmp_path
+        self.labels = {TEST_LABEL: self.id}
+        self.instances: list[str] = []
+        self.extra_volumes: list[str] = []
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    def instance(self, name: str) -> str:
+        """An agent --instance name unique to this test."""
+        full = f"{self.id}{name}"
+        self.instances.append(full)
+        return full
+
+    def create_network(self) -> str:
+        self.client.networks.create(self.network, driver="bridge", labels=self.labels)
+        return self.network
+
+    def run(self, image: str, name: str, labels: dict[str, str] | None = None,
+            **kwargs: Any) -> docker.models.containers.Container:
+        """A plain helper container (not the agent's), labelled for clean-up."""
+        container: docker.models.containers.Container = self.client.containers.run(
+            image, name=f"{self.id}-{name}", labels={**self.labels, **(labels or {})},
+            detach=True, **kwargs)
+        return container
+
+    def cleanup(self) -> None:
+        filters = [{"label": f"{TEST_LABEL}={self.id}"}]
+        filters += [{"label": f"{AGENT_INSTANCE_LABEL}={i}"} for i in self.instances]
+        for f in filters:
+            for c in self.client.containers.list(all=True, filters=f):
+                c.remove(force=True)
+        for f in filters:
+            for n in self.client.networks.list(filters=f):
+                n.remove()
+        for net in self.client.networks.list(names=[self.network]):
+            net.remove()
+        for f in filters:
+            for v in self.client.volumes.list(filters=f):
+                v.remove(force=True)
+        for name in self.extra_volumes:
+            try:
+                self.client.volumes.get(name).remove(force=True)
+            except docker.errors.NotFound:
+                pass
