@@ -1,5 +1,6 @@
 """What the app role keeps in the data dir and checks in the database: its secrets (generated
-once, reused forever), the guide's env file, Postgres' init script, and the database password.
+once, reused forever), the guide's env file (docs/stack.md, section 3), Postgres' init script,
+and the database password.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from agent import store
 from agent.config import AppSettings
 from agent.engine import Engine
 from agent.errors import ConvergeError, UsageError
-from agent.ops import redact
+from agent.redact import redact
 from agent.roles import app
 
 Say = Callable[[str], None]

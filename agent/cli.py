@@ -21,12 +21,10 @@ from agent.config import (
     HeadSettings,
     RoleSettings,
     WorkerSettings,
-    click_options,
-    config_option,
-    lenient_config_option,
 )
 from agent.engine import Engine
 from agent.errors import EXIT_USAGE, AgentError
+from agent.sources import click_options, config_option, lenient_config_option
 from agent.spec import Spec
 
 R = TypeVar("R", HeadSettings, WorkerSettings, AppSettings)

@@ -24,8 +24,8 @@ from agent.config import AppSettings, HeadSettings, JoinOptions, WorkerSettings
 from agent.engine import Engine
 from agent.errors import ConvergeError, EnvironmentProblem
 from agent.lock import data_dir_lock
-from agent.ops import redact
 from agent.reconcile import Plan, apply, preflight, wait_all_ready, wait_ready
+from agent.redact import redact
 from agent.roles import app, ray
 from agent.spec import Spec
 from agent.waits import http_ok, poll, tcp_open

@@ -1,6 +1,7 @@
-"""Getting the images onto the engine, the two ways the guide names: an offline bundle of
-`docker save` archives (--images PATH), or a registry (--registry, --registry-user, and a
-password from a file, SYNTHO_AGENT_REGISTRY_PASSWORD or stdin, never a command-line value).
+"""Getting the images onto the engine, the two ways the vendor's guide names (docs/stack.md):
+an offline bundle of `docker save` archives (--images PATH), or a registry (--registry,
+--registry-user, and a password from a file, SYNTHO_AGENT_REGISTRY_PASSWORD or stdin, never a
+command-line value).
 
 The password is given to the engine for the pull only; it is not written to any file.
 """

@@ -1,9 +1,10 @@
 """`syntho-agent launcher-config`: a cluster config for Ray's own cluster launcher (`ray up`).
 
-Option 1 of the deployment guide: Ray's launcher makes the VMs (aws, gcp, azure) or uses
-machines that exist (local), runs the syntho-ray image on each with the head role's settings,
-and autoscales the workers. No secret enters the YAML: the registry password, the Ray token
-and the license key travel as files (`file_mounts`) and are read on the node when used.
+Option 1 of the vendor's deployment guide (docs/stack.md): Ray's launcher makes the VMs (aws,
+gcp, azure) or uses machines that exist (local), runs the syntho-ray image on each with the
+head role's settings, and autoscales the workers. No secret enters the YAML: the registry
+password, the Ray token and the license key travel as files (`file_mounts`) and are read on the
+node when used.
 
 check() and cluster_config() are pure (settings in, a dict out); command() does the I/O.
 """
@@ -19,9 +20,10 @@ import click
 import yaml
 
 from agent import cluster, store
-from agent.config import LauncherSettings, click_options, config_option
+from agent.config import LauncherSettings
 from agent.errors import EnvironmentProblem, UsageError
 from agent.roles import ray
+from agent.sources import click_options, config_option
 
 Say = Callable[[str], None]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -10,11 +9,10 @@ from typing import Callable
 from agent import cluster, store
 from agent import spec as s
 from agent.engine import Engine, Observed
+from agent.redact import redact, secrets_in_env
 from agent.roles.ray import GCS_PORT
 
 Say = Callable[[str], None]
-_SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|LICENSE|_KEY", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"://[^:/@\s]+:([^@/\s]+)@")
 
 
 def managed(engine: Engine, instance: str) -> list[Observed]:
@@ -34,19 +32,8 @@ def secrets_to_redact(engine: Engine, data_dir: Path, observed: list[Observed]) 
         if stored:
             values.add(stored)
     for o in observed:
-        for item in o.env:
-            key, _, value = item.partition("=")
-            if _SECRET_KEY.search(key) and len(value) >= 4:
-                values.add(value)
-            for m in _URL_PASSWORD.finditer(value):
-                values.add(m.group(1))
+        values |= secrets_in_env(o.env)
     return sorted(values, key=len, reverse=True)
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
 
 
 def _ray_address(o: Observed) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from pathlib import Path
+from urllib.parse import urlsplit
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
@@ -118,3 +120,129 @@ def name(value: str) -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,30}", value):
         raise ValueError(f"{value!r} must be 1-31 lowercase letters, digits, '-' or '_'")
     return value
+
+
+# ---- the options' own parsers (agent/config.py names one per option) ----
+
+def instance(v: str) -> str:
+    return name(str(v)) if str(v) else ""
+
+
+def network(v: str) -> str:
+    v = str(v)
+    return v if v == "host" else name(v)
+
+
+def wait(v: str) -> float:
+    try:
+        number = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{v!r} is not a number of seconds (0 waits forever)") from None
+    if number < 0:
+        raise ValueError(f"{v!r} must be 0 (forever) or a positive number of seconds")
+    return number
+
+
+def host_port(v: str) -> str:
+    name, sep, number = v.rpartition(":")
+    if not sep:
+        name, number = v, ""
+    host(name)
+    if number:
+        port(number)
+    return v
+
+
+def registry(v: str) -> str:
+    if "/" in str(v):
+        raise ValueError(f"{v!r} must be a registry host[:port], without a path")
+    return host_port(v)
+
+
+def existing_path(v: str) -> Path:
+    path = Path(str(v))
+    if not path.exists():
+        raise ValueError(f"{path} does not exist")
+    return path
+
+
+def existing_file(v: str) -> Path:
+    path = Path(str(v))
+    if not path.is_file():
+        raise ValueError(f"{path} is not a readable file")
+    return path
+
+
+def user_file(v: str) -> Path:
+    """A local file that may be given as ~/...: config files and env variables are not
+    expanded by a shell."""
+    return existing_file(str(Path(v).expanduser()))
+
+
+def protocol(v: str) -> str:
+    if str(v) not in ("http", "https"):
+        raise ValueError(f"{v!r} must be http or https")
+    return str(v)
+
+
+def word(v: str) -> str:
+    if not str(v).strip() or any(ch.isspace() for ch in str(v)):
+        raise ValueError("must be one word, not empty")
+    return str(v)
+
+
+def email(v: str) -> str:
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+", str(v)):
+        raise ValueError(f"{v!r} is not an e-mail address")
+    return str(v)
+
+
+def password(v: str) -> str:
+    if len(str(v)) < 8 or "\n" in str(v):
+        raise ValueError("a password must be one line of at least 8 characters")
+    return str(v)
+
+
+def _url(v: str, schemes: tuple[str, ...], example: str) -> str:
+    parts = urlsplit(str(v))
+    try:
+        ok = parts.scheme in schemes and bool(parts.hostname)
+        if ok:
+            host(parts.hostname or "")
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"not a URL of the form {example}")
+    return str(v)
+
+
+def postgres_url(v: str) -> str:
+    return _url(v, ("postgresql", "postgres"), "postgresql://USER:PASSWORD@HOST[:PORT]")
+
+
+def redis_url(v: str) -> str:
+    return _url(v, ("redis",), "redis://[:PASSWORD@]HOST[:PORT]")
+
+
+def address_port(v: str) -> tuple[str, int]:
+    address, sep, number = v.rpartition(":")
+    if not sep:
+        raise ValueError(f"{v!r} must be ADDRESS:PORT, for example 127.0.0.1:5432")
+    return ip(address), port(number)
+
+
+def provider(v: str) -> str:
+    if str(v) not in ("aws", "gcp", "azure", "local"):
+        raise ValueError(f"{v!r} is not a provider: aws, gcp, azure or local")
+    return str(v)
+
+
+def count(v: str) -> int:
+    try:
+        number = int(str(v))
+    except (TypeError, ValueError):
+        raise ValueError(f"{v!r} is not a whole number") from None
+    if number < 0:
+        raise ValueError(f"{v!r} must be 0 or more")
+    return number

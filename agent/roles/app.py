@@ -218,7 +218,7 @@ def _published(address_port: tuple[str, int] | None, container_port: int) -> tup
 
 
 def env_file(settings: AppSettings, values: AppValues) -> dict[str, str]:
-    """The guide's .env, with its variable names, as this deployment resolves them."""
+    """The guide's .env (docs/stack.md, section 3), as this deployment resolves it."""
     secrets, db, rd, ray = values.secrets, values.db, values.redis, values.ray_host
     return {
         "CORE_IMAGE": settings.core_image,
