@@ -19,6 +19,8 @@ from agent.roles import app
 
 Say = Callable[[str], None]
 DB_PASSWORD = "postgres-password"  # file names in <data-dir>/secrets
+CORE_KEY = "core-secret-key"
+BACKEND_KEY = "backend-secret-key"
 ADMIN_PASSWORD = "admin-password"
 PROVEN = ".db-password-proven"  # which run of the Postgres container took the password
 
@@ -43,8 +45,8 @@ def app_secrets(settings: AppSettings, token: str | None, db_supplied: str | Non
 
     secrets = app.Secrets(
         db_password=kept(DB_PASSWORD, db_supplied, store.token_urlsafe(24)),
-        core_secret_key=kept("core-secret-key", None, store.fernet_key),
-        backend_secret_key=kept("backend-secret-key", None, store.token_urlsafe(48)),
+        core_secret_key=kept(CORE_KEY, None, store.fernet_key),
+        backend_secret_key=kept(BACKEND_KEY, None, store.token_urlsafe(48)),
         admin_password=kept(ADMIN_PASSWORD, settings.admin_password, store.token_urlsafe(15)),
         ray_token=token,
     )

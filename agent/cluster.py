@@ -47,9 +47,9 @@ def head_token(settings: TokenSettings, data_dir: Path) -> tuple[str | None, boo
     supplied = _supplied_token(settings)
     stored = store.read_secret(path)
     if supplied and stored and supplied != stored:
-        raise UsageError(f"this head already has a different Ray token in {path}: omit the token, "
-                         "or delete that file to change the cluster's token (then re-join "
-                         "every worker and the app)")
+        raise UsageError(f"this head already has a different Ray token in {path}: omit the token; "
+                         "to change the cluster's token, `syntho-agent down` and delete that "
+                         "file first (then re-join every worker and the app)")
     if supplied and not stored:
         store.write_atomic(path, supplied + "\n")
         return supplied, True

@@ -14,21 +14,25 @@ from typing import Callable
 from agent import cluster, images, store
 from agent.app_setup import (
     ADMIN_PASSWORD,
+    BACKEND_KEY,
+    CORE_KEY,
+    DB_PASSWORD,
     app_secrets,
     check_db_password,
     db_password_change,
     write_env_file,
     write_init_script,
 )
-from agent.config import AppSettings, HeadSettings, JoinOptions, WorkerSettings
+from agent.config import AppSettings, HeadSettings, JoinOptions, RoleSettings, WorkerSettings
 from agent.engine import Engine
 from agent.errors import ConvergeError, EnvironmentProblem
 from agent.lock import data_dir_lock
 from agent.reconcile import Plan, apply, preflight, wait_all_ready, wait_ready
+from agent.recovery import Carrier, SecretFile, recover
 from agent.redact import redact
 from agent.roles import app, ray
 from agent.spec import Spec
-from agent.waits import http_ok, poll, tcp_open
+from agent.waits import http_ok, poll, resolves, tcp_open
 
 Say = Callable[[str], None]
 HEAD_POLL = 0.5  # seconds between looks at the head's port while waiting for it
@@ -62,7 +66,17 @@ class RayInputs:
     token: str | None
 
 
+def token_file(settings: RoleSettings, *carriers: Carrier) -> list[SecretFile]:
+    """The Ray token file, carried by these containers (none without token auth)."""
+    if not settings.auth:
+        return []
+    supplied = settings.token is not None or settings.token_file is not None
+    return [SecretFile(cluster.token_path(settings.data_dir), carriers, supplied)]
+
+
 def resolve_head(engine: Engine, settings: HeadSettings, say: Say) -> RayInputs:
+    recover(engine, settings.instance, "head",
+            token_file(settings, Carrier("ray-head", ray.TOKEN_ENV)), None, say)
     ids = images.ensure(engine, settings, {settings.ray_image: settings.suffix("ray-head")}, say)
     token, created = cluster.head_token(settings, settings.data_dir)
     if not settings.auth:
@@ -123,9 +137,17 @@ def wait_for_head(settings: JoinOptions, say: Say) -> None:
     if gcs_open():
         return
     forever = "forever" if settings.wait == 0 else f"up to {settings.wait:.0f}s"
+    if not resolves(settings.head):  # DNS may come up later at boot: keep trying meanwhile
+        say(f"the Ray head's name {settings.head} does not resolve (DNS); trying again "
+            f"({forever})")
     say(f"waiting for the Ray head at {settings.head}:{ray.GCS_PORT} ({forever})")
     if not poll(gcs_open, settings.wait, f"the Ray head at {settings.head}:{ray.GCS_PORT}",
                 say, ceiling=HEAD_POLL):
+        if not resolves(settings.head):
+            raise EnvironmentProblem(
+                f"the Ray head's name {settings.head} does not resolve (DNS) after "
+                f"{settings.wait:.0f}s: check the name, or give the head's IP address with "
+                "--head")
         raise EnvironmentProblem(
             f"the Ray head at {settings.head}:{ray.GCS_PORT} did not answer within "
             f"{settings.wait:.0f}s: check that it runs and that ports 6379 and 10001 are open "
@@ -134,6 +156,8 @@ def wait_for_head(settings: JoinOptions, say: Say) -> None:
 
 
 def resolve_worker(engine: Engine, settings: WorkerSettings, say: Say) -> RayInputs:
+    recover(engine, settings.instance, "worker",
+            token_file(settings, Carrier("ray-worker", ray.TOKEN_ENV)), None, say)
     # A missing image fails now, before anything is written or waited for.
     ids = images.ensure(engine, settings, {settings.ray_image: settings.suffix("ray-worker")},
                         say)
@@ -225,7 +249,29 @@ class AppInputs:
     ray_host: str
 
 
+def app_secret_files(settings: AppSettings) -> list[SecretFile]:
+    """The app's secret files and the containers that carry each value (docs/stack.md)."""
+    folder = settings.data_dir / "secrets"
+    files = token_file(settings, Carrier("core", ray.TOKEN_ENV),
+                       Carrier("core_worker", ray.TOKEN_ENV))
+    if settings.postgres_url is None:
+        files.append(SecretFile(folder / DB_PASSWORD, (
+            Carrier("backend", "DB_PASSWORD"), Carrier("worker", "DB_PASSWORD"),
+            Carrier("postgres", "POSTGRES_PASSWORD")), settings.db_password is not None))
+    files += [
+        SecretFile(folder / CORE_KEY, (Carrier("core", "SECRET_KEY"),
+                                       Carrier("core_worker", "SECRET_KEY"))),
+        SecretFile(folder / BACKEND_KEY, (Carrier("backend", "SECRET_KEY"),
+                                          Carrier("worker", "SECRET_KEY"))),
+        SecretFile(folder / ADMIN_PASSWORD, (Carrier("backend", "USER_PASSWORD"),),
+                   settings.admin_password is not None),
+    ]
+    return files
+
+
 def resolve_app(engine: Engine, settings: AppSettings, say: Say) -> AppInputs:
+    volume = settings.suffix("syntho-database-data") if settings.postgres_url is None else None
+    recover(engine, settings.instance, "app", app_secret_files(settings), volume, say)
     ids = images.ensure(engine, settings, app_images(settings), say)
     rotate_to = db_password_change(settings, engine)
     token = cluster.joining_token(settings, settings.data_dir)
