@@ -7,23 +7,39 @@ and a documented exit code.
 
 from __future__ import annotations
 
+import functools
 import platform
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import click
 
-from agent import __version__, buildinfo, deploy, launcher, ops, systemd, watch
+from agent import (
+    __version__,
+    backup,
+    buildinfo,
+    deploy,
+    launcher,
+    ops,
+    restore,
+    store,
+    systemd,
+    watch,
+)
 from agent.config import (
     AppSettings,
+    BackupSettings,
     Common,
     HeadSettings,
+    RestoreSettings,
     RoleSettings,
     WorkerSettings,
 )
 from agent.engine import Engine
-from agent.errors import EXIT_USAGE, AgentError
+from agent.errors import EXIT_ENVIRONMENT, EXIT_USAGE, AgentError
+from agent.failures import Interrupted, catch_signals, interrupted_message, os_error_message
 from agent.sources import click_options, config_option, lenient_config_option
 from agent.spec import Spec
 
@@ -35,10 +51,17 @@ def say(line: str) -> None:
 
 
 def _run(action: Callable[[Engine, R, Callable[[str], None]], Spec], settings: R) -> None:
+    # The data dir before the engine: a user who may not write it hears that first, and
+    # nothing has changed on the engine.
+    store.ensure_dir(settings.data_dir)
+    store.check_writable(settings.data_dir)
     engine = Engine.connect()
     spec = action(engine, settings, say)
     if settings.watch:
-        watch.follow(engine, spec, settings, say)
+        try:
+            watch.follow(engine, spec, settings, say)
+        except Interrupted as exc:  # `systemctl stop` or Ctrl-C: a normal end for a watcher
+            say(f"stopped watching ({exc.name}); the containers keep running")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -99,7 +122,8 @@ def _yaml_value(value: Any) -> Any:
 
 def _install_command(role: str) -> click.Command:
     @click.command(role, help=f"Install the {role} role as a boot-time service.")
-    @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("/"),
+    @click.option("--root", type=click.Path(file_okay=False, readable=False, path_type=Path),
+                  default=Path("/"),
                   help="write under this root instead of / (for images and tests)")
     @click.option("--enable/--no-enable", default=True, show_default=True,
                   help="systemctl enable --now the unit")
@@ -125,7 +149,8 @@ for _role in systemd.ROLES:
 
 @cli.command()
 @click.argument("roles", nargs=-1, type=click.Choice(systemd.ROLES))
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("/"),
+@click.option("--root", type=click.Path(file_okay=False, readable=False, path_type=Path),
+              default=Path("/"),
               help="the root install wrote under")
 @click.option("--enable/--no-enable", default=True, help="systemctl disable --now the unit")
 def uninstall(roles: tuple[str, ...], root: Path, enable: bool) -> None:
@@ -178,10 +203,88 @@ def version() -> None:
 cli.add_command(launcher.command)
 
 
+@cli.command("backup")
+@lenient_config_option
+@click_options(BackupSettings)
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+              help="the archive to write, or a directory for it [default: <data-dir>/backups]")
+@click.option("--list", "show", is_flag=True, help="list the backups in <data-dir>/backups")
+@click.option("--json", "as_json", is_flag=True, help="with --list: as JSON")
+def backup_command(output: Path | None, show: bool, as_json: bool, **params: Any) -> None:
+    """Back up the app VM: both databases, the secrets and app.env, in one archive."""
+    settings = BackupSettings.from_params(params)
+    if show:
+        backup.show_list(settings, as_json, say)
+        return
+    if as_json:
+        raise click.UsageError("--json goes with --list")
+    store.ensure_dir(settings.data_dir)
+    store.check_writable(settings.data_dir)
+    backup.run_backup(Engine.connect(), settings, output, say)
+
+
+@cli.command("restore")
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@config_option
+@click_options(RestoreSettings)
+@click.option("--force", is_flag=True, help="replace a database this VM already has (a backup "
+              "of it is taken first)")
+def restore_command(archive: Path, force: bool, **params: Any) -> None:
+    """Restore the app VM from a backup archive, then converge the app (needs --head)."""
+    if not params.get("head"):
+        raise click.UsageError("restore needs --head (the Ray head's IP address or hostname)")
+    settings = RestoreSettings.from_params(params)
+    store.ensure_dir(settings.data_dir)
+    store.check_writable(settings.data_dir)
+    restore.run_restore(Engine.connect(), settings, archive, force, say)
+
+
+# ---- the edge: one line per failure, a documented exit code ----
+
+_running: list[click.Context] = []  # the command that runs: its name and parameters
+
+
+def _remember_context(command: click.Command) -> None:
+    """Every command records its context as it starts, for the messages below."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _remember_context(sub)
+        return
+    callback = command.callback
+    if callback is None:
+        return
+
+    @functools.wraps(callback)
+    def remembered(*args: Any, **kwargs: Any) -> Any:
+        _running.append(click.get_current_context())
+        return callback(*args, **kwargs)
+
+    command.callback = remembered
+
+
+_remember_context(cli)
+
+
+def _command() -> str:
+    """`head`, `install app`: the command that runs (or the program, before one does)."""
+    if not _running:
+        return "syntho-agent"
+    return " ".join(_running[-1].command_path.split()[1:]) or "syntho-agent"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors, documented exit codes."""
+    _running.clear()
+    previous = catch_signals()
     try:
-        cli.main(args=argv, prog_name="syntho-agent", standalone_mode=False)
+        try:
+            cli.main(args=argv, prog_name="syntho-agent", standalone_mode=False)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    except Interrupted as exc:
+        click.echo(f"syntho-agent: {interrupted_message(exc, _command())}", err=True)
+        sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("syntho-agent: aborted", err=True)
         sys.exit(1)
@@ -191,6 +294,11 @@ def main(argv: list[str] | None = None) -> None:
     except AgentError as exc:  # the engine's failures too (agent.engine.EngineError)
         click.echo(f"syntho-agent: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # the file system: the data dir, --output, --root
+        params = _running[-1].params if _running else {}
+        line = " ".join(os_error_message(exc, params).splitlines())
+        click.echo(f"syntho-agent: error: {line}", err=True)
+        sys.exit(EXIT_ENVIRONMENT)
     except KeyboardInterrupt:
         click.echo("syntho-agent: interrupted", err=True)
         sys.exit(130)

@@ -86,16 +86,17 @@ class Settings:
 
     @classmethod
     def options(cls) -> list[Option]:
-        """This type's options, in the order its groups are listed."""
-        seen: dict[str, Option] = {}
-        for group in (*cls.__bases__, cls):
-            if not isinstance(group, type) or group is Settings or not hasattr(
-                    group, "__dataclass_fields__"):
-                continue
-            for f in fields(group):
-                if f.name not in seen and "opt" in f.metadata:
-                    seen[f.name] = _option(f)
-        return list(seen.values())
+        """This type's options: its groups' in the order they are listed, then its own."""
+        found: dict[str, Option] = {}
+        for group in cls.__bases__:
+            if issubclass(group, Settings) and group is not Settings:
+                for o in group.options():
+                    found.setdefault(o.key, o)
+        own = cls.__dict__.get("__annotations__", {})
+        for f in fields(cls):
+            if "opt" in f.metadata and (f.name in own or f.name not in found):
+                found[f.name] = _option(f)
+        return list(found.values())
 
     @classmethod
     def from_params(cls: type[S], params: dict[str, Any]) -> S:
@@ -369,10 +370,42 @@ class LauncherSettings(LauncherOptions):
         return shared + [_option(f) for f in fields(LauncherOptions)]
 
 
+@dataclass(frozen=True)
+class BackupOptions(Settings):
+    """Backups of the app VM: where they go, how long they are kept, their key."""
+
+    encrypt_key_file: Path | None = option(
+        "a file holding the key that encrypts backups (or set SYNTHO_AGENT_BACKUP_KEY); keep "
+        "the key off this VM", validate.existing_file)
+    keep: int | None = option("after a successful backup, delete the oldest of this agent's "
+                              "backups beyond N", validate.positive_int)
+    backup_target: Path | None = option("also copy each finished backup into this directory "
+                                        "(a mounted share), verified by checksum",
+                                        validate.existing_dir)
+
+
+@dataclass(frozen=True)
+class BackupSettings(Common, BackupOptions):
+    """backup: the app's databases (as the app role reaches them) and its data dir."""
+
+    command: ClassVar[str] = "backup"
+    postgres_url: str | None = reuse(AppOptions, "postgres_url")
+    core_db_name: str = reuse(AppOptions, "core_db_name")
+    backend_db_name: str = reuse(AppOptions, "backend_db_name")
+
+
+@dataclass(frozen=True)
+class RestoreSettings(AppSettings):
+    """restore: the app role's settings (it converges the app), and the backup's key."""
+
+    command: ClassVar[str] = "restore"
+    encrypt_key_file: Path | None = reuse(BackupOptions, "encrypt_key_file")
+
+
 # Every settings type a command reads, by command; and every option any of them takes.
 COMMANDS: dict[str, type[Settings]] = {
     "head": HeadSettings, "worker": WorkerSettings, "app": AppSettings,
-    "launcher-config": LauncherSettings,
+    "launcher-config": LauncherSettings, "backup": BackupSettings, "restore": RestoreSettings,
 }
 ALL_OPTIONS: dict[str, Option] = {o.key: o for t in COMMANDS.values() for o in t.options()}
 

@@ -27,7 +27,7 @@ from agent.config import AppSettings, HeadSettings, JoinOptions, RoleSettings, W
 from agent.engine import Engine
 from agent.errors import ConvergeError, EnvironmentProblem
 from agent.lock import data_dir_lock
-from agent.reconcile import Plan, apply, preflight, wait_all_ready, wait_ready
+from agent.reconcile import Plan, Step, apply, preflight, wait_all_ready, wait_ready
 from agent.recovery import Carrier, SecretFile, recover
 from agent.redact import redact
 from agent.roles import app, ray
@@ -287,48 +287,59 @@ def resolve_app(engine: Engine, settings: AppSettings, say: Say) -> AppInputs:
 
 
 def run_app(engine: Engine, settings: AppSettings, say: Say) -> Spec:
-    assert settings.head
     store.ensure_dir(settings.data_dir)
     with data_dir_lock(settings.data_dir, settings.lock_wait, say):
-        inputs = resolve_app(engine, settings, say)
-        values = app.app_values(settings, inputs.secrets, inputs.ray_host)
-        spec = app.app_spec(settings, values)
-        postgres = next((c for c in spec.containers if c.service == "postgres"), None)
+        return converge_app(engine, settings, say)
 
-        def db_password(plan: Plan) -> int:
-            """Prove the database takes the password before anything uses it (rotate first,
-            when asked)."""
-            assert postgres is not None
-            if not plan.ready(postgres):
-                wait_ready(engine, postgres, settings.ready_timeout, say)
-            check_db_password(engine, settings, inputs.secrets, inputs.rotate_to, say)
-            return 0 if inputs.rotate_to is None else 1
 
-        def env_file(plan: Plan) -> int:
-            write_env_file(settings, app.env_file(settings, values), say)
-            return 0
+def converge_app(engine: Engine, settings: AppSettings, say: Say,
+                 restore: Callable[[], int] | None = None) -> Spec:
+    """The app role, the data dir's lock held. `restore` (restore.py): a step that fills the
+    databases, after Postgres is up and before anything that uses them starts."""
+    assert settings.head
+    inputs = resolve_app(engine, settings, say)
+    values = app.app_values(settings, inputs.secrets, inputs.ray_host)
+    spec = app.app_spec(settings, values)
+    postgres = next((c for c in spec.containers if c.service == "postgres"), None)
 
-        # Postgres and Redis first (the spec's start order); then the password is proven and
-        # the env file written; then the services that use them.
-        plan = preflight(engine, spec, inputs.image_ids)
-        if postgres is not None:
-            plan = plan.with_step("db-password", "prove the database password", after=INFRA)
-        plan = plan.with_step("env-file", "write app.env", after={*INFRA, "db-password"})
-        changes = apply(engine, spec, plan, say, settings.ready_timeout,
-                        {"db-password": db_password, "env-file": env_file})
-        report(changes, spec, say)
-        wait_all_ready(engine, spec, plan, settings.ready_timeout, say)
-        # Every container left alone and ready when read (the frontend's own health check is
-        # an HTTP request): the app is up as it was. Anything else is proven from the host.
-        if changes or not all(plan.ready(c) for c in spec.containers):
-            host = "127.0.0.1" if settings.bind == "0.0.0.0" else settings.bind
-            url = f"http://{host}:{settings.frontend_port}/"
-            if not poll(lambda: http_ok(url), settings.ready_timeout, f"the frontend at {url}",
-                        say):
-                raise ConvergeError(f"the frontend did not answer at {url} within "
-                                    f"{settings.ready_timeout:.0f}s; see `syntho-agent logs`")
-        say(f"the app is up: open {settings.frontend_protocol}://{app.frontend_host(settings)}/ "
-            f"(this VM, port {settings.frontend_port})")
-        say(f"admin account: {settings.admin_username}, password in "
-            f"{settings.data_dir / 'secrets' / ADMIN_PASSWORD}")
-        return spec
+    def db_password(plan: Plan) -> int:
+        """Prove the database takes the password before anything uses it (rotate first,
+        when asked)."""
+        assert postgres is not None
+        if not plan.ready(postgres):
+            wait_ready(engine, postgres, settings.ready_timeout, say)
+        check_db_password(engine, settings, inputs.secrets, inputs.rotate_to, say)
+        return 0 if inputs.rotate_to is None else 1
+
+    def env_file(plan: Plan) -> int:
+        write_env_file(settings, app.env_file(settings, values), say)
+        return 0
+
+    # Postgres and Redis first (the spec's start order); then the password is proven and
+    # the env file written; then the services that use them.
+    plan = preflight(engine, spec, inputs.image_ids)
+    if postgres is not None:
+        plan = plan.with_step("db-password", "prove the database password", after=INFRA)
+    plan = plan.with_step("env-file", "write app.env", after={*INFRA, "db-password"})
+    steps: dict[str, Step] = {"db-password": db_password, "env-file": env_file}
+    if restore is not None:
+        plan = plan.with_step("restore-databases", "restore the backup's databases",
+                              after={*INFRA, "db-password"})
+        steps["restore-databases"] = lambda plan: restore()
+    changes = apply(engine, spec, plan, say, settings.ready_timeout, steps)
+    report(changes, spec, say)
+    wait_all_ready(engine, spec, plan, settings.ready_timeout, say)
+    # Every container left alone and ready when read (the frontend's own health check is
+    # an HTTP request): the app is up as it was. Anything else is proven from the host.
+    if changes or not all(plan.ready(c) for c in spec.containers):
+        host = "127.0.0.1" if settings.bind == "0.0.0.0" else settings.bind
+        url = f"http://{host}:{settings.frontend_port}/"
+        if not poll(lambda: http_ok(url), settings.ready_timeout, f"the frontend at {url}",
+                    say):
+            raise ConvergeError(f"the frontend did not answer at {url} within "
+                                f"{settings.ready_timeout:.0f}s; see `syntho-agent logs`")
+    say(f"the app is up: open {settings.frontend_protocol}://{app.frontend_host(settings)}/ "
+        f"(this VM, port {settings.frontend_port})")
+    say(f"admin account: {settings.admin_username}, password in "
+        f"{settings.data_dir / 'secrets' / ADMIN_PASSWORD}")
+    return spec

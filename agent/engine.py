@@ -386,6 +386,27 @@ class Engine:
         code, out = container.exec_run(cmd, environment=env or {}, demux=False)
         return int(code), (out or b"").decode(errors="replace")
 
+    @_sdk
+    def exec_to(self, name: str, cmd: list[str], out: IO[bytes],
+                env: dict[str, str] | None = None) -> tuple[int, str]:
+        """Run cmd in a running container, its standard output streamed into `out` (a dump
+        of any size, a chunk at a time); (exit code, the tail of its standard error)."""
+        exec_id = self._client.api.exec_create(name, cmd, environment=env or {})["Id"]
+        errors = b""
+        for stdout, stderr in self._client.api.exec_start(exec_id, stream=True, demux=True):
+            if stdout:
+                out.write(stdout)
+            if stderr:
+                errors = (errors + stderr)[-4000:]
+        code = self._client.api.exec_inspect(exec_id).get("ExitCode")
+        return int(code if code is not None else -1), errors.decode(errors="replace")
+
+    @_sdk
+    def put_file(self, name: str, directory: str, tar: IO[bytes]) -> None:
+        """Unpack a tar stream (read a chunk at a time) into a directory of the container."""
+        if not self._client.api.put_archive(name, directory, tar):
+            raise EngineError(f"the engine refused to copy files into {name}:{directory}")
+
 
 def create_args(c: s.Container, labels: dict[str, str]) -> dict[str, Any]:
     """The SDK's containers.create() arguments for c: one create call makes the container

@@ -1,4 +1,8 @@
-"""One agent at a time per data directory: an flock held for the whole run."""
+"""One agent at a time per data directory: an flock held for the whole run.
+
+The kernel releases it when the process ends, however it ends; the file stays (it is the lock,
+not data) and holds the last holder's pid.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
+from agent import store
 from agent.errors import LockedError
 
 
 @contextmanager
 def data_dir_lock(data_dir: Path, wait: float, say: Callable[[str], None]) -> Iterator[None]:
     path = data_dir / "agent.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise store.tag(exc, path, "write") from None
     try:
         deadline = time.monotonic() + wait
         told = False
@@ -34,8 +42,11 @@ def data_dir_lock(data_dir: Path, wait: float, say: Callable[[str], None]) -> It
                     say(f"waiting for another syntho-agent (pid {holder}) on {data_dir}")
                     told = True
                 time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:  # who holds it, for the message of the one that waits
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as exc:
+            raise store.tag(exc, path, "write") from None
         yield
     finally:
         os.close(fd)

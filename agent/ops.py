@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -21,16 +22,35 @@ def managed(engine: Engine, instance: str) -> list[Observed]:
     return sorted(found, key=lambda o: (order.get(o.role, 9), o.name))
 
 
-def secrets_to_redact(engine: Engine, data_dir: Path, observed: list[Observed]) -> list[str]:
-    """Every secret the agent knows of: its data dir's secret files and containers' secret env."""
+REDACT = "to redact the secrets in it from the logs"
+
+
+def file_secrets(data_dir: Path) -> set[str]:
+    """Every value in the data dir's secret files (the Ray token and secrets/*), each line of a
+    damaged one too. A file or folder that cannot be read is an error (tagged, see store.tag):
+    what cannot be read cannot be redacted. A data dir that does not exist holds none."""
+    folder = data_dir / "secrets"
+    try:
+        names = sorted(p.name for p in folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        names = []
+    except OSError as exc:
+        raise store.tag(exc, folder, "read", REDACT) from None
     values: set[str] = set()
-    for path in [cluster.token_path(data_dir), *sorted((data_dir / "secrets").glob("*"))]:
+    for path in [cluster.token_path(data_dir), *(folder / name for name in names)]:
         try:
-            stored = store.read_secret(path)
-        except Exception:
-            stored = None
-        if stored:
-            values.add(stored)
+            text = path.read_text(errors="replace")
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+        except OSError as exc:
+            raise store.tag(exc, path, "read", REDACT) from None
+        values.update(line.strip() for line in text.splitlines() if line.strip())
+    return values
+
+
+def secrets_to_redact(file_values: set[str], observed: list[Observed]) -> list[str]:
+    """Every secret the agent knows of: its data dir's secret files and containers' secret env."""
+    values = set(file_values)
     for o in observed:
         values |= secrets_in_env(o.env)
     return sorted(values, key=len, reverse=True)
@@ -85,6 +105,11 @@ def app_urls(observed: list[Observed]) -> list[str]:
 
 
 def down(engine: Engine, data_dir: Path, instance: str, purge: bool, say: Say) -> None:
+    if purge and data_dir.is_dir():  # refuse before removing anything
+        try:
+            store.check_writable(data_dir, space=False)  # a full disk must not stop a purge
+        except OSError as exc:
+            raise store.tag(exc, data_dir, "remove") from None
     observed = managed(engine, instance)
     for o in reversed(observed):
         engine.remove(o.id)
@@ -105,13 +130,29 @@ def down(engine: Engine, data_dir: Path, instance: str, purge: bool, say: Say) -
         engine.remove_volume(volume)
         say(f"removed volume {volume}")
     if data_dir.exists():
-        shutil.rmtree(data_dir)
+        remove_data_dir(data_dir)
         say(f"removed {data_dir}")
 
 
+def remove_data_dir(data_dir: Path) -> None:
+    """The data dir and everything in it; only its contents when it is a mount point."""
+    try:
+        if not os.path.ismount(data_dir):
+            shutil.rmtree(data_dir)
+            return
+        for entry in os.scandir(data_dir):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+    except OSError as exc:
+        raise store.tag(exc, Path(exc.filename or data_dir), "remove") from None
+
+
 def logs(engine: Engine, data_dir: Path, instance: str, output: Path, say: Say) -> None:
+    from_files = file_secrets(data_dir)  # first: refuse before reading any log
     observed = managed(engine, instance)
-    secrets = secrets_to_redact(engine, data_dir, observed)
+    secrets = secrets_to_redact(from_files, observed)
     lines: list[str] = []
     for o in observed:
         lines.append(f"===== {o.name} ({o.status}{', ' + o.health if o.health else ''}) =====")

@@ -44,9 +44,11 @@ class Plan:
     observed: dict[str, Observed]  # the managed containers, by name
 
     def with_step(self, name: str, reason: str, after: set[str]) -> Plan:
-        """This plan with a role's step placed after the actions of these services."""
+        """This plan with a role's step placed after the actions of these services (and
+        these steps)."""
         last = max((i for i, a in enumerate(self.actions)
-                    if a.container is not None and a.container.service in after), default=-1)
+                    if (a.container is not None and a.container.service in after)
+                    or (a.verb == "step" and a.name in after)), default=-1)
         removals = sum(1 for a in self.actions if a.verb == "remove")
         at = max(last + 1, removals)
         actions = [*self.actions[:at], Action("step", name, reason=reason),

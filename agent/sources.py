@@ -25,6 +25,7 @@ from agent.config import (
     Settings,
     commands_taking,
 )
+from agent.validate import printable
 
 _SOURCE_META = "syntho_agent.config_lines"  # ctx.meta: option key -> "FILE key 'k' at line N"
 
@@ -57,8 +58,8 @@ class Checked(click.ParamType):
             return parse(value)
         except (ValueError, TypeError) as exc:
             message = str(exc)
-            if self.option.opt.secret:  # say what was expected, never echo the value itself
-                message = message.replace(repr(value), "the value").replace(str(value), "***")
+            if self.option.opt.secret and value.strip():  # never echo the value itself
+                message = message.replace(repr(value), "the value").replace(value, "***")
             raise click.BadParameter(message, ctx, param, source_hint(ctx, param)) from None
 
 
@@ -101,7 +102,7 @@ def _shown(o: Option) -> bool | str:
 
 
 def _bad(path: Path, message: str) -> click.BadParameter:
-    return click.BadParameter(f"{path}: {message}", param_hint="--config")
+    return click.BadParameter(f"{printable(path)}: {message}", param_hint="--config")
 
 
 class _Loader(yaml.SafeLoader):
@@ -120,6 +121,8 @@ def read_config_file(path: Path) -> dict[str, tuple[Any, int, str]]:
         raise _bad(path, f"cannot read it: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise _bad(path, "is not a text file (UTF-8)") from None
+    except RecursionError:  # PyYAML composes nested lists and mappings recursively
+        raise _bad(path, "is not a config file: its lists or mappings nest too deep") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -132,8 +135,10 @@ def read_config_file(path: Path) -> dict[str, tuple[Any, int, str]]:
         raise _bad(path, "must be a mapping of option: value")
     values: dict[str, tuple[Any, int, str]] = {}
     for key_node, value_node in node.value:
-        raw = str(key_node.value)
         line = key_node.start_mark.line + 1
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise _bad(path, f"the key at line {line} is a list or a mapping, not an option name")
+        raw = str(key_node.value)
         key = raw.replace("-", "_")
         if key in values:
             raise _bad(path, f"key {raw!r} is given twice (lines {values[key][1]} and {line}); "
@@ -167,9 +172,13 @@ def config_values(path: Path, explicit: bool, command: click.Command,
     A key no command knows is an error; a key of another command is an error that names it,
     unless `lenient` (status, down, logs: one VM's file may configure several roles).
     """
-    if not path.exists():
+    try:
+        found = path.exists()
+    except OSError as exc:  # a name too long for the file system, a loop of links ...
+        raise _bad(path, f"cannot read it: {exc.strerror}") from None
+    if not found:
         if explicit:
-            raise click.BadParameter(f"{path} does not exist", param_hint="--config")
+            raise click.BadParameter(f"{printable(path)} does not exist", param_hint="--config")
         return {}, {}
     takes = {p.name: p for p in command.params if p.name}
     values: dict[str, Any] = {}
@@ -191,7 +200,7 @@ def config_values(path: Path, explicit: bool, command: click.Command,
         if isinstance(value, list) and not multiple:
             raise _bad(path, f"key {raw!r} at line {line} takes one value, not a list")
         values[key] = (value if isinstance(value, list) else [value]) if multiple else value
-        where[key] = f"{path} key {raw!r} at line {line}"
+        where[key] = f"{printable(path)} key {raw!r} at line {line}"
     return values, where
 
 
@@ -212,7 +221,12 @@ def _config_option(fn: Callable[..., Any], lenient: bool) -> Callable[..., Any]:
     def load(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
         explicit = value is not None
         path = Path(value) if value is not None else DEFAULT_CONFIG
-        values, where = config_values(path, explicit, ctx.command, lenient)
+        try:
+            values, where = config_values(path, explicit, ctx.command, lenient)
+        except click.BadParameter as exc:  # name the variable when the path came from it
+            if ctx.get_parameter_source("config") == click.core.ParameterSource.ENVIRONMENT:
+                exc.param_hint = ENV_PREFIX + "CONFIG"
+            raise
         ctx.default_map = {**(ctx.default_map or {}), **values}
         ctx.meta[_SOURCE_META] = where
 

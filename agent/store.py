@@ -3,50 +3,137 @@
 A secret is generated once with a cryptographic source and read back on every later run; it is
 never regenerated. A file that exists but is empty or unreadable is an error that names the file,
 never a reason to make a new secret.
+
+The agent's file-system edge: an OSError raised here names the file the operator knows and what
+was being done to it (tag), and the CLI turns it into one line (agent.cli).
 """
 
 from __future__ import annotations
 
+import contextlib
+import locale
 import os
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable, Literal
 
 from agent.errors import EnvironmentProblem
 
+Verb = Literal["read", "write", "create", "remove"]
+_VERB = "syntho_agent_verb"  # the attribute tag() sets on an OSError
+_PURPOSE = "syntho_agent_purpose"
 
-def ensure_dir(path: Path) -> Path:
+
+def tag(exc: OSError, path: Path, verb: Verb, purpose: str = "") -> OSError:
+    """exc, naming the path the agent was working on and what it was doing to it.
+
+    A write()'s error names no file and mkstemp's names the temporary one: the CLI's one-line
+    message (agent.cli) names the file the operator knows, with this verb, and why the agent
+    needed it (`purpose`, when that is not obvious).
+    """
+    exc.filename = str(path)
+    setattr(exc, _VERB, verb)
+    if purpose:
+        setattr(exc, _PURPOSE, purpose)
+    return exc
+
+
+def verb_of(exc: OSError) -> str | None:
+    verb = getattr(exc, _VERB, None)
+    return verb if isinstance(verb, str) else None
+
+
+def purpose_of(exc: OSError) -> str:
+    purpose = getattr(exc, _PURPOSE, "")
+    return purpose if isinstance(purpose, str) else ""
+
+
+def ensure_dir(path: Path, mode: int = 0o700) -> Path:
+    """path as a directory, made (with its parents) if missing; OSError tagged otherwise."""
     try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.mkdir(parents=True, exist_ok=True, mode=mode)
     except OSError as exc:
-        raise EnvironmentProblem(
-            f"cannot create the data directory {path}: {exc.strerror}; "
-            "choose another with --data-dir or fix its permissions") from None
+        raise tag(exc, path, "create") from None
     return path
 
 
-def write_atomic(path: Path, content: str, mode: int = 0o600) -> None:
-    """Write a file so that it is either the old one or the whole new one, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+def check_writable(directory: Path, space: bool = True) -> None:
+    """Refuse now what a write into directory would fail with later, naming the directory: no
+    permission, a read-only file system, and (space) a full one. The probe is a temporary file
+    without a name (O_TMPFILE: nothing is left even if the agent is killed; elsewhere
+    `.write-check.*`, removed at once), written one byte (an empty file takes no block), synced
+    and closed.
+    """
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as f:
-            f.write(content)
+        with tempfile.TemporaryFile(dir=directory, prefix=".write-check.", buffering=0) as probe:
+            if space:
+                probe.write(b"\n")
+                os.fsync(probe.fileno())
+    except OSError as exc:
+        raise tag(exc, directory, "write") from None
+
+
+def write_atomic(path: Path, content: str, mode: int = 0o600) -> None:
+    """Write a file so that it is either the old one or the whole new one, never half.
+
+    Whatever stops it (an error, a full disk, SIGTERM or Ctrl-C), no temporary file is left. An
+    OSError names path (see tag).
+    """
+    encoding = locale.getpreferredencoding(False)  # what open(path, "w") would use
+    _atomic(path, mode, lambda f: f.write(content.encode(encoding)))
+
+
+def copy_atomic(source: Path, path: Path, mode: int) -> None:
+    """Copy a file as write_atomic writes one: the old one or the whole copy, never half."""
+    def copy(f: BinaryIO) -> None:
+        with source.open("rb") as src:
+            shutil.copyfileobj(src, f)
+
+    _atomic(path, mode, copy)
+
+
+def write_with(path: Path, mode: int, fill: Callable[[BinaryIO], object]) -> None:
+    """Write a file of any size with fill(f), as write_atomic writes one: the old file or the
+    whole new one (synced), never half; no temporary file left whatever stops it."""
+    _atomic(path, mode, fill)
+
+
+def _atomic(path: Path, mode: int, fill: Callable[[BinaryIO], object]) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as exc:
+        raise tag(exc, path, "write") from None
+    try:
+        with os.fdopen(fd, "wb") as f:  # closes fd, whatever happens
+            os.fchmod(fd, mode)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        if isinstance(exc, OSError):
+            raise tag(exc, path, "write") from None
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise tag(exc, path, "write") from None
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in directory durable (its entry, not only its content)."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise tag(exc, directory, "write") from None
 
 
 def read_secret(path: Path) -> str | None:

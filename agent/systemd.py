@@ -35,7 +35,11 @@ def exec_start(role: str, config: Path, executable: list[str]) -> str:
 
 def unit_text(role: str, config: Path, executable: list[str]) -> str:
     """The unit: after the engine, restarted on failure. (The zipapp carries its own
-    extraction root, so the missing HOME of a unit does not matter.)"""
+    extraction root, so the missing HOME of a unit does not matter.)
+
+    `systemctl stop` sends SIGTERM: a watching agent then exits 0; one stopped in the middle of
+    its first converge exits 143 (agent.cli), which SuccessExitStatus counts as a clean stop.
+    """
     source = ""
     if executable[1:2] == ["-m"]:  # run from a checkout: Python must find the package
         source = f"Environment=PYTHONPATH={Path(__file__).resolve().parent.parent}\n"
@@ -50,6 +54,7 @@ Type=simple
 {source}ExecStart={exec_start(role, config, executable)}
 Restart=always
 RestartSec=5
+SuccessExitStatus=143
 
 [Install]
 WantedBy=multi-user.target
@@ -62,9 +67,8 @@ def this_executable(root: Path) -> list[str]:
     if argv0.is_file() and zipfile.is_zipfile(argv0):
         target = root / "usr/local/bin/syntho-agent"
         if argv0 != target:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(argv0, target)
-            target.chmod(0o755)
+            store.ensure_dir(target.parent, mode=0o755)
+            store.copy_atomic(argv0, target, mode=0o755)
         return ["/" + str(target.relative_to(root))]
     return [sys.executable, "-m", "agent"]
 
@@ -72,13 +76,15 @@ def this_executable(root: Path) -> list[str]:
 def install(role: str, values: dict[str, Any], root: Path, enable: bool, say: Say) -> None:
     config = Path("/etc/syntho-agent") / f"{role}.yaml"
     unit = Path("/etc/systemd/system") / unit_name(role)
-    (root / config.relative_to("/")).parent.mkdir(parents=True, exist_ok=True)
-    (root / unit.relative_to("/")).parent.mkdir(parents=True, exist_ok=True)
+    for folder in (root / config.relative_to("/")).parent, (root / unit.relative_to("/")).parent:
+        store.ensure_dir(folder, mode=0o755)
+        store.check_writable(folder)  # both, before writing either
     text = "# Written by `syntho-agent install`: edit, then `systemctl restart " \
            f"{unit_name(role)}`.\n" + yaml.safe_dump(values, sort_keys=True)
+    executable = this_executable(root)  # first: the zipapp's copy is the largest write
     store.write_atomic(root / config.relative_to("/"), text, mode=0o600)
-    store.write_atomic(root / unit.relative_to("/"),
-                       unit_text(role, config, this_executable(root)), mode=0o644)
+    store.write_atomic(root / unit.relative_to("/"), unit_text(role, config, executable),
+                       mode=0o644)
     say(f"wrote {config} and {unit}")
     if enable:
         systemctl("daemon-reload")
@@ -97,7 +103,10 @@ def uninstall(roles: list[str], root: Path, enable: bool, say: Say) -> None:
         if enable:
             systemctl("disable", "--now", unit_name(role))
         for path in (unit, config):
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise store.tag(exc, path, "remove") from None
         say(f"removed {unit_name(role)} and its config (containers, volumes and data dir kept)")
     if enable:
         systemctl("daemon-reload")

@@ -4,8 +4,10 @@ with a message that says what was expected."""
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
@@ -58,7 +60,10 @@ def size(value: str | int) -> int:
         m = _SIZE.match(str(value))
         if not m:
             raise ValueError(f"{value!r} is not a size (examples: 4gb, 512mb, 1073741824)")
-        number = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+        bytes_ = float(m.group(1)) * _UNITS[m.group(2).lower()]
+        if not math.isfinite(bytes_) or bytes_ >= 2**63:  # 400 digits is infinity to float()
+            raise ValueError(f"{value!r} is too large a size")
+        number = int(bytes_)
     if number <= 0:
         raise ValueError(f"{value!r} must be larger than zero")
     return number
@@ -110,6 +115,8 @@ def positive_float(value: str | float) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{value!r} is not a number") from None
+    if not math.isfinite(number):  # float() takes nan, inf and 1e999
+        raise ValueError(f"{value!r} is not a finite number")
     if number <= 0:
         raise ValueError(f"{value!r} must be larger than zero")
     return number
@@ -138,6 +145,8 @@ def wait(v: str) -> float:
         number = float(v)
     except (TypeError, ValueError):
         raise ValueError(f"{v!r} is not a number of seconds (0 waits forever)") from None
+    if not math.isfinite(number):  # float() takes nan, inf and 1e999; 0 is forever
+        raise ValueError(f"{v!r} is not a number of seconds (0 waits forever)")
     if number < 0:
         raise ValueError(f"{v!r} must be 0 (forever) or a positive number of seconds")
     return number
@@ -159,24 +168,49 @@ def registry(v: str) -> str:
     return host_port(v)
 
 
+def printable(text: object) -> str:
+    """Text as a one-line message shows it: as it is, or quoted (repr) when it holds a line
+    break, a terminal escape or another character that does not print."""
+    shown = str(text)
+    return shown if shown.isprintable() else repr(shown)
+
+
+def _found(path: Path, test: Callable[[Path], bool]) -> bool:
+    try:
+        return test(path)
+    except OSError as exc:  # a name too long for the file system, a loop of links ...
+        raise ValueError(f"{printable(path)}: {exc.strerror or exc}") from None
+
+
 def existing_path(v: str) -> Path:
     path = Path(str(v))
-    if not path.exists():
-        raise ValueError(f"{path} does not exist")
+    if not _found(path, Path.exists):
+        raise ValueError(f"{printable(path)} does not exist")
+    return path
+
+
+def existing_dir(v: str) -> Path:
+    path = existing_path(v)
+    if not path.is_dir():
+        raise ValueError(f"{printable(str(path))} is not a directory")
     return path
 
 
 def existing_file(v: str) -> Path:
     path = Path(str(v))
-    if not path.is_file():
-        raise ValueError(f"{path} is not a readable file")
+    if not _found(path, Path.is_file):
+        raise ValueError(f"{printable(path)} is not a readable file")
     return path
 
 
 def user_file(v: str) -> Path:
     """A local file that may be given as ~/...: config files and env variables are not
     expanded by a shell."""
-    return existing_file(str(Path(v).expanduser()))
+    try:
+        expanded = Path(v).expanduser()
+    except RuntimeError:  # ~name of a user this machine does not have
+        raise ValueError(f"{printable(v)}: cannot find the home directory it starts with") from None
+    return existing_file(str(expanded))
 
 
 def protocol(v: str) -> str:
@@ -204,8 +238,8 @@ def password(v: str) -> str:
 
 
 def _url(v: str, schemes: tuple[str, ...], example: str) -> str:
-    parts = urlsplit(str(v))
     try:
+        parts = urlsplit(str(v))  # its errors may quote a part of the URL: never shown
         ok = parts.scheme in schemes and bool(parts.hostname)
         if ok:
             host(parts.hostname or "")

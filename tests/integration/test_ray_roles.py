@@ -6,8 +6,10 @@ Ray containers share a user-defined network (each node its own IP), as machine-f
 
 from __future__ import annotations
 
+import shutil
 import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -127,6 +129,30 @@ def test_worker_waits_for_the_head_then_joins(sandbox: Sandbox, images: dict[str
     assert alive(head_ip, token) == 2
 
 
+def test_a_head_name_that_does_not_resolve_says_so_at_once(
+        sandbox: Sandbox, images: dict[str, str]) -> None:
+    """DNS may come up later at boot: the worker says the name does not resolve, keeps
+    trying while --wait allows, then says so again instead of "did not answer"."""
+    worker = Node(sandbox, images, "w1")
+    name = f"no-such-head-{sandbox.id}.invalid"
+    proc = subprocess.Popen(
+        agent_cmd("worker", *worker.args(), "--head", name, "--wait", "4", "--no-auth"),
+        cwd=REPO, env={"PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert f"the Ray head's name {name} does not resolve" in first, first
+        assert proc.poll() is None  # still trying
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 3, first + rest + err
+    assert err.count("\n") == 1 and "does not resolve" in err and "did not answer" not in err
+    assert not sandbox.client.containers.list(
+        all=True, filters={"label": f"io.syntho.agent.instance={worker.instance}"})
+
+
 def test_worker_follows_a_moved_head(sandbox: Sandbox, images: dict[str, str], head: Node) -> None:
     token = head.token_file.read_text().strip()
     head_ip = ip_on(head.container("ray-head"), sandbox.network)
@@ -239,14 +265,22 @@ def test_an_engine_that_does_not_answer_or_refuses_the_user_is_one_clear_line(
     absent = run_agent(*args, env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
     assert absent.returncode == 3, absent.stderr
     assert absent.stderr.count("\n") == 1 and "does not answer" in absent.stderr
-    # A user outside the docker group: the socket refuses them.
-    (tmp_path / "d2").mkdir(mode=0o777)
-    denied = subprocess.run(
-        ["setpriv", "--reuid=54321", "--regid=54321", "--clear-groups",
-         *agent_cmd("head", "--data-dir", str(tmp_path / "d2"), "--ray-image", images["ray"])],
-        cwd=REPO, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
-    assert denied.returncode == 3, denied.stderr
-    assert denied.stderr.count("\n") == 1 and "no permission" in denied.stderr
+    # A user outside the docker group: the socket refuses them. (Their data dir must be one
+    # they can write: the data dir is checked before the engine.)
+    shared = Path(tempfile.mkdtemp(prefix="syntho-d2-"))
+    try:
+        shared.chmod(0o755)
+        (shared / "d2").mkdir(mode=0o777)
+        (shared / "d2").chmod(0o777)
+        denied = subprocess.run(
+            ["setpriv", "--reuid=54321", "--regid=54321", "--clear-groups",
+             *agent_cmd("head", "--data-dir", str(shared / "d2"), "--ray-image",
+                        images["ray"])],
+            cwd=REPO, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+        assert denied.returncode == 3, denied.stderr
+        assert denied.stderr.count("\n") == 1 and "no permission" in denied.stderr
+    finally:
+        shutil.rmtree(shared)
     assert engine_snapshot(sandbox.client) == before
     assert not (tmp_path / "d" / "ray-token").exists()
 

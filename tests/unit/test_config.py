@@ -150,7 +150,7 @@ def test_a_bad_value_names_its_source(captured: list[HeadSettings], tmp_path: Pa
     ("nofile: 100\nshm-size: 1gb\nnofile: 200\n", "key 'nofile' is given twice (lines 1 and 3)"),
     ("nofile: 100\nnofile: 100\n", "given twice"),
     ("core-image: x/core:1\n", "key 'core-image' at line 1 does not apply to `syntho-agent "
-     "head`; it is an option of `syntho-agent app`"),
+     "head`; it is an option of `syntho-agent app | restore`"),
     ("provider: aws\n", "option of `syntho-agent launcher-config`"),
     ("nofile: [1, 2]\n", "takes one value, not a list"),
     ("nofile:\n  a: 1\n", "not a mapping"),
@@ -163,6 +163,17 @@ def test_the_config_file_is_read_as_written(captured: list[HeadSettings], tmp_pa
     result = run(["head", "--config", str(config)])
     assert result.exit_code == 2 and message in result.output, result.output
     assert not captured
+
+
+def test_a_bad_value_is_reported_as_written(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    """An e-mail written 0x1F is refused as '0x1F', not as YAML's 31."""
+    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: None))
+    config = tmp_path / "c.yaml"
+    config.write_text("admin-email: 0x1F\n")
+    result = CliRunner().invoke(cli.cli, ["app", "--head", "10.0.0.4", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "'0x1F' is not an e-mail address" in result.output and "31" not in result.output
 
 
 def test_lists_and_empty_values_in_the_config_file(captured: list[HeadSettings],
@@ -202,3 +213,47 @@ def test_day_two_commands_accept_a_role_config_file(monkeypatch: pytest.MonkeyPa
     config.write_text("head-sise: 1\n")
     result = CliRunner().invoke(cli.cli, ["status", "--config", str(config)])
     assert result.exit_code == 2 and "unknown key 'head-sise'" in result.output
+
+
+# ---- found by tests/unit/test_fuzz_cli.py: one line, exit 2, its source named ----
+
+def _main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[Any, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content,message", [
+    ("nofile: " + "[" * 600 + "]" * 600 + "\n", "nest too deep"),  # was a RecursionError
+    ("? [a, b]\n: x\n", "the key at line 1 is a list or a mapping"),  # was PyYAML's node repr
+])
+def test_a_config_file_cannot_crash_the_reading(
+        captured: list[HeadSettings], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        content: str, message: str) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(content)
+    code, err = _main(["head", "--data-dir", str(tmp_path), "--config", str(config)], capsys)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not captured
+
+
+def test_a_bad_config_path_is_one_line_naming_its_source(
+        captured: list[HeadSettings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for path in ("x" * 5000, str(tmp_path / "no\nsuch.yaml")):  # was an OSError; two lines
+        code, err = _main(["head", "--data-dir", str(tmp_path), "--config", path], capsys)
+        assert code == 2 and err.count("\n") == 1, err
+        assert err.startswith("syntho-agent: error: Invalid value for --config: "), err
+    monkeypatch.setenv("SYNTHO_AGENT_CONFIG", str(tmp_path / "missing.yaml"))
+    code, err = _main(["head", "--data-dir", str(tmp_path)], capsys)
+    assert code == 2 and "Invalid value for SYNTHO_AGENT_CONFIG: " in err, err  # was --config
+    assert not captured
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_secret_is_refused_with_a_readable_message(
+        captured: list[HeadSettings], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        value: str) -> None:
+    """The redaction of a secret's value replaced "" between every character: ***t***h***e."""
+    code, err = _main(["head", "--data-dir", str(tmp_path), "--token", value], capsys)
+    assert code == 2 and "***" not in err and "the Ray token given is not valid" in err, err

@@ -102,6 +102,8 @@ def test_a_step_goes_after_the_services_it_follows() -> None:
     steps = Plan(plan(spec, [seen(c("orphan"))], IDS), {})
     placed = steps.with_step("prove", "why", after={"db", "cache"})
     assert [a.name for a in placed.actions] == ["orphan", "db", "cache", "prove", "api"]
+    then = placed.with_step("later", "why", after={"db", "prove"})
+    assert [a.name for a in then.actions] == ["orphan", "db", "cache", "prove", "later", "api"]
     nothing_before = steps.with_step("first", "why", after={"absent"})
     assert [a.name for a in nothing_before.actions][:2] == ["orphan", "first"]
     assert placed.actions[3] == Action("step", "prove", reason="why")

@@ -1,3 +1,5 @@
+from typing import Callable
+
 import pytest
 
 from agent import validate
@@ -64,3 +66,41 @@ def test_image_rejects(value: str) -> None:
 ])
 def test_qualify(ref: str, registry: str | None, expected: str) -> None:
     assert validate.qualify(ref, registry) == expected
+
+
+# ---- found by tests/unit/test_fuzz_cli.py ----
+
+@pytest.mark.parametrize("parse,value", [
+    (validate.positive_float, "nan"), (validate.positive_float, "inf"),
+    (validate.positive_float, "1e999"), (validate.wait, "nan"), (validate.wait, "inf"),
+    (validate.size, "9" * 400), (validate.size, "99999999t"),
+    (validate.existing_file, "x" * 5000), (validate.existing_path, "x" * 5000),
+    (validate.user_file, "x" * 5000), (validate.user_file, "~no-such-user-zq/key"),
+    (validate.existing_file, "no\nsuch"), (validate.existing_path, "no\x1bsuch"),
+    (validate.user_file, "no\u2028such"),
+])
+def test_a_bad_value_is_a_value_error_of_one_printable_line(parse: Callable[[str], object],
+                                                             value: str) -> None:
+    """Not a crash (OverflowError, OSError, RuntimeError), not a value taken (nan, inf), not a
+    message that breaks the line or writes a terminal escape."""
+    with pytest.raises(ValueError) as refused:
+        parse(value)
+    assert str(refused.value).isprintable()
+
+
+@pytest.mark.parametrize("parse,value", [
+    (validate.postgres_url, "postgresql://u:Secret99@[Secret99]/db"),
+    (validate.redis_url, "redis://:Secret99@[Secret99]"),
+    (validate.postgres_url, "postgresql://u:Secret99@[::1"),
+])
+def test_a_bad_url_is_refused_without_quoting_a_part_of_it(parse: Callable[[str], object],
+                                                           value: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        parse(value)
+    assert "Secret99" not in str(refused.value) and "not a URL of the form" in str(refused.value)
+
+
+def test_a_printable_path_is_shown_as_typed() -> None:
+    with pytest.raises(ValueError, match="^no-such-file is not a readable file$"):
+        validate.existing_file("no-such-file")
+    assert validate.wait("0") == 0 and validate.positive_float("1.5") == 1.5

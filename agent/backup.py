@@ -1,0 +1,245 @@
+"""`syntho-agent backup`: one archive of the app VM, listed and kept k3s-style.
+
+An archive (agent/archive.py) holds a consistent dump of both databases (pg_dump's custom
+format, taken inside the running Postgres container: each dump is one transaction's view),
+the data dir's secrets and app.env, the release that ran (each service's image and image
+ID), and a manifest with each part's size and SHA-256. It is written to a temporary file,
+fsynced and renamed, mode 0600: a final name never holds half an archive. Encrypted with a
+key from --encrypt-key-file or SYNTHO_AGENT_BACKUP_KEY, it holds nothing readable without it.
+
+Retention (--keep N) deletes only archives this data dir's agent made (their header carries
+its id), oldest first, never the one just made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+from agent import __version__, archive, store
+from agent.app_setup import ADMIN_PASSWORD, BACKEND_KEY, CORE_KEY, DB_PASSWORD
+from agent.config import BackupSettings
+from agent.engine import Engine, Observed
+from agent.errors import EnvironmentProblem, UsageError
+from agent.lock import data_dir_lock
+from agent.roles.app import DB_USER
+
+Say = Callable[[str], None]
+KEY_ENV = "SYNTHO_AGENT_BACKUP_KEY"
+SUFFIX = ".syntho-backup"
+AGENT_ID = ".agent-id"  # in the data dir: tells this agent's backups from copied-in ones
+SECRET_FILES = (DB_PASSWORD, CORE_KEY, BACKEND_KEY, ADMIN_PASSWORD)
+
+
+def backups_dir(data_dir: Path) -> Path:
+    return data_dir / "backups"
+
+
+def backup_key(key_file: Path | None) -> bytes | None:
+    """The encryption key, from the file or the env variable; None: not encrypted."""
+    if key_file is not None:
+        value = key_file.read_bytes().strip()
+    elif os.environ.get(KEY_ENV):
+        value = os.environ[KEY_ENV].strip().encode()
+    else:
+        return None
+    if len(value) < 16:
+        source = str(key_file) if key_file is not None else KEY_ENV
+        raise UsageError(f"the backup key in {source} is too short: use at least 16 characters "
+                         "(for example `openssl rand -hex 32`)")
+    return value
+
+
+def agent_id(data_dir: Path) -> str:
+    value, _ = store.secret(data_dir / AGENT_ID, store.token_hex(16))
+    return value
+
+
+@dataclass(frozen=True)
+class Listed:
+    path: Path
+    header: dict[str, Any]
+    size: int
+
+    def row(self) -> dict[str, Any]:
+        release = self.header.get("release") or {}
+        return {"name": self.path.name, "created": self.header.get("created"),
+                "size": self.size, "encrypted": self.header.get("encrypted"),
+                "core_image": (release.get("core") or {}).get("image"),
+                "agent": self.header.get("agent"), "path": str(self.path)}
+
+
+def listed(folder: Path) -> list[Listed]:
+    """The backups in a folder, oldest first (files that are not backups are left out)."""
+    found = []
+    for path in sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []:
+        try:
+            with path.open("rb") as f:
+                header, _ = archive.read_header(f)
+        except (OSError, archive.ArchiveError):
+            continue
+        found.append(Listed(path, header, path.stat().st_size))
+    return sorted(found, key=lambda b: str(b.header.get("created", "")))
+
+
+def show_list(settings: BackupSettings, as_json: bool, say: Say) -> None:
+    rows = [b.row() for b in reversed(listed(backups_dir(settings.data_dir)))]
+    if as_json:
+        say(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        say(f"no backups in {backups_dir(settings.data_dir)}")
+        return
+    say(f"{'NAME':<44} {'CREATED':<21} {'SIZE':>10}  ENCRYPTED  CORE IMAGE")
+    for r in rows:
+        say(f"{r['name']:<44} {r['created']:<21} {r['size']:>10}  "
+            f"{'yes' if r['encrypted'] else 'no':<9}  {r['core_image'] or '-'}")
+
+
+# ---- taking one ------------------------------------------------------------------------------
+
+def run_backup(engine: Engine, settings: BackupSettings, output: Path | None, say: Say,
+               lock: bool = True) -> Path:
+    """Take a backup; its path. lock=False: the caller holds the data dir's lock."""
+    if settings.postgres_url is not None:
+        raise UsageError("backup of an external --postgres-url is not supported yet: back it up "
+                         "with your database's own tools (the data dir is still worth a copy)")
+    key = backup_key(settings.encrypt_key_file)
+    store.ensure_dir(settings.data_dir)
+    with data_dir_lock(settings.data_dir, settings.lock_wait, say) if lock else nullcontext():
+        postgres = _running_postgres(engine, settings)
+        folder, name = _destination(settings, output)
+        store.ensure_dir(folder)
+        me = agent_id(settings.data_dir)
+        with _staging(folder) as staging:
+            parts = _dump_databases(engine, settings, postgres, staging, say)
+            parts += _data_dir_files(settings)
+            manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "agent": __version__, "agent_id": me, "instance": settings.instance,
+                        "databases": {"core": settings.core_db_name,
+                                      "backend": settings.backend_db_name},
+                        "release": release_of(engine.managed(settings.instance, "app"))}
+            final = folder / name
+            _write_atomic(final, manifest, parts, key)
+        size = final.stat().st_size
+        say(f"wrote {final} ({size / 1e6:.1f} MB{', encrypted' if key else ''}, mode 0600)")
+        if settings.backup_target is not None:
+            copy_to_target(final, settings.backup_target, say)
+        if settings.keep is not None:
+            prune(folder, me, settings.keep, final, say)
+        return final
+
+
+def release_of(found: list[Observed]) -> dict[str, dict[str, str]]:
+    """What ran: each service's image reference and image ID."""
+    return {o.service: {"image": o.image, "image_id": o.image_id}
+            for o in sorted(found, key=lambda o: o.service) if o.service}
+
+
+def _running_postgres(engine: Engine, settings: BackupSettings) -> str:
+    name = settings.suffix("syntho-postgres")
+    found = engine.observe(name)
+    if found is None or found.status != "running":
+        raise EnvironmentProblem(
+            f"the app's Postgres ({name}) is not running here, so there is nothing to dump: run "
+            "`syntho-agent app` first (or run backup on the app VM)")
+    return name
+
+
+def _destination(settings: BackupSettings, output: Path | None) -> tuple[Path, str]:
+    name = f"syntho-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}{SUFFIX}"
+    if output is None:
+        return backups_dir(settings.data_dir), name
+    if output.is_dir():
+        return output, name
+    return output.parent, output.name
+
+
+@contextmanager
+def _staging(folder: Path) -> Iterator[Path]:
+    """A private directory beside the archive for the dumps; removed whatever happens."""
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _dump_databases(engine: Engine, settings: BackupSettings, postgres: str, staging: Path,
+                    say: Say) -> list[tuple[archive.Part, Path]]:
+    parts = []
+    for label, database in (("core", settings.core_db_name),
+                            ("backend", settings.backend_db_name)):
+        target = staging / f"{label}.dump"
+        started = time.monotonic()
+        with target.open("wb") as out:
+            # The local socket trusts the owner inside the container: no password travels.
+            code, errors = engine.exec_to(postgres, ["pg_dump", "-Fc", "-U", DB_USER, "-d",
+                                                     database], out)
+            out.flush()
+            os.fsync(out.fileno())
+        if code != 0:
+            raise EnvironmentProblem(f"pg_dump of {database} failed (exit {code}): "
+                                     f"{errors.strip()[-300:]}")
+        say(f"dumped {database} ({target.stat().st_size / 1e6:.1f} MB in "
+            f"{time.monotonic() - started:.1f}s)")
+        parts.append((archive.file_part(f"{label}.dump", target), target))
+    return parts
+
+
+def _data_dir_files(settings: BackupSettings) -> list[tuple[archive.Part, Path]]:
+    files = [(f"secrets/{n}", settings.data_dir / "secrets" / n) for n in SECRET_FILES]
+    files += [("ray-token", settings.data_dir / "ray-token"),
+              ("app.env", settings.data_dir / "app.env")]
+    return [(archive.file_part(name, path), path) for name, path in files if path.is_file()]
+
+
+def _write_atomic(final: Path, manifest: dict[str, Any],
+                  parts: list[tuple[archive.Part, Path]], key: bytes | None) -> None:
+    """The archive under its final name whole, or not at all (store's atomic write)."""
+    store.write_with(final, 0o600, lambda out: archive.write(out, manifest, parts, key))
+
+
+def copy_to_target(source: Path, target: Path, say: Say) -> None:
+    """Copy a finished backup into the target directory, atomically, verified by checksum
+    before it takes its final name."""
+    final = target / source.name
+    expected = archive.file_part(source.name, source).sha256
+
+    def copy(out: BinaryIO) -> None:
+        digest = hashlib.sha256()
+        with source.open("rb") as src:
+            while block := src.read(archive.COPY):
+                out.write(block)
+                digest.update(block)
+        out.flush()
+        os.fsync(out.fileno())
+        with open(out.fileno(), "rb", closefd=False) as check:  # read back what is on disk
+            check.seek(0)
+            again = hashlib.sha256()
+            while block := check.read(archive.COPY):
+                again.update(block)
+        if digest.hexdigest() != expected or again.hexdigest() != expected:
+            raise EnvironmentProblem(f"the copy of {source.name} in {target} does not match "
+                                     "the original: check the share, then run backup again")
+
+    store.write_with(final, 0o600, copy)
+    say(f"copied it to {final} (checksum verified)")
+
+
+def prune(folder: Path, me: str, keep: int, just_made: Path, say: Say) -> None:
+    """Delete this agent's oldest backups beyond `keep` (never the one just made)."""
+    mine = [b for b in listed(folder) if b.header.get("agent_id") == me]
+    for old in mine[:max(0, len(mine) - keep)]:
+        if old.path != just_made:
+            old.path.unlink()
+            say(f"removed {old.path.name} (keeping the newest {keep})")

@@ -1,0 +1,136 @@
+"""`syntho-agent restore ARCHIVE`: the app VM back as the backup had it.
+
+First the whole archive is read and checked (the key, every chunk, every part's checksum) into
+a private directory; nothing is applied before that holds. Then:
+- a VM whose database volume exists is refused, unless --force: then a backup of the current
+  state is taken first, the app's containers and the volume are removed;
+- the secrets (and the Ray token) are put in the data dir, atomically, 0600;
+- the app role converges as usual, with one more step after Postgres is up and its password
+  proven: both databases restored with pg_restore; the other services start after it,
+  health-gated, with the same secret keys (sessions and Fernet-encrypted values stay readable).
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+from agent import archive, backup, deploy, store
+from agent.config import BackupSettings, RestoreSettings
+from agent.engine import Engine
+from agent.errors import ConvergeError, EnvironmentProblem, UsageError
+from agent.lock import data_dir_lock
+from agent.roles.app import DB_USER
+
+Say = Callable[[str], None]
+IN_CONTAINER = "/tmp"  # where the dumps are copied for pg_restore, then removed
+
+
+def run_restore(engine: Engine, settings: RestoreSettings, path: Path, force: bool,
+                say: Say) -> None:
+    if settings.postgres_url is not None:
+        raise UsageError("restore into an external --postgres-url is not supported yet: restore "
+                         "its databases with pg_restore, then run `syntho-agent app`")
+    key = backup.backup_key(settings.encrypt_key_file)
+    store.ensure_dir(settings.data_dir)
+    with _staging(settings.data_dir) as staging:
+        with data_dir_lock(settings.data_dir, settings.lock_wait, say):
+            volume = settings.suffix("syntho-database-data")
+            replacing = engine.volume_exists(volume)
+            if replacing and not force:
+                raise UsageError(
+                    f"this VM already has a database (volume {volume}): restoring would "
+                    "replace it; pass --force to take a backup of it first and replace it")
+            try:  # the whole archive checked before anything changes
+                header = archive.extract(path, key, staging)
+            except archive.ArchiveError as exc:
+                code = UsageError if "key" in str(exc) else EnvironmentProblem  # a wrong key: 2
+                raise code(f"cannot restore {path}: {exc}; nothing was changed") from None
+            say(f"checked {path}: {len(archive.parts_of(header))} parts, every checksum "
+                f"matches (made {header.get('created')} by syntho-agent {header.get('agent')})")
+            if replacing:
+                _set_aside(engine, settings, volume, say)
+            _put_files(settings, staging, say)
+            # The app role's converge, with the databases restored as a step of its plan.
+            deploy.converge_app(engine, settings, say, restore=lambda: _restore_databases(
+                engine, settings, staging, say))
+    say(f"restored the app from {path.name}")
+
+
+@contextmanager
+def _staging(data_dir: Path) -> Iterator[Path]:
+    staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=data_dir))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _set_aside(engine: Engine, settings: RestoreSettings, volume: str, say: Say) -> None:
+    """--force: a backup of what is here, then the app's containers and database removed."""
+    if engine.observe(settings.suffix("syntho-postgres")) is not None:
+        taken = backup.run_backup(engine, BackupSettings(
+            data_dir=settings.data_dir, instance=settings.instance, lock_wait=0,
+            encrypt_key_file=settings.encrypt_key_file, core_db_name=settings.core_db_name,
+            backend_db_name=settings.backend_db_name), None, say, lock=False)
+        say(f"took a backup of the current state first: {taken}")
+    else:
+        say(f"no Postgres runs here to back up the database in {volume} from: it is replaced")
+    for found in engine.managed(settings.instance, "app"):
+        engine.remove(found.id)
+        say(f"removed {found.name}")
+    engine.remove_volume(volume)
+    say(f"removed volume {volume}")
+
+
+def _put_files(settings: RestoreSettings, staging: Path, say: Say) -> None:
+    folder = store.ensure_dir(settings.data_dir / "secrets")
+    for name in backup.SECRET_FILES:
+        if (staging / "secrets" / name).is_file():
+            store.copy_atomic(staging / "secrets" / name, folder / name, 0o600)
+    if (staging / "ray-token").is_file() and settings.token is None and \
+            settings.token_file is None:
+        store.copy_atomic(staging / "ray-token", settings.data_dir / "ray-token", 0o600)
+    for stale in (".db-password-proven", ".app.env.sha256"):
+        (settings.data_dir / stale).unlink(missing_ok=True)
+    say(f"put the backup's secrets in {folder} (mode 0600)")
+
+
+def _restore_databases(engine: Engine, settings: RestoreSettings, staging: Path,
+                       say: Say) -> int:
+    postgres = settings.suffix("syntho-postgres")
+    for label, database in (("core", settings.core_db_name),
+                            ("backend", settings.backend_db_name)):
+        dump = staging / f"{label}.dump"
+        name = f"syntho-restore-{label}.dump"
+        with _tar_of(dump, name) as tar:
+            engine.put_file(postgres, IN_CONTAINER, tar)
+        code, out = engine.exec(postgres, [
+            "sh", "-c", f'pg_restore --clean --if-exists --no-owner --exit-on-error -U {DB_USER} '
+            f'-d "$DATABASE" {IN_CONTAINER}/{name}; status=$?; rm -f {IN_CONTAINER}/{name}; '
+            'exit $status'], env={"DATABASE": database})
+        if code != 0:
+            raise ConvergeError(f"pg_restore of {database} failed (exit {code}): "
+                                f"{out.strip()[-300:]}; the archive is intact: run restore "
+                                "again with --force")
+        say(f"restored the database {database}")
+    return 2
+
+
+def _tar_of(path: Path, name: str) -> io.BufferedReader:
+    """path as the only member of a tar file (a temporary file beside it), opened for reading."""
+    tar_path = path.with_suffix(".tar")
+    with tarfile.open(tar_path, "w") as tar:
+        info = tar.gettarinfo(str(path), arcname=name)
+        info.uid = info.gid = 0
+        info.mode = 0o644
+        with path.open("rb") as f:
+            tar.addfile(info, f)
+    return tar_path.open("rb")
+
