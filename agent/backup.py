@@ -25,13 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from agent import __version__, archive, store
+from agent import __version__, archive, pgclient, store
 from agent.app_setup import ADMIN_PASSWORD, BACKEND_KEY, CORE_KEY, DB_PASSWORD
 from agent.config import BackupSettings
 from agent.engine import Engine, Observed
 from agent.errors import EnvironmentProblem, UsageError
 from agent.lock import data_dir_lock
-from agent.roles.app import DB_USER
 
 Say = Callable[[str], None]
 KEY_ENV = "SYNTHO_AGENT_BACKUP_KEY"
@@ -110,18 +109,18 @@ def show_list(settings: BackupSettings, as_json: bool, say: Say) -> None:
 def run_backup(engine: Engine, settings: BackupSettings, output: Path | None, say: Say,
                lock: bool = True) -> Path:
     """Take a backup; its path. lock=False: the caller holds the data dir's lock."""
-    if settings.postgres_url is not None:
-        raise UsageError("backup of an external --postgres-url is not supported yet: back it up "
-                         "with your database's own tools (the data dir is still worth a copy)")
     key = backup_key(settings.encrypt_key_file)
     store.ensure_dir(settings.data_dir)
     with data_dir_lock(settings.data_dir, settings.lock_wait, say) if lock else nullcontext():
-        postgres = _running_postgres(engine, settings)
-        folder, name = _destination(settings, output)
-        store.ensure_dir(folder)
         me = agent_id(settings.data_dir)
-        with _staging(folder) as staging:
-            parts = _dump_databases(engine, settings, postgres, staging, say)
+        folder, name = _destination(settings, output, me)
+        store.ensure_dir(folder)
+        # What this agent's killed runs left here (its id in their names: another agent may
+        # share the folder, and its runs are not ours to clear).
+        clear_leftovers(folder, f".syntho-staging-{me[:8]}-", f"-{me[:8]}{SUFFIX}.",
+                        f".{name}.")
+        with _staging(folder, me) as staging:
+            parts = _dump_databases(engine, settings, staging, say)
             parts += _data_dir_files(settings)
             manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "agent": __version__, "agent_id": me, "instance": settings.instance,
@@ -145,18 +144,8 @@ def release_of(found: list[Observed]) -> dict[str, dict[str, str]]:
             for o in sorted(found, key=lambda o: o.service) if o.service}
 
 
-def _running_postgres(engine: Engine, settings: BackupSettings) -> str:
-    name = settings.suffix("syntho-postgres")
-    found = engine.observe(name)
-    if found is None or found.status != "running":
-        raise EnvironmentProblem(
-            f"the app's Postgres ({name}) is not running here, so there is nothing to dump: run "
-            "`syntho-agent app` first (or run backup on the app VM)")
-    return name
-
-
-def _destination(settings: BackupSettings, output: Path | None) -> tuple[Path, str]:
-    name = f"syntho-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}{SUFFIX}"
+def _destination(settings: BackupSettings, output: Path | None, me: str) -> tuple[Path, str]:
+    name = f"syntho-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{me[:8]}{SUFFIX}"
     if output is None:
         return backups_dir(settings.data_dir), name
     if output.is_dir():
@@ -164,29 +153,44 @@ def _destination(settings: BackupSettings, output: Path | None) -> tuple[Path, s
     return output.parent, output.name
 
 
+def clear_leftovers(folder: Path, staging: str, *temporary: str) -> None:
+    """What this agent's runs killed midway (SIGKILL, a power cut) left in folder: private
+    staging directories (named starting with `staging`) and temporary archives (names holding
+    one of `temporary`). Only a run holding the data dir's lock makes them, and the caller
+    holds it: any found is stale."""
+    for path in folder.glob(".*"):
+        if path.name.startswith(staging) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif any(t in path.name for t in temporary) and path.is_file():
+            path.unlink(missing_ok=True)
+
+
 @contextmanager
-def _staging(folder: Path) -> Iterator[Path]:
-    """A private directory beside the archive for the dumps; removed whatever happens."""
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+def _staging(folder: Path, me: str) -> Iterator[Path]:
+    """A private directory beside the archive for the dumps; removed whatever happens (but
+    SIGKILL: the next run clears it)."""
+    staging = Path(tempfile.mkdtemp(prefix=f".syntho-staging-{me[:8]}-", dir=folder))
     try:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _dump_databases(engine: Engine, settings: BackupSettings, postgres: str, staging: Path,
+def _dump_databases(engine: Engine, settings: BackupSettings, staging: Path,
                     say: Say) -> list[tuple[archive.Part, Path]]:
     parts = []
     for label, database in (("core", settings.core_db_name),
                             ("backend", settings.backend_db_name)):
         target = staging / f"{label}.dump"
         started = time.monotonic()
-        with target.open("wb") as out:
-            # The local socket trusts the owner inside the container: no password travels.
-            code, errors = engine.exec_to(postgres, ["pg_dump", "-Fc", "-U", DB_USER, "-d",
-                                                     database], out)
-            out.flush()
-            os.fsync(out.fileno())
+        try:
+            with target.open("wb") as out:
+                code, errors = pgclient.run(engine, settings, ["pg_dump", "-Fc", "-d", database],
+                                            out)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:  # a full disk, most likely: name the folder the operator chose
+            raise store.tag(exc, staging.parent, "write", f"the dump of {database}") from None
         if code != 0:
             raise EnvironmentProblem(f"pg_dump of {database} failed (exit {code}): "
                                      f"{errors.strip()[-300:]}")

@@ -30,6 +30,7 @@ from agent import (
 )
 from agent.config import (
     AppSettings,
+    BackupSchedule,
     BackupSettings,
     Common,
     HeadSettings,
@@ -121,26 +122,39 @@ def _yaml_value(value: Any) -> Any:
 
 
 def _install_command(role: str) -> click.Command:
-    @click.command(role, help=f"Install the {role} role as a boot-time service.")
-    @click.option("--root", type=click.Path(file_okay=False, readable=False, path_type=Path),
-                  default=Path("/"),
-                  help="write under this root instead of / (for images and tests)")
-    @click.option("--enable/--no-enable", default=True, show_default=True,
-                  help="systemctl enable --now the unit")
-    @config_option
-    @click_options(ROLES[role])
-    @click.pass_context
     def command(ctx: click.Context, /, root: Path, enable: bool, **params: Any) -> None:
         given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT,
                  click.core.ParameterSource.DEFAULT_MAP)
         params.pop("watch", None)  # the unit always watches
+        schedule = {k: params.pop(k) for k in _SCHEDULE if k in params}
         values = {k: _yaml_value(v) for k, v in params.items()
                   if v is not None and ctx.get_parameter_source(k) in given}
         if role != "head" and not values.get("head"):
             raise click.UsageError(f"install {role} needs --head")
-        systemd.install(role, values, root, enable, say)
+        backups = None
+        if role == "app":  # the backup reads the app's database settings and its own
+            shared = {k: v for k, v in values.items() if k in _BACKUP_KEYS}
+            own = {k: _yaml_value(v) for k, v in schedule.items()
+                   if v is not None and k != "backup_every"}
+            backups = (int(schedule["backup_every"]), {"keep": 5, **shared, **own})
+        systemd.install(role, values, root, enable, say, backups)
 
-    return command
+    decorated = click_options(ROLES[role])(click.pass_context(command))
+    if role == "app":  # and its scheduled backups
+        decorated = click_options(BackupSchedule)(decorated)
+    decorated = config_option(decorated)
+    decorated = click.option("--enable/--no-enable", default=True, show_default=True,
+                             help="systemctl enable --now the unit")(decorated)
+    decorated = click.option(
+        "--root", type=click.Path(file_okay=False, readable=False, path_type=Path),
+        default=Path("/"), help="write under this root instead of / (for images and tests)",
+    )(decorated)
+    return click.command(role, help=f"Install the {role} role as a boot-time service.")(
+        decorated)
+
+
+_SCHEDULE = {o.key for o in BackupSchedule.options()}
+_BACKUP_KEYS = {o.key for o in BackupSettings.options()} - _SCHEDULE
 
 
 for _role in systemd.ROLES:

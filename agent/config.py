@@ -385,11 +385,23 @@ class BackupOptions(Settings):
 
 
 @dataclass(frozen=True)
+class BackupSchedule(BackupOptions):
+    """install app: scheduled backups (k3s' etcd snapshots: on by default, every 12 hours,
+    the newest 5 kept)."""
+
+    backup_every: int = option("take a backup this often (a systemd timer running `syntho-agent "
+                               "backup`; 0 = no schedule; keeps --keep, default 5)",
+                               validate.duration, 12 * 3600, shown="12h")
+
+
+@dataclass(frozen=True)
 class BackupSettings(Common, BackupOptions):
     """backup: the app's databases (as the app role reaches them) and its data dir."""
 
     command: ClassVar[str] = "backup"
     postgres_url: str | None = reuse(AppOptions, "postgres_url")
+    postgres_image: str = reuse(AppOptions, "postgres_image", "the Postgres image whose client "
+                                "(pg_dump) backs up an external --postgres-url")
     core_db_name: str = reuse(AppOptions, "core_db_name")
     backend_db_name: str = reuse(AppOptions, "backend_db_name")
 

@@ -402,6 +402,36 @@ class Engine:
         return int(code if code is not None else -1), errors.decode(errors="replace")
 
     @_sdk
+    def run_to(self, image: str, cmd: list[str], network: str, out: IO[bytes] | None,
+               env: dict[str, str] | None = None, binds: dict[str, str] | None = None,
+               labels: dict[str, str] | None = None) -> tuple[int, str]:
+        """Run cmd in a throw-away container on a network (its standard output streamed into
+        `out`, binary-safe: attached before it starts, never through the log driver), then
+        remove it; (exit code, the tail of its standard error). binds: host dir -> container
+        dir, read-only."""
+        api = self._client.api
+        host = api.create_host_config(
+            network_mode=network, binds={src: {"bind": dst, "mode": "ro"}
+                                         for src, dst in (binds or {}).items()})
+        # The program itself as the entrypoint: an image's entrypoint may switch users or do
+        # more than run it (the Postgres image's starts a server for its own command).
+        created = api.create_container(image, cmd[1:], entrypoint=cmd[:1],
+                                       environment=env or {}, host_config=host,
+                                       labels=labels or {})
+        cid = created["Id"]
+        try:
+            stream = api.attach(cid, stdout=True, stderr=False, stream=True, logs=True)
+            api.start(cid)
+            for chunk in stream:
+                if out is not None:
+                    out.write(chunk)
+            code = api.wait(cid).get("StatusCode", -1)
+            errors = api.logs(cid, stdout=False, stderr=True, tail=20)
+            return int(code), bytes(errors).decode(errors="replace")
+        finally:
+            api.remove_container(cid, force=True)
+
+    @_sdk
     def put_file(self, name: str, directory: str, tar: IO[bytes]) -> None:
         """Unpack a tar stream (read a chunk at a time) into a directory of the container."""
         if not self._client.api.put_archive(name, directory, tar):

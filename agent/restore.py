@@ -16,12 +16,13 @@ import io
 import shutil
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from agent import archive, backup, deploy, store
+from agent import archive, backup, deploy, pgclient, store
 from agent.config import BackupSettings, RestoreSettings
 from agent.engine import Engine
 from agent.errors import ConvergeError, EnvironmentProblem, UsageError
@@ -34,50 +35,70 @@ IN_CONTAINER = "/tmp"  # where the dumps are copied for pg_restore, then removed
 
 def run_restore(engine: Engine, settings: RestoreSettings, path: Path, force: bool,
                 say: Say) -> None:
-    if settings.postgres_url is not None:
-        raise UsageError("restore into an external --postgres-url is not supported yet: restore "
-                         "its databases with pg_restore, then run `syntho-agent app`")
     key = backup.backup_key(settings.encrypt_key_file)
     store.ensure_dir(settings.data_dir)
-    with _staging(settings.data_dir) as staging:
-        with data_dir_lock(settings.data_dir, settings.lock_wait, say):
-            volume = settings.suffix("syntho-database-data")
-            replacing = engine.volume_exists(volume)
-            if replacing and not force:
-                raise UsageError(
-                    f"this VM already has a database (volume {volume}): restoring would "
-                    "replace it; pass --force to take a backup of it first and replace it")
-            try:  # the whole archive checked before anything changes
-                header = archive.extract(path, key, staging)
-            except archive.ArchiveError as exc:
-                code = UsageError if "key" in str(exc) else EnvironmentProblem  # a wrong key: 2
-                raise code(f"cannot restore {path}: {exc}; nothing was changed") from None
-            say(f"checked {path}: {len(archive.parts_of(header))} parts, every checksum "
-                f"matches (made {header.get('created')} by syntho-agent {header.get('agent')})")
-            if replacing:
-                _set_aside(engine, settings, volume, say)
-            _put_files(settings, staging, say)
-            # The app role's converge, with the databases restored as a step of its plan.
-            deploy.converge_app(engine, settings, say, restore=lambda: _restore_databases(
-                engine, settings, staging, say))
+    with data_dir_lock(settings.data_dir, settings.lock_wait, say), \
+            _staging(settings.data_dir) as staging:
+        volume = settings.suffix("syntho-database-data")
+        replacing = (engine.volume_exists(volume) if settings.postgres_url is None
+                     else _external_holds_data(engine, settings))
+        if replacing and not force:
+            where = (f"this VM already has a database (volume {volume})"
+                     if settings.postgres_url is None else "the external database holds tables")
+            raise UsageError(f"{where}: restoring would replace it; pass --force to take a "
+                             "backup of it first and replace it")
+        started = time.monotonic()
+        try:  # the whole archive checked before anything changes
+            header = archive.extract(path, key, staging)
+        except archive.ArchiveError as exc:
+            code = UsageError if "key" in str(exc) else EnvironmentProblem  # a wrong key: 2
+            raise code(f"cannot restore {path}: {exc}; nothing was changed") from None
+        say(f"checked {path}: {len(archive.parts_of(header))} parts, every checksum "
+            f"matches (made {header.get('created')} by syntho-agent {header.get('agent')}); "
+            f"checked in {time.monotonic() - started:.1f}s")
+        if replacing:
+            _set_aside(engine, settings, volume, say)
+        _put_files(settings, staging, say)
+        # The app role's converge, with the databases restored as a step of its plan.
+        deploy.converge_app(engine, settings, say, restore=lambda: _restore_databases(
+            engine, settings, staging, say))
     say(f"restored the app from {path.name}")
 
 
 @contextmanager
 def _staging(data_dir: Path) -> Iterator[Path]:
-    staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=data_dir))
+    backup.clear_leftovers(data_dir, ".syntho-restore-")  # a restore killed midway left it
+    staging = Path(tempfile.mkdtemp(prefix=".syntho-restore-", dir=data_dir))
     try:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _external_holds_data(engine: Engine, settings: RestoreSettings) -> bool:
+    for database in (settings.core_db_name, settings.backend_db_name):
+        out = io.BytesIO()
+        code, errors = pgclient.run(engine, settings, [
+            "psql", "-d", database, "-Atc",
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"],
+            out)
+        if code != 0:
+            raise EnvironmentProblem(f"cannot look into the external database {database}: "
+                                     f"{errors.strip()[-300:]}")
+        if out.getvalue().decode().strip() != "0":
+            return True
+    return False
+
+
 def _set_aside(engine: Engine, settings: RestoreSettings, volume: str, say: Say) -> None:
-    """--force: a backup of what is here, then the app's containers and database removed."""
-    if engine.observe(settings.suffix("syntho-postgres")) is not None:
+    """--force: a backup of what is here, then the app's containers (and its bundled
+    database) removed; an external database is replaced by pg_restore --clean."""
+    bundled = settings.postgres_url is None
+    if not bundled or engine.observe(settings.suffix("syntho-postgres")) is not None:
         taken = backup.run_backup(engine, BackupSettings(
             data_dir=settings.data_dir, instance=settings.instance, lock_wait=0,
-            encrypt_key_file=settings.encrypt_key_file, core_db_name=settings.core_db_name,
+            encrypt_key_file=settings.encrypt_key_file, postgres_url=settings.postgres_url,
+            postgres_image=settings.postgres_image, core_db_name=settings.core_db_name,
             backend_db_name=settings.backend_db_name), None, say, lock=False)
         say(f"took a backup of the current state first: {taken}")
     else:
@@ -85,8 +106,9 @@ def _set_aside(engine: Engine, settings: RestoreSettings, volume: str, say: Say)
     for found in engine.managed(settings.instance, "app"):
         engine.remove(found.id)
         say(f"removed {found.name}")
-    engine.remove_volume(volume)
-    say(f"removed volume {volume}")
+    if bundled:
+        engine.remove_volume(volume)
+        say(f"removed volume {volume}")
 
 
 def _put_files(settings: RestoreSettings, staging: Path, say: Say) -> None:
@@ -105,21 +127,27 @@ def _put_files(settings: RestoreSettings, staging: Path, say: Say) -> None:
 def _restore_databases(engine: Engine, settings: RestoreSettings, staging: Path,
                        say: Say) -> int:
     postgres = settings.suffix("syntho-postgres")
+    restore = ["pg_restore", "--clean", "--if-exists", "--no-owner", "--exit-on-error"]
     for label, database in (("core", settings.core_db_name),
                             ("backend", settings.backend_db_name)):
         dump = staging / f"{label}.dump"
-        name = f"syntho-restore-{label}.dump"
-        with _tar_of(dump, name) as tar:
-            engine.put_file(postgres, IN_CONTAINER, tar)
-        code, out = engine.exec(postgres, [
-            "sh", "-c", f'pg_restore --clean --if-exists --no-owner --exit-on-error -U {DB_USER} '
-            f'-d "$DATABASE" {IN_CONTAINER}/{name}; status=$?; rm -f {IN_CONTAINER}/{name}; '
-            'exit $status'], env={"DATABASE": database})
+        started = time.monotonic()
+        if settings.postgres_url is not None:
+            code, out = pgclient.run(engine, settings, [
+                *restore, "-d", database, f"{pgclient.MOUNT}/{dump.name}"], None, dumps=staging)
+        else:
+            name = f"syntho-restore-{label}.dump"
+            with _tar_of(dump, name) as tar:
+                engine.put_file(postgres, IN_CONTAINER, tar)
+            code, out = engine.exec(postgres, [
+                "sh", "-c", f'{" ".join(restore)} -U {DB_USER} -d "$DATABASE" '
+                f'{IN_CONTAINER}/{name}; status=$?; rm -f {IN_CONTAINER}/{name}; exit $status'],
+                env={"DATABASE": database})
         if code != 0:
             raise ConvergeError(f"pg_restore of {database} failed (exit {code}): "
                                 f"{out.strip()[-300:]}; the archive is intact: run restore "
                                 "again with --force")
-        say(f"restored the database {database}")
+        say(f"restored the database {database} ({time.monotonic() - started:.1f}s)")
     return 2
 
 

@@ -150,8 +150,7 @@ def read_secret(path: Path) -> str | None:
     if not value or "\n" in value:
         raise EnvironmentProblem(
             f"{path} is damaged (empty or more than one line); restore it from a backup, or "
-            "delete it to generate a new value (anything that used the old one must then be "
-            "reconfigured)")
+            "delete it: a re-run restores it from the container that carries it")
     return value
 
 

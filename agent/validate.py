@@ -280,3 +280,18 @@ def count(v: str) -> int:
     if number < 0:
         raise ValueError(f"{v!r} must be 0 or more")
     return number
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(v: str) -> int:
+    """A duration like 12h, 30m, 1d or a number of seconds; 0 turns the thing off."""
+    m = _DURATION.match(v)
+    if not m:
+        raise ValueError(f"{printable(v)} is not a duration (examples: 12h, 30m, 1d, 0 = off)")
+    seconds = int(m.group(1)) * _SECONDS[m.group(2)]
+    if 0 < seconds < 60 or seconds > 366 * 86400:
+        raise ValueError(f"{printable(v)} must be 0 (off) or from 1m to 366d")
+    return seconds

@@ -23,7 +23,7 @@ from tests.support.constants import REPO
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ("noop_rerun", "cold_converge", "heal_latency", "join_latency", "zipapp_start",
-           "scale")
+           "scale", "backup_restore")
 
 
 def main() -> int:

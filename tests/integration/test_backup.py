@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import stat
 from pathlib import Path
@@ -11,8 +12,10 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.integration.agent_helpers import App, engine_snapshot, http, ok
+from agent.waits import poll
+from tests.integration.agent_helpers import App, HeadVM, engine_snapshot, http, ok
 from tests.support.agent_cli import run_agent
+from tests.support.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -126,4 +129,48 @@ def test_bad_input_is_one_line_and_changes_nothing(stack: App, tmp_path: Path,
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
     assert stack.secrets() == secrets
     assert engine_snapshot(stack.sandbox.client) == snapshot
-    assert not list(stack.data_dir.glob(".restore-*"))
+    assert not list(stack.data_dir.glob(".syntho-restore-*"))
+
+
+def test_an_external_postgres_is_backed_up_and_restored(
+        module_sandbox: Sandbox, images: dict[str, str], head_vm: HeadVM,
+        tmp_path: Path) -> None:
+    """--postgres-url: pg_dump and pg_restore run in a throw-away container on the app's
+    network, reaching the server as the app does (here a Postgres the test runs itself)."""
+    app = App(module_sandbox, images, head_vm, "ext")
+    network = f"syntho-{app.instance}"
+    module_sandbox.client.networks.create(network, driver="bridge",
+                                          labels=module_sandbox.labels)
+    db = module_sandbox.run(images["postgres"], "extdb", network=network,
+                            environment={"POSTGRES_USER": "syntho",
+                                         "POSTGRES_PASSWORD": "external-pass"})
+    module_sandbox.client.api.disconnect_container_from_network(db.id, network)
+    module_sandbox.client.api.connect_container_to_network(db.id, network, aliases=["extdb"])
+
+    def psql(database: str, sql: str) -> tuple[int, str]:
+        code, out = db.exec_run(["psql", "-U", "syntho", "-d", database, "-Atc", sql])
+        return code, out.decode().strip()
+
+    def created(name: str) -> bool:  # (its server restarts once after initialising)
+        code, out = psql("postgres", f'CREATE DATABASE "{name}"')
+        return code == 0 or "already exists" in out
+
+    for name in ("syntho-core", "syntho-backend"):
+        assert poll(functools.partial(created, name), 120, f"the external {name}")
+    url = "postgresql://syntho:external-pass@extdb:5432"
+    assert "the app is up" in ok(app.run("--postgres-url", url))
+    assert psql("syntho-core", "CREATE TABLE kept (v text); INSERT INTO kept "
+                "VALUES ('external-row')")[0] == 0
+    env = {"SYNTHO_AGENT_POSTGRES_URL": url}
+    out = ok(run_agent("backup", "--data-dir", str(app.data_dir), "--instance", app.instance,
+                       "--postgres-image", images["postgres"], "--output", str(tmp_path),
+                       env=env))
+    assert "dumped syntho-core" in out and "external-pass" not in out
+    archive = next(tmp_path.glob("*.syntho-backup"))
+    assert psql("syntho-core", "DELETE FROM kept")[0] == 0  # the loss a restore undoes
+    refused = run_agent("restore", str(archive), *app.args(), env=env)
+    assert refused.returncode == 2 and "holds tables" in refused.stderr, refused.stderr
+    out = ok(run_agent("restore", str(archive), *app.args(), "--force", env=env))
+    assert "restored the database syntho-core" in out and "the app is up" in out
+    assert psql("syntho-core", "SELECT v FROM kept") == (0, "external-row")
+    assert "external-pass" not in out

@@ -68,6 +68,34 @@ class Lab:
     sandbox: Sandbox
     vms: dict[str, VM]
     registry: str
+    lan: str  # the network's name
+    prefix: str  # its first three octets: VM n is PREFIX.(10 + n)
+    image: str  # the VM image
+
+    def boot(self, name: str, ip: str) -> VM:
+        """A new VM (its own engine and volume) on the lan, with the zipapp in it."""
+        vm = start_vm(self.sandbox, self.lan, self.registry, self.image, name, ip)
+        assert poll(functools.partial(docker_answers, vm), 120, f"{vm.name} engine")
+        copy_file(vm, zipapp(), "/usr/local/bin", "syntho-agent")
+        self.vms[name] = vm
+        return vm
+
+
+def start_vm(sandbox: Sandbox, lan: str, registry: str, image: str, name: str, ip: str) -> VM:
+    client = sandbox.client
+    volume = client.volumes.create(f"{sandbox.id}-vm-{name}", labels=sandbox.labels)
+    # The CLI, not the SDK: the SDK has no systempaths=unconfined (masked paths).
+    subprocess.run(
+        ["docker", "run", "-d", "--name", f"{sandbox.id}-vm-{name}",
+         "--hostname", f"vm-{name}", "--label", f"{TEST_LABEL}={sandbox.id}",
+         "--network", lan, "--ip", ip,
+         "--env", f"DOCKERD_ARGS=--insecure-registry {registry}",
+         "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
+         "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+         "--security-opt", "systempaths=unconfined",
+         "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "-v", f"{volume.name}:/var/lib/docker",
+         image], check=True, capture_output=True)
+    return VM(name, ip, client.containers.get(f"{sandbox.id}-vm-{name}"))
 
 
 def docker_answers(vm: VM) -> bool:
@@ -133,27 +161,13 @@ def lab(docker_client: docker.DockerClient, images: dict[str, str],
 
         vms: dict[str, VM] = {}
         for n, name in enumerate(["head", "w1", "w2", "app"]):
-            ip = f"{prefix}.{10 + n}"
-            volume = docker_client.volumes.create(f"{sandbox.id}-vm-{name}",
-                                                  labels=sandbox.labels)
-            # The CLI, not the SDK: the SDK has no systempaths=unconfined (masked paths).
-            subprocess.run(
-                ["docker", "run", "-d", "--name", f"{sandbox.id}-vm-{name}",
-                 "--hostname", f"vm-{name}", "--label", f"{TEST_LABEL}={sandbox.id}",
-                 "--network", lan.name, "--ip", ip,
-                 "--env", f"DOCKERD_ARGS=--insecure-registry {registry}",
-                 "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
-                 "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
-                 "--security-opt", "systempaths=unconfined",
-                 "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "-v", f"{volume.name}:/var/lib/docker",
-                 images["vm"]], check=True, capture_output=True)
-            container = docker_client.containers.get(f"{sandbox.id}-vm-{name}")
-            vms[name] = VM(name, ip, container)
+            vms[name] = start_vm(sandbox, lan.name, registry, images["vm"], name,
+                                 f"{prefix}.{10 + n}")
         app_binary = zipapp()
         for vm in vms.values():
             assert poll(functools.partial(docker_answers, vm), 120, f"{vm.name} engine")
             copy_file(vm, app_binary, "/usr/local/bin", "syntho-agent")
-        yield Lab(sandbox, vms, registry)
+        yield Lab(sandbox, vms, registry, lan.name, prefix, images["vm"])
     finally:
         sandbox.cleanup()
         if registry_proc is not None:
@@ -240,3 +254,46 @@ def test_four_vms_form_the_deployment_and_survive_a_head_reboot(
     rows = app.inner("docker exec syntho-postgres psql -U syntho -d syntho-backend -Atc "
                      "'SELECT v FROM kept'")
     assert rows.strip() == "before-reboot"
+
+
+def test_disaster_drill_the_app_vm_is_lost_and_restored_on_a_new_one(
+        lab: Lab, images: dict[str, str], tmp_path: Path) -> None:
+    """Back up on vm-app, destroy vm-app (its engine, volumes and disk), restore on a new VM
+    from the archive and its key alone: the same data, the Ray cluster joined again."""
+    head, app = lab.vms["head"], lab.vms["app"]
+    app.inner("docker exec syntho-postgres psql -U syntho -d syntho-backend -c "
+              "\"INSERT INTO kept VALUES ('before-the-disaster')\"")
+    key = "drill-key-0123456789abcdef0123456789"
+    app.sh("umask 077 && printf '%s\\n' \"$K\" > /root/backup.key", env={"K": key})
+    out = app.agent("backup", "--encrypt-key-file", "/root/backup.key", "--output", "/root")
+    name = out.split("wrote /root/", 1)[1].split(" ", 1)[0]
+    bits, _ = app.container.get_archive(f"/root/{name}")
+    saved = tmp_path / "archive.tar"
+    with saved.open("wb") as f:
+        for chunk in bits:
+            f.write(chunk)
+    with tarfile.open(saved) as tar:
+        tar.extract(name, tmp_path)
+    # The disaster: the VM, its engine and its disk are gone.
+    app.container.remove(force=True)
+    lab.sandbox.client.volumes.get(f"{lab.sandbox.id}-vm-app").remove(force=True)
+    del lab.vms["app"]
+
+    new = lab.boot("app2", f"{lab.prefix}.20")
+    app_refs = [images[n] for n in ("core", "backend", "frontend", "postgres", "redis")]
+    send_images(new, app_refs, "/root/images/app.tar")
+    copy_file(new, tmp_path / name, "/root", name, mode=0o600)
+    new.sh("umask 077 && printf '%s\\n' \"$K\" > /root/backup.key", env={"K": key})
+    out = new.agent("restore", f"/root/{name}", "--head", head.ip, "--images", "/root/images",
+                    "--encrypt-key-file", "/root/backup.key",
+                    "--core-image", images["core"], "--backend-image", images["backend"],
+                    "--frontend-image", images["frontend"], "--postgres-image",
+                    images["postgres"], "--redis-image", images["redis"],
+                    "--ready-timeout", "300")
+    assert "every checksum matches" in out and "the app is up" in out, out
+    rows = new.inner("docker exec syntho-postgres psql -U syntho -d syntho-backend -Atc "
+                     "'SELECT v FROM kept ORDER BY v'")
+    assert rows.split() == ["before-reboot", "before-the-disaster"]
+    ray = core_status(new)["dependencies"]["ray"]
+    assert ray["task_result"] == 49 and ray["alive_nodes"] == 3
+    assert http_ok(f"http://{new.ip}:3000/")  # from outside the new VM

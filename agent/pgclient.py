@@ -1,0 +1,58 @@
+"""Postgres' client tools against the app's databases, for backup and restore.
+
+The bundled database: run inside its own container, over the local socket (which trusts its
+owner there: no password travels). An external one (--postgres-url): run in a throw-away
+container of the Postgres image on the app's network, so it reaches the server exactly as the
+app's containers do; the password goes in that container's environment, never on a command
+line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import IO, Union
+from urllib.parse import unquote, urlsplit
+
+from agent.config import BackupSettings, RestoreSettings
+from agent.engine import Engine
+from agent.errors import EnvironmentProblem
+from agent.roles.app import DB_USER
+from agent.spec import LABEL_INSTANCE, LABEL_MANAGED
+
+Settings = Union[BackupSettings, RestoreSettings]
+MOUNT = "/syntho-restore"  # where a throw-away container sees the dumps to restore
+
+
+def external(settings: Settings) -> tuple[list[str], dict[str, str]]:
+    """The connection arguments and environment for an external --postgres-url."""
+    assert settings.postgres_url is not None
+    url = urlsplit(settings.postgres_url)
+    args = ["-h", url.hostname or "", "-p", str(url.port or 5432), "-U",
+            unquote(url.username or DB_USER)]
+    return args, {"PGPASSWORD": unquote(url.password or "")}
+
+
+def run(engine: Engine, settings: Settings, tool: list[str], out: IO[bytes] | None,
+        dumps: Path | None = None) -> tuple[int, str]:
+    """tool (pg_dump ..., pg_restore ...) against the app's database server; with `dumps`,
+    a directory of dump files the tool reads (as MOUNT/NAME for an external server)."""
+    if settings.postgres_url is None:
+        postgres = settings.suffix("syntho-postgres")
+        found = engine.observe(postgres)
+        if found is None or found.status != "running":
+            raise EnvironmentProblem(
+                f"the app's Postgres ({postgres}) is not running here: run `syntho-agent app` "
+                "first (or run this on the app VM)")
+        return engine.exec_to(postgres, [tool[0], "-U", DB_USER, *tool[1:]], out) \
+            if out is not None else engine.exec(postgres, [tool[0], "-U", DB_USER, *tool[1:]])
+    args, env = external(settings)
+    network = settings.suffix("syntho")
+    labels = {LABEL_MANAGED: "true", LABEL_INSTANCE: settings.instance}
+    binds = {str(dumps.resolve()): MOUNT} if dumps is not None else None
+    try:
+        return engine.run_to(settings.postgres_image, [tool[0], *args, *tool[1:]], network,
+                             out, env=env, binds=binds, labels=labels)
+    except EnvironmentProblem as exc:
+        raise EnvironmentProblem(
+            f"cannot run {tool[0]} against {args[1]} from the network {network} (run "
+            f"`syntho-agent app` first; image {settings.postgres_image}): {exc}") from None

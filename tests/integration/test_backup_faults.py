@@ -1,0 +1,166 @@
+"""Backups under faults, on the real engine with real Postgres: a disk that fills up during a
+backup, rows written while it is taken, and SIGKILL at random points of backups and restores.
+
+The kill points are random (the seed is printed; SYNTHO_FAULT_SEED replays a run); the waits
+between them are the fault's timing, not synchronisation: each outcome is checked by reading
+what is on disk and in the databases.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import archive
+from tests.integration.agent_helpers import App, engine_snapshot, ok
+from tests.support.agent_cli import agent_cmd, agent_env, run_agent
+from tests.support.constants import REPO
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+SEED = int(os.environ.get("SYNTHO_FAULT_SEED", random.randrange(1 << 30)))
+
+
+@pytest.fixture(scope="module")
+def rng() -> random.Random:
+    print(f"fault seed {SEED} (replay with SYNTHO_FAULT_SEED={SEED})")
+    return random.Random(SEED)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs, nearly full."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        filler = mount / "filler"
+        with filler.open("wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"x" * 4096)
+            except OSError:
+                pass
+        filler.write_bytes(filler.read_bytes()[:-16384])  # room for a little, not a dump
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def archives_verify(folder: Path) -> list[Path]:
+    """Every archive under a final name reads back whole; the list of them."""
+    found = sorted(folder.glob("*.syntho-backup"))
+    for path in found:
+        with tempfile.TemporaryDirectory() as into:
+            archive.extract(path, None, Path(into))  # raises on anything damaged
+    return found
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob(".*"))
+
+
+def test_a_disk_that_fills_up_during_a_backup(stack: App, small_disk: Path) -> None:
+    stack.psql("syntho-core", "CREATE TABLE IF NOT EXISTS bulk AS SELECT md5(i::text) AS v "
+               "FROM generate_series(1, 20000) AS i")
+    secrets = stack.secrets()
+    snapshot = engine_snapshot(stack.sandbox.client)
+    before = sorted(p.name for p in small_disk.iterdir())
+    result = stack.cmd("backup", "--output", str(small_disk))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1 and "No space left on device" in result.stderr
+    assert str(small_disk) in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in small_disk.iterdir()) == before  # nothing half-written
+    assert stack.secrets() == secrets and engine_snapshot(stack.sandbox.client) == snapshot
+    assert "nothing to do" in ok(stack.run())
+
+
+def test_a_backup_taken_while_rows_are_written_is_consistent(stack: App,
+                                                             tmp_path: Path) -> None:
+    """Each transaction writes two rows; a restored backup holds both or neither of each."""
+    stack.psql("syntho-backend", "CREATE TABLE IF NOT EXISTS pairs (id int, half int)")
+    stop = threading.Event()
+    written: list[int] = []
+
+    def write() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            stack.psql("syntho-backend", f"BEGIN; INSERT INTO pairs VALUES ({n}, 1); "
+                       f"SELECT pg_sleep(0.01); INSERT INTO pairs VALUES ({n}, 2); COMMIT")
+            written.append(n)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(written) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        out = ok(stack.cmd("backup", "--output", str(tmp_path)))
+    finally:
+        stop.set()
+        writer.join()
+    assert "wrote" in out and len(written) >= 20
+    path = next(tmp_path.glob("*.syntho-backup"))
+    out = ok(run_agent("restore", str(path), *stack.args(), "--force"))
+    assert "took a backup of the current state first" in out
+    torn = stack.psql("syntho-backend",
+                      "SELECT count(*) FROM (SELECT id FROM pairs GROUP BY id "
+                      "HAVING count(*) <> 2) AS t")
+    kept = int(stack.psql("syntho-backend", "SELECT count(DISTINCT id) FROM pairs"))
+    assert torn == "0" and 20 <= kept <= len(written), (torn, kept, len(written))
+
+
+def kill_at(args: list[str], after: float) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.Popen(agent_cmd(*args), cwd=REPO, env=agent_env(None),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=after)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        out, err = proc.communicate()
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def test_sigkill_at_random_points_of_a_backup(stack: App, tmp_path: Path,
+                                              rng: random.Random) -> None:
+    started = time.monotonic()
+    ok(stack.cmd("backup", "--output", str(tmp_path)))
+    took = time.monotonic() - started
+    killed = 0
+    for _ in range(20):
+        done = kill_at(["backup", "--data-dir", str(stack.data_dir), "--instance",
+                        stack.instance, "--output", str(tmp_path)], rng.uniform(0.05, took))
+        killed += done.returncode == -signal.SIGKILL
+        archives_verify(tmp_path)  # never a damaged archive under a final name
+    assert killed >= 10, f"seed {SEED}: only {killed} of 20 runs were killed midway"
+    ok(stack.cmd("backup", "--output", str(tmp_path)))  # clears what the killed ones left
+    assert leftovers(tmp_path) == [], f"seed {SEED}"
+    assert len(archives_verify(tmp_path)) >= 2
+
+
+def test_sigkill_at_random_points_of_a_restore(stack: App, tmp_path: Path,
+                                               rng: random.Random) -> None:
+    stack.psql("syntho-core", "CREATE TABLE IF NOT EXISTS marker (v text); "
+               "INSERT INTO marker VALUES ('before the kills')")
+    ok(stack.cmd("backup", "--output", str(tmp_path)))
+    path = next(tmp_path.glob("*.syntho-backup"))
+    secrets = stack.secrets()
+    for _ in range(10):
+        kill_at(["restore", str(path), *stack.args(), "--force"], rng.uniform(0.2, 20))
+        assert stack.secrets() == secrets, f"seed {SEED}"  # the same values, whole files
+        archives_verify(stack.data_dir / "backups")
+    out = ok(run_agent("restore", str(path), *stack.args(), "--force"))
+    assert "the app is up" in out, f"seed {SEED}"
+    assert stack.psql("syntho-core", "SELECT v FROM marker") == "before the kills"
+    assert not list(stack.data_dir.glob(".syntho-restore-*"))
+    assert "nothing to do" in ok(stack.run())
