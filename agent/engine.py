@@ -387,14 +387,15 @@ class Engine:
         return int(code), (out or b"").decode(errors="replace")
 
     @_sdk
-    def exec_to(self, name: str, cmd: list[str], out: IO[bytes],
+    def exec_to(self, name: str, cmd: list[str], out: IO[bytes] | None,
                 env: dict[str, str] | None = None) -> tuple[int, str]:
         """Run cmd in a running container, its standard output streamed into `out` (a dump
-        of any size, a chunk at a time); (exit code, the tail of its standard error)."""
+        of any size, a chunk at a time; None: dropped); (exit code, the tail of its standard
+        error)."""
         exec_id = self._client.api.exec_create(name, cmd, environment=env or {})["Id"]
         errors = b""
         for stdout, stderr in self._client.api.exec_start(exec_id, stream=True, demux=True):
-            if stdout:
+            if stdout and out is not None:
                 out.write(stdout)
             if stderr:
                 errors = (errors + stderr)[-4000:]

@@ -43,8 +43,7 @@ def run(engine: Engine, settings: Settings, tool: list[str], out: IO[bytes] | No
             raise EnvironmentProblem(
                 f"the app's Postgres ({postgres}) is not running here: run `syntho-agent app` "
                 "first (or run this on the app VM)")
-        return engine.exec_to(postgres, [tool[0], "-U", DB_USER, *tool[1:]], out) \
-            if out is not None else engine.exec(postgres, [tool[0], "-U", DB_USER, *tool[1:]])
+        return engine.exec_to(postgres, [tool[0], "-U", DB_USER, *tool[1:]], out)
     args, env = external(settings)
     network = settings.suffix("syntho")
     labels = {LABEL_MANAGED: "true", LABEL_INSTANCE: settings.instance}
