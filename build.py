@@ -3,11 +3,12 @@
     .venv/bin/python build.py             # or `make build`
     .venv/bin/python build.py --dist DIR  # elsewhere (the tests build twice and compare)
 
-Writes dist/syntho-agent-x86_64, dist/syntho-agent-aarch64 and dist/syntho-agent (a copy of the
-one for this machine). How one file serves five Pythons: pip downloads manylinux2014 wheels for
-each target Python, pinned to the versions that resolve for the oldest one (abi3 where a project
-offers it, per-version compiled wheels otherwise), and they are unpacked into one site-packages
-where the compiled modules of each Python sit side by side (_yaml.cpython-39-x86_64-linux-gnu.so).
+Writes dist/syntho-agent-x86_64, dist/syntho-agent-aarch64, dist/syntho-agent (a copy of the one
+for this machine) and dist/SHA256SUMS (their checksums, for `sha256sum -c`). How one file serves
+five Pythons: pip downloads manylinux2014 wheels for each target Python, pinned to the versions that
+resolve for the oldest one (abi3 where a project offers it, per-version compiled wheels otherwise),
+and they are unpacked into one site-packages where the compiled modules of each Python sit side by
+side (_yaml.cpython-39-x86_64-linux-gnu.so).
 See docs/zipapp.md.
 """
 
@@ -202,6 +203,16 @@ def write_executable(path: Path, data: bytes) -> None:
     part.replace(path)
 
 
+def write_checksums(dist: Path, names: list[str]) -> None:
+    """dist/SHA256SUMS in `sha256sum` format, for the files this build wrote: publish it beside
+    them; `sha256sum -c SHA256SUMS` (or the cloud-init examples) checks a download."""
+    lines = [f"{hashlib.sha256((dist / name).read_bytes()).hexdigest()}  {name}\n"
+             for name in sorted(names)]
+    part = dist / "SHA256SUMS.part"
+    part.write_text("".join(lines))
+    part.replace(dist / "SHA256SUMS")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--dist", type=Path, default=REPO / "dist", help="where the files go")
@@ -218,8 +229,11 @@ def main(argv: list[str] | None = None) -> None:
         write_executable(args.dist / f"syntho-agent-{arch}", data)
     machine = platform.machine().lower()
     native = ALIASES.get(machine, machine)
+    written = [f"syntho-agent-{arch}" for arch in built]
     if native in built:
         write_executable(args.dist / "syntho-agent", built[native])
+        written.append("syntho-agent")
+    write_checksums(args.dist, written)
     for arch, data in built.items():
         print(f"{args.dist / f'syntho-agent-{arch}'}: {len(data) / 1e6:.1f} MB")
     print(f"commit {commit}; wheels in {cache}; {time.monotonic() - started:.1f} s")

@@ -6,7 +6,10 @@ It runs before shiv extracts anything and before any dependency is imported, so 
 - a user other than root gets an extraction root of its own (shiv's default, ~/.shiv, breaks
   with HOME unset, a read-only HOME, or a uid without a passwd entry). Root uses the root baked
   in by build.py (/var/cache/syntho-agent); SHIV_ROOT, when set, wins for everyone.
-Then it hands over to shiv's bootstrap, which extracts once and calls agent.cli:main.
+Then it makes sure the extracted site-packages hold bytecode for the Python that runs (shiv
+compiles only for the one that extracted them: after an OS upgrade changes python3, or with two
+Pythons on a host that sets PYTHONDONTWRITEBYTECODE, every start would compile every module),
+and hands over to shiv's bootstrap, which extracts once and calls agent.cli:main.
 
 Kept parseable by any Python (no f-strings, no annotations: type comments instead), so an old
 interpreter gets the one-line message too, not a SyntaxError.
@@ -100,6 +103,58 @@ def private_root():
     return path
 
 
+def ensure_bytecode():
+    # type: () -> None
+    """Bytecode for this interpreter (its cache tag, cpython-312) in the extraction, made once.
+
+    shiv extracts and compiles (--compile-pyc) only when the folder is missing, so a second
+    Python finds bytecode for the first one alone. Here, before any dependency is imported:
+    extract if needed, then compileall for this interpreter unless the marker says it was done
+    (py_compile writes even under PYTHONDONTWRITEBYTECODE; each .pyc is written atomically, the
+    marker last, all under shiv's own extraction lock). Once done it costs ~2 ms (the zip's
+    index read once more, two stat calls). A root this user cannot write is left alone: a
+    slower start beats none."""
+    import compileall
+    import py_compile
+
+    import _bootstrap  # shiv's, beside this file in the zipapp
+    from _bootstrap.environment import Environment
+    from _bootstrap.filelock import FileLock
+
+    tag = sys.implementation.cache_tag
+    with _bootstrap.current_zipfile() as archive:
+        if archive is None or not tag:
+            return
+        env = Environment.from_json(archive.read("environment.json").decode())
+        if env.force_extract or not env.compile_pyc:
+            return  # shiv's bootstrap extracts (and compiles for this Python) anew, or never
+        target = _bootstrap.cache_path(archive, env.root, env.build_id)
+        site = target / "site-packages"
+        marker = target / (".bytecode-" + tag)
+        # the marker: every module compiled once; the sample: nobody wiped them since
+        sample = site / "agent" / "__pycache__" / ("__init__." + tag + ".pyc")
+        if marker.exists() and sample.exists():
+            return
+        try:
+            fresh = not site.exists()
+            if fresh:  # shiv's extraction, which compiles for this Python
+                _bootstrap.extract_site_packages(archive, target, True, env.compile_workers)
+            if not os.access(str(site), os.W_OK):
+                return
+            with FileLock(str(target.parent / ("." + target.name + "_lock"))):
+                if marker.exists() and sample.exists():
+                    return  # another start did it while this one waited
+                if not (fresh and sample.exists()):
+                    compileall.compile_dir(
+                        str(site), quiet=2, workers=env.compile_workers,
+                        invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
+                part = target / (".bytecode-" + tag + ".part")
+                part.write_text("")
+                os.replace(str(part), str(marker))
+        except OSError:
+            return
+
+
 def main():
     # type: () -> None
     check_python()
@@ -108,6 +163,7 @@ def main():
         os.environ.pop("SHIV_ROOT", None)  # set but empty: shiv would fall back to ~/.shiv
         if os.geteuid() != 0:
             os.environ["SHIV_ROOT"] = private_root()
+    ensure_bytecode()
     import _bootstrap  # shiv's, beside this file in the zipapp
 
     _bootstrap.bootstrap()

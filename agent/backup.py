@@ -14,6 +14,7 @@ its id), oldest first, never the one just made.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -183,21 +184,40 @@ def _dump_databases(engine: Engine, settings: BackupSettings, staging: Path,
                             ("backend", settings.backend_db_name)):
         target = staging / f"{label}.dump"
         started = time.monotonic()
-        try:
-            with target.open("wb") as out:
-                code, errors = pgclient.run(engine, settings, ["pg_dump", "-Fc", "-d", database],
-                                            out)
-                out.flush()
-                os.fsync(out.fileno())
+        try:  # hashed as it arrives (no second read); not synced: the archive is
+            with target.open("wb") as raw:
+                hashing = _Hashing(raw)
+                with io.BufferedWriter(hashing, archive.COPY) as out:
+                    code, errors = pgclient.run(engine, settings,
+                                                ["pg_dump", "-Fc", "-d", database], out)
         except OSError as exc:  # a full disk, most likely: name the folder the operator chose
             raise store.tag(exc, staging.parent, "write", f"the dump of {database}") from None
         if code != 0:
             raise EnvironmentProblem(f"pg_dump of {database} failed (exit {code}): "
                                      f"{errors.strip()[-300:]}")
-        say(f"dumped {database} ({target.stat().st_size / 1e6:.1f} MB in "
+        say(f"dumped {database} ({hashing.size / 1e6:.1f} MB in "
             f"{time.monotonic() - started:.1f}s)")
-        parts.append((archive.file_part(f"{label}.dump", target), target))
+        parts.append((archive.Part(f"{label}.dump", hashing.size,
+                                   hashing.digest.hexdigest()), target))
     return parts
+
+
+class _Hashing(io.RawIOBase):
+    """A file written through it, its SHA-256 and size kept on the way."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._f.write(data)
+        self.digest.update(data)
+        self.size += len(data)
+        return len(data)
 
 
 def _data_dir_files(settings: BackupSettings) -> list[tuple[archive.Part, Path]]:

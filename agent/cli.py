@@ -8,6 +8,7 @@ and a documented exit code.
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import signal
 import sys
@@ -20,15 +21,19 @@ from agent import (
     __version__,
     backup,
     buildinfo,
+    check,
     deploy,
     launcher,
     ops,
+    preview,
     restore,
     store,
     systemd,
+    validate,
     watch,
 )
 from agent.config import (
+    DEFAULT_CONFIG,
     AppSettings,
     BackupSchedule,
     BackupSettings,
@@ -41,6 +46,7 @@ from agent.config import (
 from agent.engine import Engine
 from agent.errors import EXIT_ENVIRONMENT, EXIT_USAGE, AgentError
 from agent.failures import Interrupted, catch_signals, interrupted_message, os_error_message
+from agent.roles import ray
 from agent.sources import click_options, config_option, lenient_config_option
 from agent.spec import Spec
 
@@ -54,9 +60,13 @@ def say(line: str) -> None:
 def _run(action: Callable[[Engine, R, Callable[[str], None]], Spec], settings: R) -> None:
     # The data dir before the engine: a user who may not write it hears that first, and
     # nothing has changed on the engine.
+    if not isinstance(settings, AppSettings):
+        ray.node_ports(settings, settings.command)  # ports that collide: bad input, exit 2
     store.ensure_dir(settings.data_dir)
     store.check_writable(settings.data_dir)
     engine = Engine.connect()
+    if not settings.skip_checks:  # the quick host checks: a fail stops here, nothing changed
+        check.before_run(engine, settings, say)
     spec = action(engine, settings, say)
     if settings.watch:
         try:
@@ -65,7 +75,21 @@ def _run(action: Callable[[Engine, R, Callable[[str], None]], Spec], settings: R
             say(f"stopped watching ({exc.name}); the containers keep running")
 
 
+def version_text() -> str:
+    built = f", built for {buildinfo.BUILT_FOR}" if buildinfo.BUILT_FOR else ""
+    return (f"syntho-agent {__version__} (commit {buildinfo.COMMIT}{built}) on Python "
+            f"{platform.python_version()}, {platform.system()} {platform.machine()}")
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        say(version_text())
+        ctx.exit(0)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Print the version (as `syntho-agent version`).")
 def cli() -> None:
     """Stand up a Syntho deployment on plain VMs: the Ray head, its workers, and the app.
 
@@ -106,19 +130,16 @@ ROLES: dict[str, type[RoleSettings]] = {
     "head": HeadSettings, "worker": WorkerSettings, "app": AppSettings}
 
 
+def _role_settings(command: str, role: str, params: dict[str, Any]) -> RoleSettings:
+    """A role's settings for a command that takes its options (check, plan)."""
+    if role != "head" and not params.get("head"):
+        raise click.UsageError(f"{command} needs --head (the Ray head's IP address or hostname)")
+    return ROLES[role].from_params(params)
+
+
 @cli.group()
 def install() -> None:
     """Run a role at every boot (systemd unit + config file), healing with --watch."""
-
-
-def _yaml_value(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):
-        return f"{value[0]}:{value[1]}"  # ADDRESS:PORT
-    if isinstance(value, tuple):
-        return list(value)
-    return value
 
 
 def _install_command(role: str) -> click.Command:
@@ -127,17 +148,21 @@ def _install_command(role: str) -> click.Command:
                  click.core.ParameterSource.DEFAULT_MAP)
         params.pop("watch", None)  # the unit always watches
         schedule = {k: params.pop(k) for k in _SCHEDULE if k in params}
-        values = {k: _yaml_value(v) for k, v in params.items()
+        values = {k: systemd.yaml_value(v) for k, v in params.items()
                   if v is not None and ctx.get_parameter_source(k) in given}
         if role != "head" and not values.get("head"):
             raise click.UsageError(f"install {role} needs --head")
         backups = None
         if role == "app":  # the backup reads the app's database settings and its own
             shared = {k: v for k, v in values.items() if k in _BACKUP_KEYS}
-            own = {k: _yaml_value(v) for k, v in schedule.items()
+            own = {k: systemd.yaml_value(v) for k, v in schedule.items()
                    if v is not None and k != "backup_every"}
-            backups = (int(schedule["backup_every"]), {"keep": 5, **shared, **own})
-        systemd.install(role, values, root, enable, say, backups)
+            backups = (int(schedule["backup_every"]), {**shared, **own})
+        given_file = ctx.meta.get(_CONFIG_GIVEN)
+        read = Path(given_file) if given_file else None
+        if read is None and DEFAULT_CONFIG.exists():
+            read = DEFAULT_CONFIG  # read without being named, as by every role
+        systemd.install(role, values, root, enable, say, backups, read)
 
     decorated = click_options(ROLES[role])(click.pass_context(command))
     if role == "app":  # and its scheduled backups
@@ -149,8 +174,27 @@ def _install_command(role: str) -> click.Command:
         "--root", type=click.Path(file_okay=False, readable=False, path_type=Path),
         default=Path("/"), help="write under this root instead of / (for images and tests)",
     )(decorated)
-    return click.command(role, help=f"Install the {role} role as a boot-time service.")(
+    made = click.command(role, help=f"Install the {role} role as a boot-time service.")(
         decorated)
+    _note_config_given(made)
+    return made
+
+
+_CONFIG_GIVEN = "syntho_agent.install_config"  # ctx.meta: the --config value, or None
+
+
+def _note_config_given(command: click.Command) -> None:
+    """Keep the --config value (config_option reads it, exposes only its values): the unit
+    reads ROLE.yaml, and an operator who gave another file must hear which one to edit."""
+    option = next(p for p in command.params if p.name == "config")
+    load = option.callback
+    assert load is not None
+
+    def noted(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        ctx.meta[_CONFIG_GIVEN] = value
+        return load(ctx, param, value)
+
+    option.callback = noted
 
 
 _SCHEDULE = {o.key for o in BackupSchedule.options()}
@@ -175,10 +219,14 @@ def uninstall(roles: tuple[str, ...], root: Path, enable: bool) -> None:
 @cli.command()
 @lenient_config_option
 @click_options(Common)
-def status(**params: Any) -> None:
-    """Show what the agent manages here: containers, health, Ray nodes, the app's URL."""
+@click.option("--json", "as_json", is_flag=True,
+              help="print JSON (its schema: README, \"status --json\")")
+def status(as_json: bool, **params: Any) -> None:
+    """Show what the agent manages here: containers (image, uptime, restarts), health, the
+    Ray cluster as this VM sees it, the app's URL. Exit 1 when something is not ready."""
     settings = Common.from_params(params)
-    not_ready = ops.status(Engine.connect(), settings.data_dir, settings.instance, say)
+    show = ops.status_json if as_json else ops.status
+    not_ready = show(Engine.connect(), settings.data_dir, settings.instance, say)
     sys.exit(1 if not_ready else 0)
 
 
@@ -187,34 +235,98 @@ def status(**params: Any) -> None:
 @click_options(Common)
 @click.option("--purge", is_flag=True, help="also remove volumes (the database!) and the data dir")
 @click.option("--yes", is_flag=True, help="do not ask before --purge")
-def down(purge: bool, yes: bool, **params: Any) -> None:
-    """Stop and remove the containers the agent made (volumes and data dir are kept)."""
+@click.option("--root", type=click.Path(file_okay=False, readable=False, path_type=Path),
+              default=Path("/"), help="the root install wrote under (its units are stopped "
+              "first)")
+def down(purge: bool, yes: bool, root: Path, **params: Any) -> None:
+    """Stop and remove the containers the agent made (volumes and data dir are kept); first
+    stop this VM's syntho-agent unit, which would re-create them."""
     settings = Common.from_params(params)
     if purge and not yes:
         click.confirm(f"remove every volume (the database) and {settings.data_dir}?", abort=True)
-    ops.down(Engine.connect(), settings.data_dir, settings.instance, purge, say)
+    ops.down(Engine.connect(), settings.data_dir, settings.instance, purge, say,
+             first=lambda: systemd.stop_watchers(root, say))
 
 
 @cli.command()
 @lenient_config_option
 @click_options(Common)
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("syntho_logs.log"), show_default=True, help="file to write")
-def logs(output: Path, **params: Any) -> None:
-    """Write every managed container's logs, timestamped and redacted, into one file."""
+@click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+              default=None, help="file to write, - for standard output  [default: "
+              "syntho_logs.log; with --follow: standard output]")
+@click.option("--follow", "-f", is_flag=True,
+              help="keep printing new lines until Ctrl-C (several containers: each line "
+              "prefixed with its service)")
+@click.option("--service", "services", multiple=True, metavar="NAME",
+              help="only this service's container (ray-head, core, ...); repeatable")
+@click.option("--tail", metavar="N", callback=lambda c, p, v: _parsed(validate.count, c, p, v),
+              help="only the last N lines of each container")
+@click.option("--since", metavar="WHEN", callback=lambda c, p, v: _parsed(validate.since, c, p, v),
+              help="only lines since a duration ago (10m, 2h, 1d) or an RFC 3339 time "
+              "(2024-05-01T10:00:00Z)")
+def logs(output: Path | None, follow: bool, services: tuple[str, ...], tail: int | None,
+         since: float | None, **params: Any) -> None:
+    """Write the managed containers' logs, timestamped and redacted, into one file (or to
+    standard output, or follow them)."""
     settings = Common.from_params(params)
-    ops.logs(Engine.connect(), settings.data_dir, settings.instance, output, say)
+    if follow and output is not None and str(output) != "-":
+        raise click.UsageError("--follow prints to standard output: drop --output (redirect "
+                               "with > FILE to keep the lines)")
+    if output is None and not follow:
+        output = Path("syntho_logs.log")
+    options = ops.LogOptions(None if output is None or str(output) == "-" else output,
+                             services, tail, since, follow)
+    try:
+        ops.logs(Engine.connect(), settings.data_dir, settings.instance, options, say, say)
+    except Interrupted as exc:
+        if not follow:
+            raise
+        click.echo(f"stopped following ({exc.name})", err=True)  # the normal end of -f
+    except BrokenPipeError:  # the reader went away (`| head`): an ordinary end
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _parsed(parse: Callable[[str], Any], ctx: click.Context, param: click.Parameter,
+            value: str | None) -> Any:
+    """A plain option's value through its agent.validate parser (one line when it is bad)."""
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
 
 
 @cli.command()
 def version() -> None:
     """Print the version, the build's commit, and the Python and platform it runs on."""
-    built = f", built for {buildinfo.BUILT_FOR}" if buildinfo.BUILT_FOR else ""
-    say(f"syntho-agent {__version__} (commit {buildinfo.COMMIT}{built}) on Python "
-        f"{platform.python_version()}, {platform.system()} {platform.machine()}")
+    say(version_text())
 
 
 cli.add_command(launcher.command)
+
+
+@cli.group("check")
+def check_group() -> None:
+    """Check this host for a role: Docker, cgroups, memory and /dev/shm, the nofile limit,
+    disk space, free ports, the head's ports (worker, app); then the firewall rules the role
+    needs. Exit 1 when a check fails (every role run does the quick ones first)."""
+
+
+def _check_command(role: str) -> click.Command:
+    def command(**params: Any) -> None:
+        settings = _role_settings(f"check {role}", role, params)
+        if not isinstance(settings, AppSettings):
+            ray.node_ports(settings, role)
+        sys.exit(1 if check.report(Engine.connect(), settings, say) else 0)
+
+    decorated = config_option(click_options(ROLES[role])(command))
+    return click.command(role, help=f"Check this host for the {role} role (its options as "
+                         f"for `syntho-agent {role}`).")(decorated)
+
+
+for _role in ROLES:
+    check_group.add_command(_check_command(_role))
 
 
 @cli.command("backup")
@@ -250,7 +362,47 @@ def restore_command(archive: Path, force: bool, **params: Any) -> None:
     settings = RestoreSettings.from_params(params)
     store.ensure_dir(settings.data_dir)
     store.check_writable(settings.data_dir)
-    restore.run_restore(Engine.connect(), settings, archive, force, say)
+    engine = Engine.connect()
+    if not settings.skip_checks:  # the app role's quick host checks
+        check.before_run(engine, settings, say)
+    restore.run_restore(engine, settings, archive, force, say)
+
+
+@cli.command("token", short_help="Print a new cluster token, for every VM's user-data.")
+def token_command() -> None:
+    """Print a new cluster token (for a secrets manager, then every VM's user-data).
+
+    A token as the head generates one (64 hex digits), alone on stdout: the one command that
+    prints a secret, because that is what it is asked for. Give it to the head, every worker
+    and the app (a 0600 file and --token-file)."""
+    click.echo(store.token_hex(32)())
+
+
+@cli.group("plan")
+def plan_group() -> None:
+    """Show what `syntho-agent ROLE` would do, changing nothing: each container's action and
+    why (the fields that changed), the images it would pull, the files it would write (secrets
+    by name only). Exit 0; with --exit-code, 1 when the run would change something."""
+
+
+def _plan_command(role: str) -> click.Command:
+    def command(exit_code: bool, **params: Any) -> None:
+        settings = _role_settings(f"plan {role}", role, params)
+        found = deploy.forecast(Engine.connect(), settings)
+        preview.render(found, role, say)
+        sys.exit(1 if exit_code and found.changes else 0)
+
+    decorated = config_option(click_options(ROLES[role])(command))
+    decorated = click.option(
+        "--exit-code", is_flag=True,
+        help="exit 1 when the run would change something, 0 when not (as `git diff "
+        "--exit-code`)")(decorated)
+    return click.command(role, help=f"What `syntho-agent {role}` would do; changes nothing.")(
+        decorated)
+
+
+for _role in ROLES:
+    plan_group.add_command(_plan_command(_role))
 
 
 # ---- the edge: one line per failure, a documented exit code ----

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import urllib.error
@@ -80,18 +81,52 @@ def source_ip_towards(host: str, port: int = GCS_PORT) -> str:
         return str(sock.getsockname()[0])
 
 
-def alive_nodes(address: str, token: str | None, timeout: float = 3.0) -> list[dict[str, Any]]:
-    """The cluster's live nodes, from the head's dashboard; [] when it does not answer."""
+# What a dashboard that does not answer (or not with a node list) raises from nodes().
+UNANSWERED = (OSError, ValueError, http.client.HTTPException)
+
+
+def nodes(address: str, token: str | None, timeout: float = 3.0) -> list[dict[str, Any]]:
+    """Every node the head's dashboard lists, alive and dead; one of UNANSWERED when it does
+    not answer (a refused token is urllib's HTTPError 401)."""
     url = f"http://{address}:{DASHBOARD_PORT}/api/v0/nodes?detail=false&limit=1000"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                timeout=timeout) as resp:
+        data = json.load(resp)
+    found = data.get("data", {}).get("result", {}).get("result") if isinstance(data, dict) else None
+    if not isinstance(found, list):
+        raise ValueError("the dashboard's answer holds no node list")
+    return [n for n in found if isinstance(n, dict)]
+
+
+def alive_nodes(address: str, token: str | None, timeout: float = 3.0) -> list[dict[str, Any]]:
+    """The cluster's live nodes, from the head's dashboard; [] when it does not answer."""
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                    timeout=timeout) as resp:
-            data = json.load(resp)
-    except (OSError, urllib.error.URLError, ValueError):
+        return [n for n in nodes(address, token, timeout) if n.get("state") == "ALIVE"]
+    except UNANSWERED:
         return []
-    nodes = data.get("data", {}).get("result", {}).get("result", [])
-    return [n for n in nodes if n.get("state") == "ALIVE"]
+
+
+def unanswered_reason(exc: BaseException) -> str:
+    """Why the dashboard did not answer, in a few words (never the token)."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}" + (" (a wrong Ray token?)" if exc.code in (401, 403)
+                                                  else "")
+    if isinstance(exc, urllib.error.URLError):
+        return str(exc.reason)
+    return str(exc) or type(exc).__name__
+
+
+def worker_ip(head: str, node_ip: str | None, network_ip: str | None) -> str:
+    """The address the head lists a worker under: its container's address when it runs on a
+    Docker network, else the --node-ip-address it was given, else the address this machine
+    reaches the head from (what Ray detects). OSError when the head's name does not resolve."""
+    return network_ip or node_ip or source_ip_towards(head)
+
+
+def has_joined(listed: list[dict[str, Any]], ip: str) -> bool:
+    """Whether the head's node list holds a live node at ip: the worker there has joined."""
+    return any(n.get("node_ip") == ip and n.get("state") == "ALIVE" for n in listed)
 
 
 def token_path(data_dir: Path) -> Path:

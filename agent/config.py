@@ -139,6 +139,28 @@ class Common(Settings):
         return f"{base}-{self.instance}" if self.instance else base
 
 
+# Ray's ports, pinned so that a firewall between the VMs can name every one (README
+# "Firewall"): option -> (the head's default, a worker's default). A worker's differ from the
+# head's so that both fit on one host network (a VM that runs a head and a worker).
+RAY_PORTS: dict[str, tuple[int, int]] = {
+    "node_manager_port": (6380, 6390),
+    "object_manager_port": (6381, 6391),
+    "runtime_env_agent_port": (6382, 6392),
+    "dashboard_agent_grpc_port": (6383, 6393),
+    "dashboard_agent_listen_port": (6384, 6394),
+    "metrics_export_port": (6385, 6395),
+    "min_worker_port": (10002, 11000),
+    "max_worker_port": (10999, 11999),
+}
+
+
+def ray_port(key: str, help: str) -> Any:
+    """A Ray port option whose default depends on the role (RAY_PORTS)."""
+    head, worker = RAY_PORTS[key]
+    return option(f"{help} (`ray start --{key.replace('_', '-')}`)", validate.port,
+                  shown=f"head {head}, worker {worker}")
+
+
 @dataclass(frozen=True)
 class RayOptions(Settings):
     """The Ray container of the head and of a worker."""
@@ -158,6 +180,21 @@ class RayOptions(Settings):
                                  "(--node-ip-address)", validate.ip)
     ray_arg: tuple[str, ...] = option("an extra argument for `ray start` (repeat for several)",
                                       str, (), multiple=True)
+    node_manager_port: int | None = ray_port("node_manager_port", "the raylet's node manager")
+    object_manager_port: int | None = ray_port("object_manager_port",
+                                               "the raylet's object manager")
+    runtime_env_agent_port: int | None = ray_port("runtime_env_agent_port",
+                                                  "Ray's runtime-env agent")
+    dashboard_agent_grpc_port: int | None = ray_port("dashboard_agent_grpc_port",
+                                                     "the dashboard agent's gRPC")
+    dashboard_agent_listen_port: int | None = ray_port("dashboard_agent_listen_port",
+                                                       "the dashboard agent's HTTP")
+    metrics_export_port: int | None = ray_port("metrics_export_port",
+                                               "Ray's Prometheus metrics")
+    min_worker_port: int | None = ray_port("min_worker_port",
+                                           "the lowest port of Ray's worker processes")
+    max_worker_port: int | None = ray_port("max_worker_port",
+                                           "the highest port of Ray's worker processes")
 
 
 @dataclass(frozen=True)
@@ -201,6 +238,12 @@ class ImageSources(Settings):
     images: Path | None = option("an offline bundle to load missing images from: a `docker "
                                  "save` archive (.tar/.tar.gz) or a folder of them",
                                  validate.existing_path)
+
+
+@dataclass(frozen=True)
+class CheckOption(Settings):
+    skip_checks: bool = option("do not run the host checks (`syntho-agent check ROLE`) that "
+                               "stop a run before it changes anything", None, False)
 
 
 @dataclass(frozen=True)
@@ -318,18 +361,19 @@ class LauncherOptions(Settings):
 # ---- what each command takes -------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class HeadSettings(Common, RayOptions, ClusterOptions, ImageSources, WatchOption):
+class HeadSettings(Common, RayOptions, ClusterOptions, ImageSources, WatchOption, CheckOption):
     command: ClassVar[str] = "head"
 
 
 @dataclass(frozen=True)
 class WorkerSettings(Common, JoinOptions, RayOptions, ClusterOptions, ImageSources,
-                     WatchOption):
+                     WatchOption, CheckOption):
     command: ClassVar[str] = "worker"
 
 
 @dataclass(frozen=True)
-class AppSettings(Common, JoinOptions, ClusterOptions, AppOptions, ImageSources, WatchOption):
+class AppSettings(Common, JoinOptions, ClusterOptions, AppOptions, ImageSources, WatchOption,
+                  CheckOption):
     command: ClassVar[str] = "app"
 
 
@@ -351,6 +395,14 @@ class LauncherSettings(LauncherOptions):
     shm_size: int = reuse(RayOptions, "shm_size")
     nofile: int = reuse(RayOptions, "nofile")
     ray_arg: tuple[str, ...] = reuse(RayOptions, "ray_arg")
+    node_manager_port: int | None = reuse(RayOptions, "node_manager_port")
+    object_manager_port: int | None = reuse(RayOptions, "object_manager_port")
+    runtime_env_agent_port: int | None = reuse(RayOptions, "runtime_env_agent_port")
+    dashboard_agent_grpc_port: int | None = reuse(RayOptions, "dashboard_agent_grpc_port")
+    dashboard_agent_listen_port: int | None = reuse(RayOptions, "dashboard_agent_listen_port")
+    metrics_export_port: int | None = reuse(RayOptions, "metrics_export_port")
+    min_worker_port: int | None = reuse(RayOptions, "min_worker_port")
+    max_worker_port: int | None = reuse(RayOptions, "max_worker_port")
     license_key: str = reuse(ClusterOptions, "license_key")
     auth: bool = reuse(ClusterOptions, "auth")
     token: str | None = reuse(ClusterOptions, "token")

@@ -4,11 +4,22 @@ A role run first resolves every input (images on the engine, the token, the secr
 database password rotation, the head's address) into one value, refusing before anything
 changes what would fail; then it builds its spec once, plans once (agent.reconcile), applies
 the plan and waits for readiness. The CLI calls one `run_*` function here per role.
+
+`forecast` (`syntho-agent plan ROLE`) runs the same resolution and plan without acting: the
+resolve functions take a Preview, which turns what would change the engine or wait (pulls,
+loads, waiting for the head) into looks and notes, and they resolve into a scratch copy of the
+data dir, so the files they would write are found by comparing it with the real one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 from agent import cluster, images, store
@@ -23,15 +34,22 @@ from agent.app_setup import (
     write_env_file,
     write_init_script,
 )
-from agent.config import AppSettings, HeadSettings, JoinOptions, RoleSettings, WorkerSettings
+from agent.config import (
+    AppSettings,
+    HeadSettings,
+    ImageSources,
+    JoinOptions,
+    RoleSettings,
+    WorkerSettings,
+)
 from agent.engine import Engine
 from agent.errors import ConvergeError, EnvironmentProblem
 from agent.lock import data_dir_lock
-from agent.reconcile import Plan, Step, apply, preflight, wait_all_ready, wait_ready
+from agent.reconcile import Action, Plan, Step, apply, preflight, wait_all_ready, wait_ready
 from agent.recovery import Carrier, SecretFile, recover
 from agent.redact import redact
 from agent.roles import app, ray
-from agent.spec import Spec
+from agent.spec import LABEL_MANAGED, Spec
 from agent.waits import http_ok, poll, resolves, tcp_open
 
 Say = Callable[[str], None]
@@ -58,6 +76,36 @@ def head_address(engine: Engine, settings: HeadSettings) -> str:
     return settings.node_ip or "127.0.0.1"
 
 
+@dataclass
+class Preview:
+    """What a plan (agent.preview) learns while it resolves, besides the files it would write:
+    the images a run would load or pull, and what the run would wait for."""
+
+    images: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def ensure_images(engine: Engine, settings: ImageSources, wanted: dict[str, str], say: Say,
+                  preview: Preview | None) -> dict[str, str]:
+    """images.ensure, or for a preview a look at what is there: a missing image is noted with
+    where the run would get it (an ID that matches nothing stands for it), or refused as the
+    run would refuse it when it has nowhere to come from."""
+    if preview is None:
+        return images.ensure(engine, settings, wanted, say)
+    ids = {ref: engine.image_id(ref) for ref in wanted}
+    missing = [ref for ref, i in ids.items() if i is None]
+    if missing and settings.images is None and not settings.registry:
+        images.ensure(engine, settings, wanted, say)  # only looks, then raises the run's error
+    for ref in missing:
+        where = (f"load it from {settings.images}" if settings.images is not None
+                 else f"pull it from {settings.registry}")
+        if settings.images is not None and settings.registry:
+            where += f" (or pull it from {settings.registry})"
+        preview.images.append(f"{ref} (for {wanted[ref]}) is not on this engine: the run would "
+                              f"{where}")
+    return {ref: i or f"(not on this engine: {ref})" for ref, i in ids.items()}
+
+
 @dataclass(frozen=True)
 class RayInputs:
     """What a head or worker run resolved before changing anything."""
@@ -74,10 +122,12 @@ def token_file(settings: RoleSettings, *carriers: Carrier) -> list[SecretFile]:
     return [SecretFile(cluster.token_path(settings.data_dir), carriers, supplied)]
 
 
-def resolve_head(engine: Engine, settings: HeadSettings, say: Say) -> RayInputs:
+def resolve_head(engine: Engine, settings: HeadSettings, say: Say,
+                 preview: Preview | None = None) -> RayInputs:
     recover(engine, settings.instance, "head",
             token_file(settings, Carrier("ray-head", ray.TOKEN_ENV)), None, say)
-    ids = images.ensure(engine, settings, {settings.ray_image: settings.suffix("ray-head")}, say)
+    ids = ensure_images(engine, settings, {settings.ray_image: settings.suffix("ray-head")}, say,
+                        preview)
     token, created = cluster.head_token(settings, settings.data_dir)
     if not settings.auth:
         say(ray.AUTH_OFF_WARNING)
@@ -126,15 +176,21 @@ def run_head(engine: Engine, settings: HeadSettings, say: Say) -> Spec:
         return spec
 
 
-def wait_for_head(settings: JoinOptions, say: Say) -> None:
+def wait_for_head(settings: JoinOptions, say: Say, preview: Preview | None = None) -> None:
     """Until the head's GCS port takes a connection. An address that does not answer at all
-    (a VM still booting) would hold a connection attempt: each gives up within one interval."""
+    (a VM still booting) would hold a connection attempt: each gives up within one interval.
+    A preview looks once and notes what the run would wait for."""
     assert settings.head
 
     def gcs_open() -> bool:
         return tcp_open(settings.head or "", ray.GCS_PORT, timeout=HEAD_POLL)
 
     if gcs_open():
+        return
+    if preview is not None:
+        dns = "" if resolves(settings.head) else " (its name does not resolve now)"
+        preview.notes.append(f"the Ray head at {settings.head}:{ray.GCS_PORT} does not answer "
+                             f"now{dns}: the run would wait for it (--wait)")
         return
     forever = "forever" if settings.wait == 0 else f"up to {settings.wait:.0f}s"
     if not resolves(settings.head):  # DNS may come up later at boot: keep trying meanwhile
@@ -155,14 +211,15 @@ def wait_for_head(settings: JoinOptions, say: Say) -> None:
     say(f"the Ray head at {settings.head}:{ray.GCS_PORT} answers")
 
 
-def resolve_worker(engine: Engine, settings: WorkerSettings, say: Say) -> RayInputs:
+def resolve_worker(engine: Engine, settings: WorkerSettings, say: Say,
+                   preview: Preview | None = None) -> RayInputs:
     recover(engine, settings.instance, "worker",
             token_file(settings, Carrier("ray-worker", ray.TOKEN_ENV)), None, say)
     # A missing image fails now, before anything is written or waited for.
-    ids = images.ensure(engine, settings, {settings.ray_image: settings.suffix("ray-worker")},
-                        say)
+    ids = ensure_images(engine, settings,
+                        {settings.ray_image: settings.suffix("ray-worker")}, say, preview)
     token = cluster.joining_token(settings, settings.data_dir)
-    wait_for_head(settings, say)
+    wait_for_head(settings, say, preview)
     return RayInputs(ids, token)
 
 
@@ -176,14 +233,12 @@ def run_worker(engine: Engine, settings: WorkerSettings, say: Say) -> Spec:
         plan = preflight(engine, spec, inputs.image_ids)
         report(apply(engine, spec, plan, say, settings.ready_timeout), spec, say)
         name = settings.suffix("ray-worker")
-        if settings.network != "host":
-            my_ip = container_ip(engine, name, settings.network) or ""
-        else:
-            my_ip = settings.node_ip or cluster.source_ip_towards(settings.head)
+        my_ip = cluster.worker_ip(settings.head, settings.node_ip,
+                                  container_ip(engine, name, settings.network)
+                                  if settings.network != "host" else None)
 
-        def joined() -> bool:
-            return any(n.get("node_ip") == my_ip
-                       for n in cluster.alive_nodes(settings.head or "", token))
+        def joined() -> bool:  # `status` asks the same question (agent.ops)
+            return cluster.has_joined(cluster.alive_nodes(settings.head or "", token), my_ip)
 
         if not poll(joined, settings.ready_timeout, f"{name} to join the head", say):
             raise ConvergeError(
@@ -214,11 +269,13 @@ def app_images(settings: AppSettings) -> dict[str, str]:
     return wanted
 
 
-def app_ray_host(settings: AppSettings, token: str | None, say: Say) -> str:
+def app_ray_host(settings: AppSettings, token: str | None, say: Say,
+                 preview: Preview | None = None) -> str:
     """The head's address as the app's containers reach it.
 
     A head given as loopback runs on this VM; containers reach it at the address Ray itself
     advertises for the head node (Ray's client port listens there, not on every address).
+    A preview asks once.
     """
     assert settings.head
     if not app.head_is_local(settings.head):
@@ -230,12 +287,19 @@ def app_ray_host(settings: AppSettings, token: str | None, say: Say) -> str:
                      if n.get("is_head_node") and n.get("node_ip"))
         return bool(found)
 
-    if not poll(head_node, settings.ready_timeout, "the Ray head's node address", say):
+    if preview is not None and not head_node():
+        preview.notes.append(
+            f"the Ray head at {settings.head} does not list its node now: the app's Ray "
+            "address is not known yet (the run would ask until it does)")
+        return settings.head
+    if preview is None and not poll(head_node, settings.ready_timeout,
+                                    "the Ray head's node address", say):
         raise EnvironmentProblem(
             f"the Ray head at {settings.head} answers on {ray.GCS_PORT} but its dashboard "
             f"(port {ray.DASHBOARD_PORT}) does not list it; check the head with "
             "`syntho-agent status` and the token")
-    say(f"the app reaches the Ray head on this VM at {found[0]}")
+    if preview is None:
+        say(f"the app reaches the Ray head on this VM at {found[0]}")
     return found[0]
 
 
@@ -269,10 +333,11 @@ def app_secret_files(settings: AppSettings) -> list[SecretFile]:
     return files
 
 
-def resolve_app(engine: Engine, settings: AppSettings, say: Say) -> AppInputs:
+def resolve_app(engine: Engine, settings: AppSettings, say: Say,
+                preview: Preview | None = None) -> AppInputs:
     volume = settings.suffix("syntho-database-data") if settings.postgres_url is None else None
     recover(engine, settings.instance, "app", app_secret_files(settings), volume, say)
-    ids = images.ensure(engine, settings, app_images(settings), say)
+    ids = ensure_images(engine, settings, app_images(settings), say, preview)
     rotate_to = db_password_change(settings, engine)
     token = cluster.joining_token(settings, settings.data_dir)
     # While a rotation is pending, the stored password is the one the database still has;
@@ -282,8 +347,8 @@ def resolve_app(engine: Engine, settings: AppSettings, say: Say) -> AppInputs:
     if rotate_to is not None:
         secrets = replace(secrets, db_password=rotate_to)
     write_init_script(settings)
-    wait_for_head(settings, say)
-    return AppInputs(ids, secrets, rotate_to, app_ray_host(settings, token, say))
+    wait_for_head(settings, say, preview)
+    return AppInputs(ids, secrets, rotate_to, app_ray_host(settings, token, say, preview))
 
 
 def run_app(engine: Engine, settings: AppSettings, say: Say) -> Spec:
@@ -343,3 +408,129 @@ def converge_app(engine: Engine, settings: AppSettings, say: Say,
     say(f"admin account: {settings.admin_username}, password in "
         f"{settings.data_dir / 'secrets' / ADMIN_PASSWORD}")
     return spec
+
+
+# ---- the plan: what a run would do, changing nothing ----
+
+@dataclass(frozen=True)
+class Forecast:
+    """What `syntho-agent plan ROLE` found: the same resolution and plan a run makes, before
+    the run would act on them."""
+
+    data_dir: Path
+    data_dir_exists: bool
+    actions: list[Action]  # the containers, in the order the run would act on them
+    networks: list[str]  # that the run would create
+    volumes: list[str]
+    files: list[tuple[str, str]]  # (path in the data dir, what the run would do to it)
+    images: list[str]
+    notes: list[str]
+
+    @property
+    def changes(self) -> bool:
+        return not self.data_dir_exists or bool(
+            self.networks or self.volumes or self.files or self.images
+            or any(a.verb not in ("unchanged", "step") for a in self.actions))
+
+
+@contextmanager
+def scratch_data_dir(data_dir: Path) -> Iterator[Path]:
+    """A private copy (0700, in memory where /dev/shm allows) of what resolution reads in the
+    data dir: its files, secrets/ and postgres-init/ (not backups/). A plan resolves into it
+    with the run's own functions, so what they would write lands here, never in data_dir;
+    it is deleted when the plan ends."""
+    shm = Path("/dev/shm")
+    where = str(shm) if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
+    with tempfile.TemporaryDirectory(prefix="syntho-agent-plan.", dir=where) as tmp:
+        scratch = Path(tmp) / "data"
+        scratch.mkdir(mode=0o700)
+        for source in _resolution_files(data_dir):
+            target = scratch / source.relative_to(data_dir)
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                shutil.copy2(source, target)
+            except OSError as exc:
+                raise EnvironmentProblem(
+                    f"cannot read {source}: {exc.strerror}; fix its permissions (owned by the "
+                    "user running the agent) or restore it from a backup") from None
+        yield scratch
+
+
+def _resolution_files(data_dir: Path) -> list[Path]:
+    if not data_dir.is_dir():
+        return []
+    found = [p for p in data_dir.iterdir() if p.is_file()]
+    for sub in ("secrets", "postgres-init"):
+        if (data_dir / sub).is_dir():
+            found += [p for p in (data_dir / sub).iterdir() if p.is_file()]
+    return sorted(found)
+
+
+def _file_changes(scratch: Path, data_dir: Path, said: list[str]) -> list[tuple[str, str]]:
+    """What resolution wrote into the scratch copy, as what the run would do to data_dir.
+    Names only: a secret's value is never shown."""
+    secret_names = {cluster.TOKEN_FILE}
+    changes = []
+    for path in sorted(p for p in scratch.rglob("*") if p.is_file()):
+        name = str(path.relative_to(scratch))
+        real = data_dir / name
+        if real.is_file() and real.read_bytes() == path.read_bytes():
+            continue
+        secret = name.startswith("secrets/") or name in secret_names
+        restored = next((line for line in said
+                         if line.startswith(f"restored {path} from the container ")), None)
+        if restored is not None:
+            carrier = restored.split(" from the container ", 1)[1].split()[0]
+            what = f"restore it from the container {carrier}"
+        elif real.exists():
+            what = "rewrite it"
+        elif secret and any(line.startswith("generated") and (path.name in line
+                                                              or str(path) in line)
+                            for line in said):
+            what = "generate it"
+        else:
+            what = "write it"
+        changes.append((name, what + (" (a secret: value not shown)" if secret else "")))
+    return changes
+
+
+def forecast(engine: Engine, settings: RoleSettings) -> Forecast:
+    """What a run of this role would do: the run's own resolution (into a scratch copy of the
+    data dir, images looked at but not pulled, the head asked once) and its own preflight and
+    plan; nothing on the engine or in the data dir changes."""
+    preview = Preview()
+    said: list[str] = []
+    with scratch_data_dir(settings.data_dir) as scratch:
+        if isinstance(settings, (HeadSettings, WorkerSettings)):
+            if isinstance(settings, HeadSettings):
+                node = resolve_head(engine, replace(settings, data_dir=scratch), said.append,
+                                    preview)
+                spec = ray.head_spec(settings, node.token)
+            else:
+                node = resolve_worker(engine, replace(settings, data_dir=scratch), said.append,
+                                      preview)
+                spec = ray.worker_spec(settings, node.token)
+            ids = node.image_ids
+        else:
+            assert isinstance(settings, AppSettings)
+            dry = replace(settings, data_dir=scratch)
+            inputs = resolve_app(engine, dry, said.append, preview)
+            values = app.app_values(settings, inputs.secrets, inputs.ray_host)
+            spec = app.app_spec(settings, values)
+            write_env_file(dry, app.env_file(settings, values), said.append)
+            if inputs.rotate_to is not None:
+                preview.notes.append("the database password would be rotated "
+                                     "(--rotate-db-password): in Postgres, then in secrets/")
+            ids = inputs.image_ids
+        plan = preflight(engine, spec, ids)
+        files = _file_changes(scratch, settings.data_dir, said)
+    acting = any(a.verb in ("create", "recreate", "start") for a in plan.actions)
+    labels = [f"{LABEL_MANAGED}=true"]
+    networks = {n.name for n in engine.networks(labels)} if spec.networks and acting else set()
+    return Forecast(
+        data_dir=settings.data_dir, data_dir_exists=settings.data_dir.is_dir(),
+        actions=plan.actions,
+        networks=[n.name for n in spec.networks if acting and n.name not in networks],
+        volumes=[v.name for v in spec.volumes
+                 if acting and not engine.volume_exists(v.name)],
+        files=files, images=preview.images, notes=preview.notes)

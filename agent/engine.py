@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import IO, Any, Callable, TypeVar, cast
 
 import docker
+import docker.auth
 import docker.errors
+import docker.utils
 import requests.exceptions
 from docker.types import Mount as SdkMount
 
@@ -55,6 +57,25 @@ def _sdk(fn: F) -> F:
                              "check that it runs (docker info)", str(exc)) from None
 
     return cast(F, call)
+
+
+# ---- image references, split by the SDK's own rules --------------------------------------------
+
+def split_reference(ref: str) -> tuple[str, str]:
+    """(repository, tag or digest) of an image reference, as the SDK's pull splits it:
+    "host:5000/syntho/ray:1" -> ("host:5000/syntho/ray", "1"), "ray@sha256:..." -> ("ray",
+    "sha256:..."); "latest" when it names neither."""
+    repository, tag = docker.utils.parse_repository_tag(ref)
+    return str(repository), str(tag or "latest")
+
+
+def registry_of(ref: str) -> str | None:
+    """The registry an image reference names ("host:5000", "localhost", "reg.example"), or
+    None when it names none (the engine's default). Docker's rule: the first component is a
+    registry when it has a "." or a ":" or is "localhost"."""
+    repository, _ = docker.utils.parse_repository_tag(ref)
+    registry, path = docker.auth.split_repo_name(repository)
+    return None if path == repository else str(registry)
 
 
 # ---- what the engine has, as plain values ------------------------------------------------------
@@ -174,6 +195,18 @@ class NetworkInfo:
     users: tuple[str, ...]  # names of the containers attached to it
 
 
+@dataclass(frozen=True)
+class EngineInfo:
+    """The engine's facts the host checks read (agent/check.py): one `info` call."""
+
+    server_version: str  # "20.10.24+dfsg1"
+    api_version: str  # what this client speaks with it: "1.41"
+    cgroup_version: str  # "1" or "2"
+    mem_total: int  # bytes of memory on the engine's machine
+    root_dir: str  # DockerRootDir: images and containers' layers
+    local: bool  # the engine runs on this machine (a unix socket): its paths are ours
+
+
 # ---- the engine ----------------------------------------------------------------------------
 
 class Engine:
@@ -182,7 +215,8 @@ class Engine:
 
     @classmethod
     def connect(cls, timeout: int = 60) -> Engine:
-        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        given = os.environ.get("DOCKER_HOST", "")
+        host = given or "unix:///var/run/docker.sock"
         try:
             client = docker.from_env(timeout=timeout)
             client.ping()
@@ -192,9 +226,19 @@ class Engine:
                 raise EnvironmentProblem(
                     f"no permission to use the Docker engine at {host}: run as root or as a "
                     "member of the docker group") from None
+            if given and ("Invalid bind address" in text or "paramiko" in text):
+                reason = " ".join(text.split())[:200]
+                raise UsageError(f"DOCKER_HOST={given} cannot be used ({reason}): fix it, or "
+                                 "unset it to use this machine's engine") from None
+            if given and not given.startswith("unix://"):  # another machine's engine
+                raise EnvironmentProblem(
+                    f"the Docker engine at DOCKER_HOST={given} does not answer: check that it "
+                    "runs and that this machine reaches it, or fix DOCKER_HOST (unset it to use "
+                    "this machine's engine)") from None
+            fix = " (or fix DOCKER_HOST)" if given else ""
             raise EnvironmentProblem(
-                f"the Docker engine at {host} does not answer: start it (systemctl start docker) "
-                "and try again") from None
+                f"the Docker engine at {host} does not answer: start it (systemctl start docker)"
+                f"{fix} and try again") from None
         return cls(client)
 
     # ---- images ----
@@ -207,9 +251,16 @@ class Engine:
             return None
 
     @_sdk
-    def load_images(self, stream: IO[bytes]) -> list[str]:
-        """Load a `docker save` archive (the engine unpacks gzip itself); the tags it held."""
-        return [t for image in self._client.images.load(stream) for t in image.tags]
+    def load_images(self, stream: IO[bytes], size: int,
+                    sent: Callable[[int], None] | None = None) -> list[str]:
+        """Load a `docker save` archive of `size` bytes (the engine unpacks gzip itself);
+        the tags it held. `sent` is told the bytes sent so far, as the archive streams."""
+        body = _Counted(stream, size, sent or (lambda _: None))
+        try:
+            loaded = self._client.images.load(body)
+        except docker.errors.ImageLoadError as exc:  # the engine's words, mid-stream
+            raise EngineError(f"the engine failed to load images: {exc}", str(exc)) from None
+        return [t for image in loaded for t in image.tags]
 
     @_sdk
     def login(self, registry: str, username: str, password: str) -> None:
@@ -217,9 +268,9 @@ class Engine:
         pulls of this process; it writes no credentials file."""
         self._client.login(username=username, password=password, registry=registry, reauth=True)
 
-    def pull(self, repo: str, tag: str | None,
-             auth: dict[str, str] | None) -> Iterator[dict[str, Any]]:
-        """The engine's progress events of one pull, as it sends them."""
+    def pull(self, ref: str, auth: dict[str, str] | None) -> Iterator[dict[str, Any]]:
+        """The engine's progress events of one pull (a tag or a digest), as it sends them."""
+        repo, tag = split_reference(ref)
         try:
             yield from self._client.api.pull(repo, tag, stream=True, decode=True,
                                              auth_config=auth)
@@ -227,6 +278,40 @@ class Engine:
             explanation = str(exc.explanation or exc)
             raise EngineError(f"the engine failed to pull {repo}: {explanation}",
                               explanation) from None
+
+    # ---- the host, for the checks ----
+
+    @_sdk
+    def info(self) -> EngineInfo:
+        """The engine's version, cgroup version, memory and root dir, in one call."""
+        found = self._client.api.info()
+        host = os.environ.get("DOCKER_HOST", "")
+        return EngineInfo(
+            server_version=str(found.get("ServerVersion") or "?"),
+            api_version=str(self._client.api.api_version),
+            cgroup_version=str(found.get("CgroupVersion") or "1"),
+            mem_total=int(found.get("MemTotal") or 0),
+            root_dir=str(found.get("DockerRootDir") or ""),
+            local=not host or host.startswith("unix://"))
+
+    @_sdk
+    def refuses_nofile(self, image: str, nofile: int, labels: dict[str, str]) -> str | None:
+        """Start a throw-away container of `image` with nofile as its soft and hard limit:
+        the engine's words when it refuses, None when it takes it (what the host allows is
+        the OCI runtime's business: only a try says). About 0.2 s."""
+        api = self._client.api
+        host = api.create_host_config(network_mode="none", ulimits=[
+            docker.types.Ulimit(name="nofile", soft=nofile, hard=nofile)])
+        created = api.create_container(image, ["true"], entrypoint=["true"], host_config=host,
+                                       labels=labels)
+        try:
+            api.start(created["Id"])
+            api.wait(created["Id"])
+            return None
+        except docker.errors.APIError as exc:
+            return str(exc.explanation or exc)
+        finally:
+            api.remove_container(created["Id"], force=True)
 
     # ---- observing ----
 
@@ -260,9 +345,33 @@ class Engine:
         return tail or f"status {obs.status}"
 
     @_sdk
-    def logs(self, name_or_id: str, tail: int | str = "all") -> list[str]:
-        data = self._client.api.logs(name_or_id, timestamps=True, tail=tail)
+    def logs(self, name_or_id: str, tail: int | str = "all",
+             since: float | None = None) -> list[str]:
+        """The container's log lines, timestamped: the last `tail`, from `since` (Unix time)."""
+        data = self._client.api.logs(name_or_id, timestamps=True, tail=tail, since=since)
         return cast(bytes, data).decode(errors="replace").splitlines()
+
+    def follow_logs(self, name_or_id: str, tail: int | str = "all",
+                    since: float | None = None) -> Generator[str, None, None]:
+        """As logs(), then each new line as it comes, until the container stops (or the
+        generator is closed); EngineLost when the engine goes away meanwhile."""
+        stream = _sdk(self._client.api.logs)(name_or_id, timestamps=True, tail=tail,
+                                              since=since, stream=True, follow=True)
+        pending = b""
+        try:
+            for chunk in _sdk(iter)(stream):
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop()  # a line the engine sent in two chunks
+                for line in lines:
+                    yield line.decode(errors="replace")
+            if pending:
+                yield pending.decode(errors="replace")
+        except (docker.errors.DockerException, requests.exceptions.RequestException,
+                OSError) as exc:
+            raise EngineLost(f"the Docker engine stopped answering ({type(exc).__name__})",
+                             str(exc)) from None
+        finally:
+            stream.close()
 
     def events(self, instance: str, role: str, until: int) -> Generator[str, None, None]:
         """The actions (die, start, destroy ...) of this role's containers until `until`
@@ -432,11 +541,22 @@ class Engine:
         finally:
             api.remove_container(cid, force=True)
 
-    @_sdk
-    def put_file(self, name: str, directory: str, tar: IO[bytes]) -> None:
-        """Unpack a tar stream (read a chunk at a time) into a directory of the container."""
-        if not self._client.api.put_archive(name, directory, tar):
-            raise EngineError(f"the engine refused to copy files into {name}:{directory}")
+
+class _Counted:
+    """A file as the SDK sends it, telling `sent` the bytes read so far after each read. Its
+    length is declared, so the body goes with a Content-Length (not chunked)."""
+
+    def __init__(self, stream: IO[bytes], size: int, sent: Callable[[int], None]) -> None:
+        self._stream, self._size, self._sent, self._count = stream, size, sent, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self._count += len(data)
+        self._sent(self._count)
+        return data
+
+    def __len__(self) -> int:
+        return self._size
 
 
 def create_args(c: s.Container, labels: dict[str, str]) -> dict[str, Any]:

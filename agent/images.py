@@ -12,11 +12,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TextIO
 
-from agent import store
+from agent import progress, store
 from agent.config import ImageSources
-from agent.engine import Engine, EngineError
+from agent.engine import Engine, EngineError, registry_of
 from agent.errors import EnvironmentProblem, UsageError
 
 Say = Callable[[str], None]
@@ -36,9 +36,15 @@ def ensure(engine: Engine, settings: ImageSources, wanted: dict[str, str],
         ids = {ref: i or engine.image_id(ref) for ref, i in ids.items()}
     if any(i is None for i in ids.values()) and settings.registry:
         auth = registry_auth(engine, settings)
-        for ref in [ref for ref, i in ids.items() if i is None]:
-            pull(engine, ref, auth if ref.startswith(settings.registry + "/") else None, say)
+        started, pulled = time.monotonic(), 0
+        missing = [ref for ref, i in ids.items() if i is None]
+        for ref in missing:
+            ours = registry_of(ref) == settings.registry
+            pulled += pull(engine, ref, auth if ours else None, say)
             ids[ref] = engine.image_id(ref)
+        if len(missing) > 1:
+            say(f"pulled {len(missing)} images, {progress.size(pulled)} in "
+                f"{time.monotonic() - started:.0f}s")
     missing = [ref for ref, i in ids.items() if i is None]
     if missing:
         ref = missing[0]
@@ -63,16 +69,26 @@ def bundle_files(path: Path) -> list[Path]:
 
 def load_bundle(engine: Engine, path: Path, say: Say) -> None:
     for archive in bundle_files(path):
-        started = time.monotonic()
-        say(f"loading images from {archive}")
-        try:
-            with archive.open("rb") as stream:  # the engine unpacks gzip itself
-                tags = engine.load_images(stream)
-        except (OSError, EOFError, EngineError) as exc:
-            raise EnvironmentProblem(f"cannot load images from {archive}: {exc}; check that it "
-                                     "is a `docker save` archive") from None
-        say(f"loaded {', '.join(tags) or 'no tagged image'} in "
-            f"{time.monotonic() - started:.0f}s")
+        load_archive(engine, archive, say)
+
+
+def load_archive(engine: Engine, archive: Path, say: Say) -> None:
+    """Load one archive, showing the bytes sent so far as it streams to the engine."""
+    started = time.monotonic()
+    say(f"loading images from {archive}")
+    meter = progress.Meter(say, live_output())
+    try:
+        with archive.open("rb") as stream:  # the engine unpacks gzip itself
+            total = os.fstat(stream.fileno()).st_size
+            tags = engine.load_images(stream, total, lambda sent: meter.show(
+                progress.load_line(archive.name, sent, total)))
+    except (OSError, EOFError, EngineError) as exc:
+        raise EnvironmentProblem(f"cannot load images from {archive}: {exc}; check that it "
+                                 "is a `docker save` archive") from None
+    finally:
+        meter.close()
+    say(f"loaded {', '.join(tags) or 'no tagged image'} in "
+        f"{time.monotonic() - started:.0f}s ({progress.size(total)})")
 
 
 def registry_password(settings: ImageSources) -> str:
@@ -110,34 +126,27 @@ def registry_auth(engine: Engine, settings: ImageSources) -> dict[str, str]:
     return auth
 
 
-def pull(engine: Engine, ref: str, auth: dict[str, str] | None, say: Say) -> None:
-    """Pull with progress: a live line on a terminal, a line per image in logs."""
-    repo, tag = split_tag(ref)
+def pull(engine: Engine, ref: str, auth: dict[str, str] | None, say: Say) -> int:
+    """Pull with progress in bytes (progress.Meter: a live line on a terminal, a line every
+    few seconds in logs); the bytes downloaded."""
     started = time.monotonic()
     say(f"pulling {ref}")
-    tty = sys.stdout.isatty()
-    layers: dict[str, str] = {}
+    state, meter = progress.Pull(), progress.Meter(say, live_output())
     try:
-        for event in engine.pull(repo, tag, auth):
+        for event in engine.pull(ref, auth):
             if "error" in event:
                 raise EnvironmentProblem(f"cannot pull {ref}: {event['error']}")
-            if tty and event.get("id"):
-                layers[event["id"]] = event.get("status", "")
-                done = sum(1 for s in layers.values() if s in ("Pull complete", "Already exists"))
-                sys.stdout.write(f"\r  {done}/{len(layers)} layers")
-                sys.stdout.flush()
+            state.feed(event)
+            if state.total:
+                meter.show(state.line(ref))
     except EngineError as exc:
         raise EnvironmentProblem(f"cannot pull {ref}: {exc.explanation}") from None
-    if tty:
-        sys.stdout.write("\n")
-    say(f"pulled {ref} in {time.monotonic() - started:.0f}s")
+    finally:
+        meter.close()
+    say(f"pulled {ref} in {time.monotonic() - started:.0f}s: {state.summary()}")
+    return state.total
 
 
-def split_tag(ref: str) -> tuple[str, str | None]:
-    if "@" in ref:
-        return ref, None
-    name, sep, tag = ref.rpartition(":")
-    if sep and "/" not in tag:
-        return name, tag
-    return ref, "latest"
-
+def live_output() -> TextIO | None:
+    """Standard output when it is a terminal (progress rewritten in place there)."""
+    return sys.stdout if sys.stdout.isatty() else None

@@ -192,10 +192,11 @@ def cluster_config(settings: LauncherSettings, token_file: Path | None,
     # The head role's `ray start` (roles/ray.py), run by Ray's launcher in the foreground of
     # its own SSH session rather than as the container's main process: no --block.
     config["head_start_ray_commands"] = ["ray stop", _ray_start(
-        settings, [*ray.start_command(None, block=False),
+        settings, [*ray.start_command(None, ray.node_ports(settings, "head"), block=False),
                    "--autoscaling-config=~/ray_bootstrap_config.yaml"], *secrets)]
     config["worker_start_ray_commands"] = ["ray stop", _ray_start(
-        settings, ray.start_command("$RAY_HEAD_IP", block=False), *secrets)]
+        settings, ray.start_command("$RAY_HEAD_IP", ray.node_ports(settings, "worker"),
+                                    block=False), *secrets)]
     return config
 
 

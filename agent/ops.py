@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import shutil
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+from urllib.parse import urlsplit
 
-from agent import cluster, store
+from agent import cluster, store, validate
 from agent import spec as s
 from agent.engine import Engine, Observed
+from agent.errors import UsageError
 from agent.redact import redact, secrets_in_env
-from agent.roles.ray import GCS_PORT
+from agent.roles.ray import DASHBOARD_PORT, GCS_PORT, TOKEN_ENV
+from agent.validate import printable
 
 Say = Callable[[str], None]
 
@@ -56,42 +64,231 @@ def secrets_to_redact(file_values: set[str], observed: list[Observed]) -> list[s
     return sorted(values, key=len, reverse=True)
 
 
+SCHEMA = 1  # of `status --json` (README "status --json"): raised when a key changes meaning
+
+
 def _ray_address(o: Observed) -> str:
     if o.host_network:
         return "127.0.0.1"
     return next((e.ip for e in o.endpoints if e.ip), "127.0.0.1")
 
 
+def _token(o: Observed, data_dir: Path) -> str | None:
+    """The Ray token the container was given, else the data dir's."""
+    given = o.env_value(TOKEN_ENV)
+    if given:
+        return given
+    try:
+        return store.read_secret(cluster.token_path(data_dir))
+    except Exception:  # a token that cannot be read: ask without one
+        return None
+
+
+def _arg(command: tuple[str, ...], flag: str) -> str | None:
+    """The value of `flag=V` or `flag V` in a command line."""
+    for i, item in enumerate(command):
+        if item.startswith(flag + "="):
+            return item.split("=", 1)[1]
+        if item == flag and i + 1 < len(command):
+            return command[i + 1]
+    return None
+
+
+def _host_of(address: str) -> str:
+    """The host of H, H:PORT, [H]:PORT or scheme://H:PORT."""
+    netloc = urlsplit(address if "://" in address else f"//{address}")
+    return netloc.hostname or address
+
+
+def _started(o: Observed) -> tuple[str | None, int | None]:
+    """(started-at as the engine has it, uptime in seconds while it runs)."""
+    try:
+        started = validate.since(o.started_at)
+    except ValueError:  # never started: the engine says 0001-01-01T00:00:00Z
+        return None, None
+    uptime = max(0, int(time.time() - started)) if o.status == "running" else None
+    return o.started_at, uptime
+
+
+def _container(o: Observed) -> dict[str, Any]:
+    started_at, uptime = _started(o)
+    return {
+        "name": o.name, "role": o.role or None, "service": o.service or None,
+        "image": o.image, "image_id": o.image_id, "state": o.status, "health": o.health,
+        "started_at": started_at, "uptime_seconds": uptime, "restart_count": o.restart_count,
+        "ports": [{"container_port": p.container_port, "host_ip": p.host_ip or "0.0.0.0",
+                   "host_port": p.host_port} for p in o.published],
+        "ready": o.status == "running" and o.health in (None, "healthy"),
+    }
+
+
+def _ask(address: str, token: str | None, into: dict[str, Any]) -> list[dict[str, Any]]:
+    """The head's node list; records in `into` whether its dashboard answered, and why not."""
+    try:
+        listed = cluster.nodes(address, token)
+    except cluster.UNANSWERED as exc:
+        into.update(answers=False, error=cluster.unanswered_reason(exc))
+        return []
+    into.update(answers=True, error=None)
+    return listed
+
+
+def _head_ray(o: Observed, data_dir: Path) -> dict[str, Any]:
+    address = _ray_address(o)
+    info: dict[str, Any] = {"address": address, "answers": False, "error": None,
+                            "alive": 0, "nodes": []}
+    if o.status != "running":
+        info["error"] = f"{o.name} is not running"
+        return info
+    listed = _ask(address, _token(o, data_dir), info)
+    info["nodes"] = [{"node_ip": n.get("node_ip"), "node_id": n.get("node_id"),
+                      "head": bool(n.get("is_head_node")), "state": n.get("state"),
+                      "cpus": (n.get("resources_total") or {}).get("CPU", 0)} for n in listed]
+    info["alive"] = sum(1 for n in info["nodes"] if n["state"] == "ALIVE")
+    return info
+
+
+def _worker_ray(o: Observed, data_dir: Path) -> dict[str, Any]:
+    address = _arg(o.command, "--address")
+    head = _host_of(address) if address else None
+    info: dict[str, Any] = {"head": head, "node_ip": None, "answers": False, "error": None,
+                            "joined": False}
+    if head is None:
+        info["error"] = f"{o.name} has no --address in its command"
+        return info
+    if o.status != "running":
+        info["error"] = f"{o.name} is not running"
+        return info
+    try:  # the address the head lists it under, as the worker role confirms its join
+        ip = cluster.worker_ip(head, _arg(o.command, "--node-ip-address"),
+                               None if o.host_network else o.ip_on(o.network_mode))
+    except OSError:
+        info["error"] = f"the head's name {head} does not resolve"
+        return info
+    info["node_ip"] = ip
+    info["joined"] = cluster.has_joined(_ask(head, _token(o, data_dir), info), ip)
+    return info
+
+
+def _app_ray(observed: list[Observed], data_dir: Path) -> dict[str, Any] | None:
+    core = next((o for o in observed if o.role == "app" and o.env_value("RAY_ADDRESS")), None)
+    if core is None:
+        return None
+    head = _host_of(core.env_value("RAY_ADDRESS") or "")
+    info: dict[str, Any] = {"head": head, "answers": False, "error": None, "alive": 0}
+    info["alive"] = sum(1 for n in _ask(head, _token(core, data_dir), info)
+                        if n.get("state") == "ALIVE")
+    return info
+
+
+def status_report(observed: list[Observed], data_dir: Path, instance: str) -> dict[str, Any]:
+    """What runs here, as `status --json` prints it (schema in README "status --json")."""
+    containers = [_container(o) for o in observed]
+    not_ready = [f"{c['name']}: {c['state']}{', ' + c['health'] if c['health'] else ''}"
+                 for c in containers if not c["ready"]]
+    ray: dict[str, Any] = {}
+    for o in observed:
+        if o.service == "ray-head" and "head" not in ray:
+            ray["head"] = _head_ray(o, data_dir)
+            if o.status == "running" and not any(n["head"] and n["state"] == "ALIVE"
+                                                 for n in ray["head"]["nodes"]):
+                not_ready.append(f"ray head: not listed alive by its dashboard "
+                                 f"({ray['head']['error'] or 'not yet'})")
+        if o.service == "ray-worker" and "worker" not in ray:
+            ray["worker"] = _worker_ray(o, data_dir)
+            if o.status == "running" and not ray["worker"]["joined"]:
+                not_ready.append(f"ray worker: not listed alive by the head "
+                                 f"({ray['worker']['error'] or 'not joined'})")
+    app_ray = _app_ray(observed, data_dir)
+    if app_ray is not None:
+        ray["app"] = app_ray  # informational: the app role does not wait for the dashboard
+    roles = []
+    for o in observed:
+        if o.role and o.role not in roles:
+            roles.append(o.role)
+    return {"schema": SCHEMA, "instance": instance, "roles": roles, "ready": not not_ready,
+            "not_ready": not_ready, "containers": containers, "ray": ray}
+
+
+def _age(seconds: int | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size, smaller, small_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60),
+                                            ("m", 60, "s", 1)):
+        if seconds >= size:
+            rest = (seconds % size) // small_size
+            whole = f"{seconds // size}{unit}"
+            return f"{whole}{rest:02d}{smaller}" if rest else whole
+    return f"{seconds}s"
+
+
+def _ray_lines(ray: dict[str, Any]) -> list[str]:
+    lines = []
+    head = ray.get("head")
+    if head and head["answers"]:
+        alive = [n for n in head["nodes"] if n["state"] == "ALIVE"]
+        ips = {n["node_ip"] for n in alive}
+        dead = [n for n in head["nodes"] if n["state"] != "ALIVE" and n["node_ip"] not in ips]
+        lines.append(f"ray cluster at {head['address']}:{GCS_PORT}: {len(alive)} node(s) alive"
+                     + (f", {len(dead)} dead" if dead else ""))
+        for n in sorted(alive, key=lambda n: (not n["head"], n["node_ip"] or "")) + dead:
+            kind = "head" if n["head"] else "worker"
+            state = "" if n["state"] == "ALIVE" else f"  {str(n['state']).lower()}"
+            lines.append(f"  {kind:<7} {n['node_ip'] or '?':<16} {n['cpus']:g} CPU{state}")
+    elif head and head["error"] and "not running" not in head["error"]:
+        lines.append(f"ray cluster at {head['address']}:{GCS_PORT}: the dashboard on port "
+                     f"{DASHBOARD_PORT} does not answer ({head['error']})")
+    worker = ray.get("worker")
+    if worker and worker["joined"]:
+        lines.append(f"ray worker {worker['node_ip']}: joined the cluster at "
+                     f"{worker['head']}:{GCS_PORT} (the head lists it alive)")
+    elif worker and worker["answers"]:
+        lines.append(f"ray worker {worker['node_ip']}: NOT joined: the head at "
+                     f"{worker['head']} does not list it alive")
+    elif worker and worker["error"] and "not running" not in worker["error"]:
+        lines.append(f"ray worker: cannot tell whether it joined the head at {worker['head']}: "
+                     f"{_dashboard_problem(worker)}")
+    app = ray.get("app")
+    if app and app["answers"]:
+        lines.append(f"the app's ray cluster at {app['head']}:{GCS_PORT}: {app['alive']} node(s) "
+                     "alive")
+    elif app:
+        lines.append(f"the app's ray cluster at {app['head']}:{GCS_PORT}: "
+                     f"{_dashboard_problem(app)}")
+    return lines
+
+
+def _dashboard_problem(info: dict[str, Any]) -> str:
+    if "does not resolve" in str(info["error"]):
+        return str(info["error"])
+    return f"its dashboard on port {DASHBOARD_PORT} does not answer ({info['error']})"
+
+
 def status(engine: Engine, data_dir: Path, instance: str, say: Say) -> int:
-    """Print what runs here; returns how many managed containers are not ready."""
+    """Print what runs here; returns how many things are not ready."""
     observed = managed(engine, instance)
-    if not observed:
+    report = status_report(observed, data_dir, instance)
+    if not report["containers"]:
         where = f" (instance {instance})" if instance else ""
         say(f"nothing managed by syntho-agent here{where}")
         return 0
-    say(f"{'ROLE':<8} {'CONTAINER':<24} {'STATE':<10} HEALTH")
-    not_ready = 0
-    for o in observed:
-        health = o.health or "-"
-        say(f"{o.role or '?':<8} {o.name:<24} {o.status:<10} {health}")
-        if o.status != "running" or o.health not in (None, "healthy"):
-            not_ready += 1
-    for o in observed:
-        if o.service == "ray-head" and o.status == "running":
-            address = _ray_address(o)
-            try:
-                token = store.read_secret(cluster.token_path(data_dir))
-            except Exception:
-                token = None
-            nodes = cluster.alive_nodes(address, token)
-            say(f"ray cluster at {address}:{GCS_PORT}: {len(nodes)} node(s) alive")
-            for n in sorted(nodes, key=lambda n: (not n.get("is_head_node"), n.get("node_ip", ""))):
-                kind = "head" if n.get("is_head_node") else "worker"
-                cpus = n.get("resources_total", {}).get("CPU", 0)
-                say(f"  {kind:<7} {n.get('node_ip', '?'):<16} {cpus:g} CPU")
-    for line in app_urls(observed):
+    rows = [("ROLE", "CONTAINER", "STATE", "HEALTH", "UPTIME", "RESTARTS", "IMAGE")]
+    rows += [(c["role"] or "?", c["name"], c["state"], c["health"] or "-",
+              _age(c["uptime_seconds"]), str(c["restart_count"]), c["image"])
+             for c in report["containers"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        say("  ".join(f"{v:<{w}}" for v, w in zip(r, widths)) + "  " + r[-1])
+    for line in [*_ray_lines(report["ray"]), *app_urls(observed)]:
         say(line)
-    return not_ready
+    return len(report["not_ready"])
+
+
+def status_json(engine: Engine, data_dir: Path, instance: str, say: Say) -> int:
+    """status as JSON (README "status --json"); returns how many things are not ready."""
+    report = status_report(managed(engine, instance), data_dir, instance)
+    say(json.dumps(report, indent=2))
+    return len(report["not_ready"])
 
 
 def app_urls(observed: list[Observed]) -> list[str]:
@@ -104,12 +301,17 @@ def app_urls(observed: list[Observed]) -> list[str]:
     return []
 
 
-def down(engine: Engine, data_dir: Path, instance: str, purge: bool, say: Say) -> None:
+def down(engine: Engine, data_dir: Path, instance: str, purge: bool, say: Say,
+         first: Callable[[], None] | None = None) -> None:
+    """first: after the refusals, before anything is removed (the CLI stops this VM's
+    syntho-agent unit there: it would re-create what down removes)."""
     if purge and data_dir.is_dir():  # refuse before removing anything
         try:
             store.check_writable(data_dir, space=False)  # a full disk must not stop a purge
         except OSError as exc:
             raise store.tag(exc, data_dir, "remove") from None
+    if first is not None:
+        first()
     observed = managed(engine, instance)
     for o in reversed(observed):
         engine.remove(o.id)
@@ -149,13 +351,84 @@ def remove_data_dir(data_dir: Path) -> None:
         raise store.tag(exc, Path(exc.filename or data_dir), "remove") from None
 
 
-def logs(engine: Engine, data_dir: Path, instance: str, output: Path, say: Say) -> None:
+@dataclass(frozen=True)
+class LogOptions:
+    """What `logs` reads: the services (none: every one), the last `tail` lines of each, from
+    `since` (a Unix time), and whether to keep following; `output` None is standard output."""
+
+    output: Path | None = None
+    services: tuple[str, ...] = ()
+    tail: int | None = None
+    since: float | None = None
+    follow: bool = False
+
+
+def select(observed: list[Observed], services: tuple[str, ...], instance: str) -> list[Observed]:
+    """The containers of the named services (or container names); UsageError naming the
+    services that exist when one is not among them."""
+    if not services:
+        return observed
+    known = sorted({o.service for o in observed if o.service})
+    for wanted in services:
+        if not any(wanted in (o.service, o.name) for o in observed):
+            where = f" (instance {instance})" if instance else ""
+            exist = (f"the services here are: {', '.join(known)}" if known
+                     else "nothing managed by syntho-agent runs here")
+            raise UsageError(f"--service {printable(wanted)} is not a service here{where}; "
+                             f"{exist}")
+    return [o for o in observed if o.service in services or o.name in services]
+
+
+def logs(engine: Engine, data_dir: Path, instance: str, options: LogOptions, say: Say,
+         write: Say) -> None:
+    """The selected containers' logs, secrets redacted: into options.output (atomically,
+    0600), or through `write` (standard output), or followed through `write` until they stop."""
     from_files = file_secrets(data_dir)  # first: refuse before reading any log
     observed = managed(engine, instance)
+    selected = select(observed, options.services, instance)
     secrets = secrets_to_redact(from_files, observed)
+    tail: int | str = "all" if options.tail is None else options.tail
+    if options.follow:
+        _follow(engine, selected, secrets, tail, options.since, write)
+        return
     lines: list[str] = []
-    for o in observed:
+    for o in selected:
         lines.append(f"===== {o.name} ({o.status}{', ' + o.health if o.health else ''}) =====")
-        lines.extend(redact(line, secrets) for line in engine.logs(o.id))
-    store.write_atomic(output, "\n".join(lines) + "\n", mode=0o600)
-    say(f"wrote the logs of {len(observed)} container(s) to {output} (secrets redacted)")
+        lines.extend(redact(line, secrets) for line in engine.logs(o.id, tail, options.since))
+    if options.output is None:
+        for line in lines:
+            write(line)
+        return
+    store.write_atomic(options.output, "\n".join(lines) + "\n", mode=0o600)
+    say(f"wrote the logs of {len(selected)} container(s) to {options.output} (secrets redacted)")
+
+
+def _follow(engine: Engine, selected: list[Observed], secrets: list[str], tail: int | str,
+            since: float | None, write: Say) -> None:
+    """Every selected container's lines as they come (one thread each), prefixed with its
+    service when there are several, until all have stopped (or Ctrl-C)."""
+    labels = {o.id: o.service or o.name for o in selected}
+    width = max((len(v) for v in labels.values()), default=0)
+    lines: queue.Queue[tuple[str, str | BaseException | None]] = queue.Queue()
+
+    def pump(o: Observed) -> None:
+        try:
+            for line in engine.follow_logs(o.id, tail, since):
+                lines.put((o.id, line))
+        except BaseException as exc:  # handed to the main thread, raised there
+            lines.put((o.id, exc))
+        finally:
+            lines.put((o.id, None))
+
+    for o in selected:
+        threading.Thread(target=pump, args=(o,), daemon=True).start()
+    running = len(selected)
+    while running:
+        cid, item = lines.get()  # Ctrl-C interrupts the wait (agent.failures)
+        if item is None:
+            running -= 1
+        elif isinstance(item, BaseException):
+            raise item
+        else:
+            text = redact(item, secrets)
+            write(f"{labels[cid]:<{width}} | {text}" if len(selected) > 1 else text)

@@ -1,10 +1,11 @@
 """Postgres' client tools against the app's databases, for backup and restore.
 
-The bundled database: run inside its own container, over the local socket (which trusts its
-owner there: no password travels). An external one (--postgres-url): run in a throw-away
-container of the Postgres image on the app's network, so it reaches the server exactly as the
-app's containers do; the password goes in that container's environment, never on a command
-line.
+A dump of the bundled database runs inside its own container, over the local socket (which
+trusts its owner there: no password travels). Everything else runs in a throw-away container
+of the Postgres image on the app's network, which reaches the server exactly as the app's
+containers do: a dump of an external --postgres-url, and every restore (the dumps to read are
+bind-mounted into it, read-only: nothing is copied into the database's container). The
+password goes in that container's environment, never on a command line.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import IO, Union
 from urllib.parse import unquote, urlsplit
 
+from agent import store
+from agent.app_setup import DB_PASSWORD
 from agent.config import BackupSettings, RestoreSettings
 from agent.engine import Engine
 from agent.errors import EnvironmentProblem
@@ -23,9 +26,15 @@ Settings = Union[BackupSettings, RestoreSettings]
 MOUNT = "/syntho-restore"  # where a throw-away container sees the dumps to restore
 
 
-def external(settings: Settings) -> tuple[list[str], dict[str, str]]:
-    """The connection arguments and environment for an external --postgres-url."""
-    assert settings.postgres_url is not None
+def connection(settings: Settings) -> tuple[list[str], dict[str, str]]:
+    """The connection arguments and environment for the app's database server."""
+    if settings.postgres_url is None:  # the bundled one, by its name on the app's network
+        password = store.read_secret(settings.data_dir / "secrets" / DB_PASSWORD)
+        if password is None:
+            raise EnvironmentProblem(
+                f"no database password in {settings.data_dir / 'secrets' / DB_PASSWORD}: run "
+                "`syntho-agent app` first (or pass the data dir the app role uses)")
+        return ["-h", "postgres", "-p", "5432", "-U", DB_USER], {"PGPASSWORD": password}
     url = urlsplit(settings.postgres_url)
     args = ["-h", url.hostname or "", "-p", str(url.port or 5432), "-U",
             unquote(url.username or DB_USER)]
@@ -35,16 +44,14 @@ def external(settings: Settings) -> tuple[list[str], dict[str, str]]:
 def run(engine: Engine, settings: Settings, tool: list[str], out: IO[bytes] | None,
         dumps: Path | None = None) -> tuple[int, str]:
     """tool (pg_dump ..., pg_restore ...) against the app's database server; with `dumps`,
-    a directory of dump files the tool reads (as MOUNT/NAME for an external server)."""
-    if settings.postgres_url is None:
+    a directory of dump files the tool reads as MOUNT/NAME."""
+    if settings.postgres_url is None and dumps is None:
         postgres = settings.suffix("syntho-postgres")
-        found = engine.observe(postgres)
-        if found is None or found.status != "running":
-            raise EnvironmentProblem(
-                f"the app's Postgres ({postgres}) is not running here: run `syntho-agent app` "
-                "first (or run this on the app VM)")
+        _require_running(engine, postgres)
         return engine.exec_to(postgres, [tool[0], "-U", DB_USER, *tool[1:]], out)
-    args, env = external(settings)
+    if settings.postgres_url is None:
+        _require_running(engine, settings.suffix("syntho-postgres"))
+    args, env = connection(settings)
     network = settings.suffix("syntho")
     labels = {LABEL_MANAGED: "true", LABEL_INSTANCE: settings.instance}
     binds = {str(dumps.resolve()): MOUNT} if dumps is not None else None
@@ -55,3 +62,11 @@ def run(engine: Engine, settings: Settings, tool: list[str], out: IO[bytes] | No
         raise EnvironmentProblem(
             f"cannot run {tool[0]} against {args[1]} from the network {network} (run "
             f"`syntho-agent app` first; image {settings.postgres_image}): {exc}") from None
+
+
+def _require_running(engine: Engine, postgres: str) -> None:
+    found = engine.observe(postgres)
+    if found is None or found.status != "running":
+        raise EnvironmentProblem(
+            f"the app's Postgres ({postgres}) is not running here: run `syntho-agent app` "
+            "first (or run this on the app VM)")

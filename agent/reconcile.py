@@ -11,6 +11,8 @@ makes no further call.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import socket
 from dataclasses import dataclass
 from typing import Callable
@@ -22,6 +24,10 @@ from agent.waits import poll
 
 Say = Callable[[str], None]
 READY_POLL = 0.25  # seconds between looks at a container that is becoming ready (one inspect)
+# A hash of each field of a container's spec, so that a later plan can say which one changed
+# (the config hash says only that something did). Secret-bearing env values share one hash.
+LABEL_FIELDS = f"{s.LABEL_PREFIX}.field-hashes"
+SECRET_FIELD = "a secret"
 
 
 Step = Callable[["Plan"], int]  # a role's own step: runs with the plan, returns its changes
@@ -34,6 +40,7 @@ class Action:
     container: s.Container | None = None
     config_hash: str = ""
     reason: str = ""
+    fields: str = ""  # the container's field hashes (LABEL_FIELDS), for its labels
 
 
 @dataclass(frozen=True)
@@ -91,18 +98,61 @@ def plan(spec: s.Spec, observed: list[Observed], ids: dict[str, str]) -> list[Ac
                for o in observed if o.name not in wanted]
     for c in spec.ordered():
         h = c.config_hash(ids[c.image])
+        hashes = field_hashes(c, ids[c.image], spec.secrets)
+        label = json.dumps(hashes, sort_keys=True, separators=(",", ":"))
         o = current.get(c.name)
         if o is None:
-            actions.append(Action("create", c.name, c, h))
+            actions.append(Action("create", c.name, c, h, fields=label))
         elif not c.hash_matches(ids[c.image], o.config_hash, o.hash_scheme):
-            actions.append(Action("recreate", c.name, c, h, "configuration changed"))
+            changed = changed_fields(o, hashes)
+            actions.append(Action("recreate", c.name, c, h, "configuration changed" + (
+                f": {', '.join(changed)}" if changed else ""), label))
         elif (what := drift(o, c, ids[c.image])) is not None:
-            actions.append(Action("recreate", c.name, c, h, f"{what} changed outside the agent"))
+            actions.append(Action("recreate", c.name, c, h, f"{what} changed outside the agent",
+                                  label))
         elif o.status not in ("running", "restarting"):  # restarting: the engine is on it
-            actions.append(Action("start", c.name, c, h, f"was {o.status}"))
+            actions.append(Action("start", c.name, c, h, f"was {o.status}", label))
         else:
-            actions.append(Action("unchanged", c.name, c, h))
+            actions.append(Action("unchanged", c.name, c, h, fields=label))
     return actions
+
+
+def _digest(value: object) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def field_hashes(c: s.Container, image_id: str, secrets: tuple[str, ...]) -> dict[str, str]:
+    """A short hash of each field of c that is not at its default (the config hash's view),
+    and of each env variable by name; the variables whose value holds a secret share one hash,
+    so no label ever carries a hash of a secret alone."""
+    hashes = {"image_id": _digest(image_id)}
+    hidden = []
+    for name, value in s.canonical(c).items():
+        if name != "env":
+            hashes[name] = _digest(value)
+            continue
+        for key, text in value:
+            if any(secret and secret in text for secret in secrets):
+                hidden.append((key, text))
+            else:
+                hashes[f"env {key}"] = _digest(text)
+    if hidden:
+        hashes[SECRET_FIELD] = _digest(hidden)
+    return hashes
+
+
+def changed_fields(o: Observed, hashes: dict[str, str]) -> list[str]:
+    """The fields whose hash differs from the one o was labelled with when it was made ([]
+    for a container made before the agent recorded them)."""
+    try:
+        recorded = json.loads(o.label(LABEL_FIELDS) or "{}")
+    except ValueError:
+        return []
+    if not isinstance(recorded, dict) or not recorded:
+        return []
+    names = [*hashes, *(k for k in recorded if k not in hashes)]
+    return [k for k in names if recorded.get(k) != hashes.get(k)]
 
 
 def drift(o: Observed, c: s.Container, image_id: str) -> str | None:
@@ -199,13 +249,16 @@ def apply(engine: Engine, spec: s.Spec, plan: Plan, say: Say, ready_timeout: flo
             old = engine.observe(old.id)
             if old is None:  # removed since preflight read it: make it anew
                 action = Action("create", c.name, c, action.config_hash,
-                                "removed while this run planned")
+                                "removed while this run planned", action.fields)
         if action.verb == "start":
             assert old is not None
             engine.start(old.id, c.name)
             say(f"started {c.name} ({action.reason})")
         else:
-            replace(engine, c, spec.labels(c, action.config_hash), old)
+            own = spec.labels(c, action.config_hash)
+            if action.fields:
+                own[LABEL_FIELDS] = action.fields
+            replace(engine, c, own, old)
             say(f"{action.verb}d {c.name}" + (f" ({action.reason})" if action.reason else ""))
         changes += 1
     return changes

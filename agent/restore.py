@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import io
 import shutil
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -27,10 +27,8 @@ from agent.config import BackupSettings, RestoreSettings
 from agent.engine import Engine
 from agent.errors import ConvergeError, EnvironmentProblem, UsageError
 from agent.lock import data_dir_lock
-from agent.roles.app import DB_USER
 
 Say = Callable[[str], None]
-IN_CONTAINER = "/tmp"  # where the dumps are copied for pg_restore, then removed
 
 
 def run_restore(engine: Engine, settings: RestoreSettings, path: Path, force: bool,
@@ -126,39 +124,22 @@ def _put_files(settings: RestoreSettings, staging: Path, say: Say) -> None:
 
 def _restore_databases(engine: Engine, settings: RestoreSettings, staging: Path,
                        say: Say) -> int:
-    postgres = settings.suffix("syntho-postgres")
+    """Both databases at once, each by pg_restore in its own throw-away client (they are
+    independent, and the client's start overlaps the other's work)."""
     restore = ["pg_restore", "--clean", "--if-exists", "--no-owner", "--exit-on-error"]
-    for label, database in (("core", settings.core_db_name),
-                            ("backend", settings.backend_db_name)):
-        dump = staging / f"{label}.dump"
-        started = time.monotonic()
-        if settings.postgres_url is not None:
-            code, out = pgclient.run(engine, settings, [
-                *restore, "-d", database, f"{pgclient.MOUNT}/{dump.name}"], None, dumps=staging)
-        else:
-            name = f"syntho-restore-{label}.dump"
-            with _tar_of(dump, name) as tar:
-                engine.put_file(postgres, IN_CONTAINER, tar)
-            code, out = engine.exec(postgres, [
-                "sh", "-c", f'{" ".join(restore)} -U {DB_USER} -d "$DATABASE" '
-                f'{IN_CONTAINER}/{name}; status=$?; rm -f {IN_CONTAINER}/{name}; exit $status'],
-                env={"DATABASE": database})
-        if code != 0:
-            raise ConvergeError(f"pg_restore of {database} failed (exit {code}): "
-                                f"{out.strip()[-300:]}; the archive is intact: run restore "
-                                "again with --force")
-        say(f"restored the database {database} ({time.monotonic() - started:.1f}s)")
+    started = time.monotonic()
+    databases = {"core": settings.core_db_name, "backend": settings.backend_db_name}
+    with ThreadPoolExecutor(len(databases)) as pool:
+        runs = {database: pool.submit(pgclient.run, engine, settings, [
+                    *restore, "-d", database, f"{pgclient.MOUNT}/{label}.dump"], None,
+                    dumps=staging)
+                for label, database in databases.items()}
+        for database, run in runs.items():
+            code, out = run.result()
+            if code != 0:
+                raise ConvergeError(f"pg_restore of {database} failed (exit {code}): "
+                                    f"{out.strip()[-300:]}; the archive is intact: run restore "
+                                    "again with --force")
+    say(f"restored the databases {' and '.join(databases.values())} "
+        f"({time.monotonic() - started:.1f}s)")
     return 2
-
-
-def _tar_of(path: Path, name: str) -> io.BufferedReader:
-    """path as the only member of a tar file (a temporary file beside it), opened for reading."""
-    tar_path = path.with_suffix(".tar")
-    with tarfile.open(tar_path, "w") as tar:
-        info = tar.gettarinfo(str(path), arcname=name)
-        info.uid = info.gid = 0
-        info.mode = 0o644
-        with path.open("rb") as f:
-            tar.addfile(info, f)
-    return tar_path.open("rb")
-

@@ -124,11 +124,7 @@ def read_config_file(path: Path) -> dict[str, tuple[Any, int, str]]:
     except RecursionError:  # PyYAML composes nested lists and mappings recursively
         raise _bad(path, "is not a config file: its lists or mappings nest too deep") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None)
-        raise _bad(path, f"is not valid YAML{where}" + (f": {problem}" if problem else "")
-                   ) from None
+        raise _bad(path, yaml_problem(exc)) from None
     if node is None:
         return {}
     if not isinstance(node, yaml.MappingNode):
@@ -158,6 +154,24 @@ def read_config_file(path: Path) -> dict[str, tuple[Any, int, str]]:
         else:
             values[key] = (str(value_node.value), line, raw)
     return values
+
+
+def _at(mark: yaml.Mark | None) -> str:
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: what is wrong, where, and what it was reading then
+    (`is not valid YAML at line 3, column 1: expected ',' or ']', but got '<stream end>'
+    (while parsing a flow sequence at line 1, column 9)`)."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return f"is not valid YAML: {' '.join(str(exc).split())}"
+    problem = " ".join(str(exc.problem or "").split())
+    context = " ".join(str(exc.context or "").split())
+    line = f"is not valid YAML{_at(exc.problem_mark)}" + (f": {problem}" if problem else "")
+    if context:
+        line += f" ({context}{_at(exc.context_mark)})"
+    return line
 
 
 def _is_null(node: yaml.Node) -> bool:

@@ -8,9 +8,10 @@ read them from there, so the env file always says what the containers get.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from agent import spec as s
 from agent.config import AppSettings
@@ -51,15 +52,17 @@ class Redis:
 def database(settings: AppSettings, secrets: Secrets) -> Database:
     if settings.postgres_url:
         u = urlsplit(settings.postgres_url)
-        return Database(u.hostname or "", u.port or 5432, u.username or DB_USER,
-                        u.password or "")
+        # urlsplit leaves the user and password %-escaped; the containers get them as they are
+        return Database(u.hostname or "", u.port or 5432, unquote(u.username or DB_USER),
+                        unquote(u.password or ""))
     return Database("postgres", 5432, DB_USER, secrets.db_password)
 
 
 def redis(settings: AppSettings) -> Redis:
     if settings.redis_url:
         u = urlsplit(settings.redis_url)
-        return Redis(u.hostname or "", u.port or 6379, u.password)
+        return Redis(u.hostname or "", u.port or 6379,
+                     None if u.password is None else unquote(u.password))
     return Redis("redis", 6379, None)
 
 
@@ -90,6 +93,7 @@ class AppValues:
     broker_url: str  # Celery's broker and result backend (Redis db 0)
     backend_redis_db: str  # the backend's Redis database index
     frontend_host: str
+    frontend_domain: str  # the frontend host without its port (the backend's allowed host)
     backend_host: str
     frontend_url: str
 
@@ -99,14 +103,20 @@ def app_values(settings: AppSettings, secrets: Secrets, ray_host: str) -> AppVal
     return AppValues(
         secrets=secrets, db=database(settings, secrets), redis=rd, ray_host=ray_host,
         broker_url=rd.url(0), backend_redis_db="1",
-        frontend_host=frontend_host(settings), backend_host=backend_host(settings),
+        frontend_host=frontend_host(settings),
+        frontend_domain=frontend_host(settings).rsplit(":", 1)[0],
+        backend_host=backend_host(settings),
         frontend_url=f"{settings.frontend_protocol}://{frontend_host(settings)}",
     )
 
 
 def _db_url(db: Database, name: str) -> str:
     return (f"postgresql+asyncpg://{quote(db.user, safe='')}:{quote(db.password, safe='')}"
-            f"@{db.host}:{db.port}/{name}")
+            f"@{_db_address(db)}/{name}")
+
+
+def _db_address(db: Database) -> str:
+    return f"{db.host}:{db.port}"
 
 
 def _health(command: str) -> s.Health:
@@ -128,7 +138,6 @@ def app_spec(settings: AppSettings, values: AppValues) -> s.Spec:
     infra = tuple(x for x, bundled in (("postgres", bundled_db), ("redis", bundled_redis))
                   if bundled)
     https = settings.frontend_protocol == "https"
-    domain = values.frontend_host.rsplit(":", 1)[0]
 
     def box(service: str, image: str, **kw: object) -> s.Container:
         return s.Container(service=service, name=settings.suffix(f"syntho-{service}"),
@@ -156,7 +165,7 @@ def app_spec(settings: AppSettings, values: AppValues) -> s.Spec:
         worker_env, SECURE_COOKIES=str(https), USER_NAME=settings.admin_username,
         USER_PASSWORD=secrets.admin_password, USER_EMAIL=settings.admin_email,
         DATA_ACCESS="True", RAY_URL=f"http://{ray}:{DASHBOARD_PORT}",
-        EXTRA_ALLOWED_HOSTS=f"backend {domain}",
+        EXTRA_ALLOWED_HOSTS=f"backend {values.frontend_domain}",
     )
 
     containers = []
@@ -193,6 +202,9 @@ def app_spec(settings: AppSettings, values: AppValues) -> s.Spec:
         box("worker", settings.backend_image, restart="on-failure", after=infra,
             entrypoint=("python", "manage.py", "subscriber"), env=s.env_pairs(**worker_env)),
         box("frontend", settings.frontend_image, restart="always", after=("backend",),
+            # The vendor's compose files set NODE_ENV=development, its Helm chart (the
+            # frontend's deployment) defaults to production (`frontend.mode`): the agent keeps
+            # the chart's value it has always given; app.env notes the difference.
             env=s.env_pairs(NODE_ENV="production", PORT=str(settings.frontend_port),
                             OPEN_API_URL="http://backend:8000/api/playground/?format=openapi",
                             BACKEND_HOST="backend:8000"),
@@ -217,51 +229,165 @@ def _published(address_port: tuple[str, int] | None, container_port: int) -> tup
     return (s.Port(container_port, port, address),)
 
 
-def env_file(settings: AppSettings, values: AppValues) -> dict[str, str]:
-    """The guide's .env (docs/stack.md, section 3), as this deployment resolves it."""
+class EnvFile(dict[str, str]):
+    """app.env's variables in file order, with the comment lines that say where this VM's
+    containers differ from what the vendor's compose file makes of the same values."""
+
+    def __init__(self, values: dict[str, str], notes: list[str]) -> None:
+        super().__init__(values)
+        self.notes = notes
+
+
+# The vendor's compose file for the app (syntho-ai/syntho-charts, docker-compose/syntho-ui/
+# docker-compose.yaml) reads these, in its example .env's order; app.env is a drop-in for it.
+# Its postgres service hard-codes its password and databases; it reads no variable.
+def env_file(settings: AppSettings, values: AppValues) -> EnvFile:
+    """The vendor's .env (docs/stack.md, section 3), as this deployment resolves it: every
+    variable the vendor's compose file reads, so that the file gives each container what the
+    agent gives it, then the deployment guide's names that the compose file does not read."""
     secrets, db, rd, ray = values.secrets, values.db, values.redis, values.ray_host
-    return {
+    read_by_compose = {
+        "FRONTEND_HOST": values.frontend_host,
+        "FRONTEND_DOMAIN": values.frontend_domain,
+        "FRONTEND_PROTOCOL": settings.frontend_protocol,
+        "SECURED_COOKIES": str(settings.frontend_protocol == "https"),
+        "LICENSE_KEY": settings.license_key,
         "CORE_IMAGE": settings.core_image,
         "BACKEND_IMAGE": settings.backend_image,
         "FRONTEND_IMAGE": settings.frontend_image,
-        "BACKEND_HOST": values.backend_host,
-        "FRONTEND_HOST": values.frontend_host,
-        "BACKEND_PROTOCOL": settings.backend_protocol,
-        "FRONTEND_PROTOCOL": settings.frontend_protocol,
-        "LICENSE_KEY": settings.license_key,
-        "CORE_DATABASE_HOST": db.host,
-        "CORE_DATABASE_USER": db.user,
-        "CORE_DATABASE_PASSWORD": db.password,
+        # The compose file pastes these four into the core's DATABASE_URL as they are:
+        # escaped for a URL, and the host with its port.
+        "CORE_DATABASE_HOST": _db_address(db),
+        "CORE_DATABASE_USER": quote(db.user, safe=""),
+        "CORE_DATABASE_PASSWORD": quote(db.password, safe=""),
         "CORE_DATABASE_NAME": settings.core_db_name,
-        "CORE_CELERY_BROKER_URL": values.broker_url,
-        "CORE_CELERY_RESULT_BACKEND": values.broker_url,
-        "CORE_RAY_ADDRESS": ray,
         "CORE_SECRET_KEY": secrets.core_secret_key,
+        "CORE_BROKER_URL": values.broker_url,
+        "CORE_RESULT_BACKEND": values.broker_url,
+        "CORE_RAY_ADDRESS": ray,
         "CORE_PORT": str(settings.core_port),
-        "BACKEND_DB_HOST": db.host,
-        "BACKEND_DB_NAME": settings.backend_db_name,
+        "CORE_REDIS_HOST": rd.host,
+        "CORE_REDIS_PORT": str(rd.port),
+        "BACKEND_PORT": str(settings.backend_port),
+        "BACKEND_SECRET_KEY": secrets.backend_secret_key,
         "BACKEND_REDIS_HOST": rd.host,
         "BACKEND_REDIS_PORT": str(rd.port),
         "BACKEND_REDIS_DB_INDEX": values.backend_redis_db,
+        "BACKEND_DB_HOST": db.host,
+        "BACKEND_DB_NAME": settings.backend_db_name,
+        "BACKEND_DB_USER": db.user,
+        "BACKEND_DB_PASSWORD": db.password,
+        "BACKEND_DB_PORT": str(db.port),
+        "BACKEND_DATA_ACCESS": "True",
         "ADMIN_USERNAME": settings.admin_username,
         "ADMIN_PASSWORD": secrets.admin_password,
         "ADMIN_EMAIL": settings.admin_email,
-        "BACKEND_PORT": str(settings.backend_port),
-        "BACKEND_SECRET_KEY": secrets.backend_secret_key,
         "FRONTEND_PORT": str(settings.frontend_port),
+        "CORE_APP_ENV": "prod",
+        "CORE_WORKERS": str(settings.max_workers),
+    }
+    guide_only = {
+        "BACKEND_HOST": values.backend_host,
+        "BACKEND_PROTOCOL": settings.backend_protocol,
+        "CORE_CELERY_BROKER_URL": values.broker_url,
+        "CORE_CELERY_RESULT_BACKEND": values.broker_url,
         "RAY_HEAD_IP": settings.head or "",
     }
+    return EnvFile({**read_by_compose, **guide_only}, _differences(settings, values))
+
+
+_GUIDE_ONLY_FIRST = "BACKEND_HOST"  # the first of the guide's names the compose file ignores
+
+
+def _differences(settings: AppSettings, values: AppValues) -> list[str]:
+    """Where this VM's containers differ, on purpose, from what the vendor's compose file
+    makes of app.env."""
+    notes = ["backend and worker get BACKEND_SECRET_KEY as SECRET_KEY (the vendor's file "
+             "writes $${BACKEND_SECRET_KEY}: the literal text, not the variable)",
+             "frontend gets NODE_ENV=production, the vendor's Helm chart's default (the "
+             "vendor's compose file sets development)"]
+    if values.secrets.ray_token:
+        notes.append("core and core_worker also get RAY_AUTH_MODE=token and RAY_AUTH_TOKEN "
+                     "(the cluster's Ray token, ray-token beside this file)")
+    if values.redis.password:
+        notes.append("backend and worker also get REDIS_PASSWORD (from --redis-url)")
+    if settings.postgres_url is None:
+        notes.append("postgres: its password is BACKEND_DB_PASSWORD (secrets/postgres-"
+                     "password), its databases CORE_DATABASE_NAME and BACKEND_DB_NAME, its "
+                     f"volume {settings.suffix('syntho-database-data')} (the vendor's file "
+                     "hard-codes a password and the default names, and has its own volume)")
+    else:
+        notes.append("no postgres container: the database is --postgres-url's")
+    if settings.redis_url is not None:
+        notes.append("no redis container: Redis is --redis-url's")
+    published = {"postgres": settings.publish_postgres, "redis": settings.publish_redis}
+    hidden = [name for name, bundled in (("postgres", settings.postgres_url is None),
+                                         ("redis", settings.redis_url is None))
+              if bundled and published[name] is None]
+    if hidden:
+        notes.append(f"{' and '.join(hidden)} not published on the host (the vendor's file "
+                     "publishes 5432 and 6379)")
+    if settings.bind != "0.0.0.0":
+        notes.append(f"the backend and frontend ports are published on {settings.bind} only")
+    return notes
 
 
 def render_env(values: dict[str, str]) -> str:
-    header = ("# Written by syntho-agent: the deployment guide's .env, as this VM runs it.\n"
+    header = ("# Written by syntho-agent: a drop-in .env for the vendor's docker-compose.yaml "
+              "(syntho-charts,\n"
+              "# docker-compose/syntho-ui), with the values this VM's containers get.\n"
               "# Edits here do not stick: set values in the agent's config file or flags.\n"
-              "# Secrets live in secrets/ beside this file and are never regenerated.\n")
-    return header + "".join(f"{k}={_quote_env(v)}\n" for k, v in values.items())
+              "# Secrets live in secrets/ beside this file and are never regenerated.\n"
+              "# Quoting follows docker compose's env-file rules: 'literal', \"with escapes\".\n")
+    notes = getattr(values, "notes", [])
+    if notes:
+        header += "# Where this VM's containers differ from what that file makes of it:\n"
+        header += "".join(f"#   {note}\n" for note in notes)
+    lines = []
+    for key, value in values.items():
+        if key == _GUIDE_ONLY_FIRST:
+            lines.append("# The deployment guide's names, which the compose file does not read:")
+        text, v1_reads_it = quote_env(value)
+        if not v1_reads_it:
+            lines.append(f"# docker-compose v1 misreads {key} ($ or \\ in it): use docker "
+                         "compose v2")
+        lines.append(f"{key}={text}")
+    return header + "".join(f"{line}\n" for line in lines)
 
 
-def _quote_env(value: str) -> str:
-    if value and all(ch.isalnum() or ch in "-_.:/@+=" for ch in value):
-        return value
-    return "'" + value.replace("'", "'\\''") + "'"
+_UNQUOTED = re.compile(r"[A-Za-z0-9_.:/@+=,%-]+")
+# compose v2 expands $$, $NAME and ${...} in a double-quoted value: those need `\$`
+_EXPANDS = re.compile(r"\$(?=[${_A-Za-z])")
+# docker-compose v1 (python-dotenv) expands ${...} in every value, quoted or not
+_V1_EXPANDS = re.compile(r"\$\{[^}]*\}")
 
+
+def quote_env(value: str) -> tuple[str, bool]:
+    r"""`value` as docker compose reads it back exactly from an env file, and whether
+    docker-compose v1 does too.
+
+    Compose v2's rules (compose-go's dotenv parser; Docker's "Syntax for environment files"):
+    an unquoted value loses a ` #` comment and trailing blanks and has `$` expanded; in single
+    quotes all is literal except `\'` (a quote) and a `\` just before the closing quote (it
+    escapes it); in double quotes `\\`, `\"`, `\n`, `\r`, `\$` and octal `\0NNN` are escapes
+    and `$$`, `$NAME`, `${...}` expand. Hence: plain words bare; a value without `'`, `\` or
+    a line break in single quotes; any other in double quotes, escaping `\`, `"`, line breaks
+    and each `$` that would expand.
+
+    docker-compose v1 (python-dotenv) reads that back the same, except: `${...}` anywhere
+    (it expands it, even in single quotes), `\$` (kept as it is), and `\\` just before a
+    closing quote (it reads on into the next lines). A trailing backslash is therefore
+    written `\0134`, which v2 reads as `\` and v1 at least keeps on its own line.
+    """
+    v1_exact = _V1_EXPANDS.search(value) is None
+    if _UNQUOTED.fullmatch(value) or not value:
+        return value, True
+    if not any(ch in value for ch in "'\\\n\r"):
+        return f"'{value}'", v1_exact
+    body = (value.replace("\\", "\\\\").replace('"', '\\"')
+            .replace("\n", "\\n").replace("\r", "\\r"))
+    body, escaped = _EXPANDS.subn("\\\\$", body)
+    if value.endswith("\\"):
+        body = body[:-2] + "\\0134"
+        escaped += 1
+    return f'"{body}"', v1_exact and not escaped

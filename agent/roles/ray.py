@@ -9,12 +9,19 @@ Pure: settings (and the token) in, a Spec out.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+from typing import Any
+
 from agent import spec as s
-from agent.config import HeadSettings, RayNodeSettings, WorkerSettings
+from agent.config import RAY_PORTS, HeadSettings, RayNodeSettings, WorkerSettings
+from agent.errors import UsageError
 
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265
 CLIENT_PORT = 10001
+# Fixed by Ray on the head (env variables AUTOSCALER_METRIC_PORT, DASHBOARD_METRIC_PORT), not
+# random: Prometheus endpoints, nothing in the cluster connects to them.
+HEAD_METRICS_PORTS = (44217, 44227)
 
 # Spread tasks over the nodes instead of packing them onto the first (the vendor's setting).
 SCHEDULER_ENV = (("RAY_SCHEDULER_SPREAD_THRESHOLD", "0.0"),)
@@ -26,16 +33,75 @@ AUTH_OFF_WARNING = ("WARNING: Ray token auth is OFF (--no-auth): anyone who reac
                     "this cluster")
 
 
-def start_command(head_address: str | None, block: bool = True) -> list[str]:
-    """`ray start` for the head (head_address None) or a worker joining head_address.
+@dataclass(frozen=True)
+class NodePorts:
+    """Every port a Ray node listens on besides the head's fixed ones (GCS, dashboard, client),
+    pinned: no random listener, so a firewall can name them (README "Firewall")."""
+
+    node_manager_port: int
+    object_manager_port: int
+    runtime_env_agent_port: int
+    dashboard_agent_grpc_port: int
+    dashboard_agent_listen_port: int
+    metrics_export_port: int
+    min_worker_port: int
+    max_worker_port: int
+
+    def args(self) -> list[str]:
+        return [f"--{f.name.replace('_', '-')}={getattr(self, f.name)}" for f in fields(self)]
+
+    def single(self) -> tuple[int, ...]:
+        """The ports of one listener each (the worker range aside)."""
+        return tuple(getattr(self, f.name) for f in fields(self)
+                     if f.name not in ("min_worker_port", "max_worker_port"))
+
+
+def node_ports(settings: Any, role: str) -> NodePorts:
+    """The ports of a head or worker: the options given, else the role's defaults (RAY_PORTS).
+    UsageError when two of them collide (with each other, or with the head's fixed ports) or
+    the worker range is upside down. `settings` has the port options (a role's, or the
+    launcher's)."""
+    pick = 0 if role == "head" else 1
+    chosen = {key: getattr(settings, key) if getattr(settings, key) is not None
+              else defaults[pick] for key, defaults in RAY_PORTS.items()}
+    ports = NodePorts(**chosen)
+    low, high = ports.min_worker_port, ports.max_worker_port
+    if low > high:
+        raise UsageError(f"--min-worker-port {low} is above --max-worker-port {high}: give a "
+                         "range low to high")
+    taken: dict[int, str] = {}
+    if role == "head":
+        taken = {GCS_PORT: "the GCS (6379)", DASHBOARD_PORT: "the dashboard (8265)",
+                 CLIENT_PORT: "the Ray client server (10001)"}
+    for key in RAY_PORTS:
+        if key in ("min_worker_port", "max_worker_port"):
+            continue
+        port = chosen[key]
+        flag = "--" + key.replace("_", "-")
+        if port in taken or low <= port <= high:
+            other = taken.get(port, f"the worker range {low}-{high}")
+            raise UsageError(f"{flag} {port} collides with {other} of the {role}: give each "
+                             "Ray port its own number")
+        taken[port] = flag
+    for port, what in ((GCS_PORT, "6379"), (DASHBOARD_PORT, "8265"), (CLIENT_PORT, "10001")):
+        if role == "head" and low <= port <= high:
+            raise UsageError(f"the worker range {low}-{high} holds the head's port {what}: "
+                             "move --min-worker-port/--max-worker-port")
+    return ports
+
+
+def start_command(head_address: str | None, ports: NodePorts, block: bool = True) -> list[str]:
+    """`ray start` for the head (head_address None) or a worker joining head_address, every
+    port it listens on pinned.
 
     --block keeps Ray in the foreground, as the container's main process; Ray's launcher runs
     it as a command in a long-lived container instead (block=False)."""
     if head_address is None:
-        command = ["ray", "start", "--head", f"--port={GCS_PORT}", "--dashboard-host", "0.0.0.0"]
+        command = ["ray", "start", "--head", f"--port={GCS_PORT}", "--dashboard-host", "0.0.0.0",
+                   f"--ray-client-server-port={CLIENT_PORT}"]
     else:
         command = ["ray", "start", f"--address={head_address}:{GCS_PORT}"]
-    return [*command, *(["--block"] if block else []), "--disable-usage-stats"]
+    return [*command, *ports.args(), *(["--block"] if block else []), "--disable-usage-stats"]
 
 
 def auth_env(token: str | None) -> dict[str, str]:
@@ -72,15 +138,16 @@ def _networks(settings: RayNodeSettings) -> tuple[s.Network, ...]:
 
 def head_spec(settings: HeadSettings, token: str | None) -> s.Spec:
     return s.Spec(role="head", instance=settings.instance,
-                  containers=(_node(settings, "ray-head", start_command(None), token),),
+                  containers=(_node(settings, "ray-head",
+                                    start_command(None, node_ports(settings, "head")), token),),
                   networks=_networks(settings), secrets=_secrets(settings, token))
 
 
 def worker_spec(settings: WorkerSettings, token: str | None) -> s.Spec:
     assert settings.head
     return s.Spec(role="worker", instance=settings.instance,
-                  containers=(_node(settings, "ray-worker", start_command(settings.head),
-                                    token),),
+                  containers=(_node(settings, "ray-worker", start_command(
+                      settings.head, node_ports(settings, "worker")), token),),
                   networks=_networks(settings), secrets=_secrets(settings, token))
 
 

@@ -169,8 +169,8 @@ def test_a_hand_edited_env_file_is_kept_aside_and_rewritten(stack: App) -> None:
     assert stat.S_IMODE(kept[0].stat().st_mode) == 0o600
 
 
-@pytest.mark.parametrize("case", ["bad port", "port taken", "unreachable head", "missing image",
-                                  "bad url", "bad publish"])
+@pytest.mark.parametrize("case", ["bad port", "port taken", "port taken, checks skipped",
+                                  "unreachable head", "missing image", "bad url", "bad publish"])
 def test_wrong_input_is_a_clear_error_and_changes_nothing(
         stack: App, case: str) -> None:
     if case == "unreachable head":
@@ -187,12 +187,16 @@ def test_wrong_input_is_a_clear_error_and_changes_nothing(
     try:
         if case == "bad port":
             result, code, message = stack.run("--frontend-port", "70000"), 2, "out of range"
-        elif case == "port taken":
+        elif case.startswith("port taken"):
             holder.bind(("0.0.0.0", 0))
             holder.listen()
             taken = holder.getsockname()[1]
-            result = stack.run("--backend-port", str(taken))
-            code, message = 3, f"port {taken} on 0.0.0.0 is already taken"
+            if case == "port taken":  # the host checks before the run see it
+                result = stack.run("--backend-port", str(taken))
+                code, message = 3, f"host check(s) failed: ports: {taken} on 0.0.0.0"
+            else:  # the engine's refusal, as the run meets it
+                result = stack.run("--backend-port", str(taken), "--skip-checks")
+                code, message = 3, f"port {taken} on 0.0.0.0 is already taken"
         elif case == "unreachable head":
             result = run_agent("app", *stack.args(), "--head", nobody_ip, "--wait", "1")
             code, message = 3, "did not answer within 1s"

@@ -56,7 +56,8 @@ def test_round_trip_through_a_purged_vm(stack: App, tmp_path: Path) -> None:
     ok(stack.cmd("down", "--purge", "--yes"))
     assert not stack.data_dir.exists()
     out = ok(run_agent("restore", str(archive), *stack.args(), "--encrypt-key-file", str(key)))
-    assert "every checksum matches" in out and "restored the database syntho-core" in out
+    assert "every checksum matches" in out
+    assert "restored the databases syntho-core and syntho-backend" in out
     assert "the app is up" in out and "generated" not in out
     assert stack.secrets() == secrets
     assert stack.psql("syntho-backend", "SELECT v FROM kept") == "backend-row"
@@ -171,6 +172,6 @@ def test_an_external_postgres_is_backed_up_and_restored(
     refused = run_agent("restore", str(archive), *app.args(), env=env)
     assert refused.returncode == 2 and "holds tables" in refused.stderr, refused.stderr
     out = ok(run_agent("restore", str(archive), *app.args(), "--force", env=env))
-    assert "restored the database syntho-core" in out and "the app is up" in out
+    assert "restored the databases syntho-core and syntho-backend" in out and "the app is up" in out
     assert psql("syntho-core", "SELECT v FROM kept") == (0, "external-row")
     assert "external-pass" not in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -42,3 +43,49 @@ def test_the_agent_config_in_it_has_only_known_keys_and_runs_install(path: Path)
     commands = " ".join(" ".join(c) if isinstance(c, list) else c for c in data["runcmd"])
     assert f"install {path.stem} --config /etc/syntho-agent/config.yaml" in commands
     assert "password" not in commands.replace("registry-password-file", "")
+    assert "--token" not in commands
+    # The cluster's token, chosen up front (`syntho-agent token`), the head's included.
+    assert config["token-file"] == "/etc/syntho-agent/ray-token"
+    assert files["/etc/syntho-agent/ray-token"]["content"] == "CHANGE-ME"
+
+
+def script(path: Path) -> str:
+    runcmd = yaml.safe_load(path.read_text())["runcmd"]
+    assert len(runcmd) == 1 and isinstance(runcmd[0], str), "runcmd: one script (set -e)"
+    return str(runcmd[0])
+
+
+def test_the_install_script_is_the_same_in_every_example() -> None:
+    """One script, in three files: only the role differs (a fix made in one reaches all)."""
+    scripts = {p.stem: script(p).replace(p.stem, "ROLE") for p in EXAMPLES}
+    assert scripts["head"] == scripts["worker"] == scripts["app"]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_the_install_script_checks_before_it_installs(path: Path) -> None:
+    lines = [line for line in script(path).splitlines() if not line.startswith("#")]
+    assert lines[0] == "set -eu"
+    # The operator's two variables come first, and nothing else sets them.
+    assert lines[1].startswith("SYNTHO_AGENT_URL=https://")
+    assert lines[2] == "SYNTHO_AGENT_SHA256=CHANGE-ME"
+    assigned = [m.group(1) for m in map(re.compile(r"\s*(\w+)=").match, lines) if m]
+    assert [name for name in assigned if name.startswith("SYNTHO_AGENT_")] == \
+        ["SYNTHO_AGENT_URL", "SYNTHO_AGENT_SHA256"]
+    text = "\n".join(lines)
+    order = ["grep -qxE '[0-9a-f]{64}'", "curl ", "sha256sum -c", "syntho-agent\" version",
+             "command -v docker", "apt-get install -y -q docker.io",
+             "install -m 755 ", f"syntho-agent install {path.stem} "]
+    found = [text.find(step) for step in order]
+    assert -1 not in found and found == sorted(found), dict(zip(order, found))
+    assert lines[-1] == f"/usr/local/bin/syntho-agent install {path.stem} --config " \
+        "/etc/syntho-agent/config.yaml"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_the_install_script_passes_shellcheck(path: Path, tmp_path: Path) -> None:
+    binary = shutil.which("shellcheck")
+    assert binary, "shellcheck is needed (apt-get install shellcheck; .ci/run does)"
+    target = tmp_path / "runcmd"
+    target.write_text("#!/bin/sh\n" + script(path))  # as cloud-init writes it (dash runs it)
+    result = subprocess.run([binary, "-s", "sh", str(target)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

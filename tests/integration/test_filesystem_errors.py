@@ -552,7 +552,7 @@ def test_sigterm_and_sigint_stop_a_run_in_one_line_and_release_the_lock(
     data_dir = tmp_path / "data"
     args = ["worker", "--head", "192.0.2.1", "--wait", "60", "--no-auth", "--lock-wait", "0",
             "--data-dir", str(data_dir), "--instance", sandbox.instance("sig"),
-            "--ray-image", images["ray"]]
+            "--ray-image", images["ray"], "--nofile", NOFILE]
     before = engine_snapshot(sandbox)
     for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
         agent = Agent(*args)

@@ -19,7 +19,7 @@ from agent import cluster
 from agent.waits import poll
 from tests.integration.agent_helpers import Node, engine_snapshot, ip_on, ok
 from tests.support.agent_cli import agent_cmd, run_agent
-from tests.support.constants import REPO
+from tests.support.constants import NOFILE, REPO
 from tests.support.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
@@ -198,8 +198,12 @@ def test_head_on_the_host_network_as_on_a_vm(sandbox: Sandbox, images: dict[str,
     assert host["NanoCpus"] == 1_500_000_000
     assert host["Memory"] == host["MemoryReservation"] == 2 * 1024**3
     assert c.attrs["Config"]["Cmd"] == [
-        "ray", "start", "--head", "--port=6379", "--dashboard-host", "0.0.0.0", "--block",
-        "--disable-usage-stats", "--num-cpus=1"]
+        "ray", "start", "--head", "--port=6379", "--dashboard-host", "0.0.0.0",
+        "--ray-client-server-port=10001", "--node-manager-port=6380",
+        "--object-manager-port=6381", "--runtime-env-agent-port=6382",
+        "--dashboard-agent-grpc-port=6383", "--dashboard-agent-listen-port=6384",
+        "--metrics-export-port=6385", "--min-worker-port=10002", "--max-worker-port=10999",
+        "--block", "--disable-usage-stats", "--num-cpus=1"]
     env = dict(e.split("=", 1) for e in c.attrs["Config"]["Env"])
     assert env["RAY_SCHEDULER_SPREAD_THRESHOLD"] == "0.0"
     assert "LICENSE_KEY_SIGNED" in env
@@ -214,7 +218,8 @@ def test_a_nofile_limit_the_host_refuses_is_a_clear_error_and_nothing_is_left(
     too_many = int(Path("/proc/sys/fs/nr_open").read_text()) + 1
     head_id = head.container("ray-head").id
     before = engine_snapshot(sandbox.client)
-    result = head.run("head", "--nofile", str(too_many))
+    # Past the host checks (test_check.py has them refuse it first): the engine's refusal.
+    result = head.run("head", "--nofile", str(too_many), "--skip-checks")
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.count("\n") == 1 and "lower --nofile" in result.stderr
     # The old head is back, running, under its own name: nothing lost.
@@ -248,6 +253,8 @@ def test_invalid_input_is_one_line_nonzero_and_changes_nothing(
     full = [*args, "--data-dir", str(data_dir)]
     if "--ray-image" not in args and args[0] in ("head", "worker") and len(args) > 1:
         full += ["--ray-image", images["ray"]]
+    if args[0] in ("head", "worker") and "--nofile" not in args:
+        full += ["--nofile", NOFILE]  # what this host allows: its host check passes
     started = time.monotonic()
     result = run_agent(*full)
     assert result.returncode == code, result.stdout + result.stderr

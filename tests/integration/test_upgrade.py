@@ -37,7 +37,12 @@ pytestmark = pytest.mark.integration
 OLD_COMMIT = "bd4bc9a"  # main when this test was written: the agent deployed today
 # Service (io.syntho.agent.service) -> why its container is meant to be recreated by upgrading
 # from OLD_COMMIT, e.g. {"backend": "a health check that tests the database too"}.
-CHANGED_ON_PURPOSE: dict[str, str] = {}
+CHANGED_ON_PURPOSE: dict[str, str] = {
+    "ray-head": "every Ray port pinned in `ray start` (README \"Firewall\"): node manager, object "
+                "manager, agents, metrics, client server and a bounded worker range",
+    "ray-worker": "every Ray port pinned in `ray start` (a worker's defaults, apart from the "
+                  "head's): node manager, object manager, agents, metrics, worker range",
+}
 
 CACHE = REPO / "dist" / "upgrade-from"  # <commit>/syntho-agent, one file per old commit
 WHEELS = REPO / "dist" / ".wheels"  # build.py's wheel cache, shared by both builds

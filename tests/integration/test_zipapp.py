@@ -7,6 +7,7 @@ refused in one line; fewer than two supported ones is a failure, not a skip.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import __version__
+from agent import __version__, validate
 from tests.support.constants import REPO
 
 pytestmark = pytest.mark.integration
@@ -148,9 +149,22 @@ def test_a_rebuild_is_byte_identical_and_downloads_nothing(built: Build, tmp_pat
     with zipfile.ZipFile(built.file()) as archive:
         names = archive.namelist()
     assert names == sorted(names), "entries not in name order: the order would vary by machine"
-    for name in ("syntho-agent", *(f"syntho-agent-{arch}" for arch in ARCHES)):
+    for name in ("syntho-agent", *(f"syntho-agent-{arch}" for arch in ARCHES), "SHA256SUMS"):
         assert (tmp_path / name).read_bytes() == (built.dist / name).read_bytes(), name
     assert [m.stat().st_mtime_ns for m in markers] == stamps, "the wheel cache was refetched"
+
+
+def test_sha256sums_lists_every_file_and_sha256sum_checks_them(built: Build) -> None:
+    names = sorted(["syntho-agent", *(f"syntho-agent-{arch}" for arch in ARCHES)])
+    lines = (built.dist / "SHA256SUMS").read_text().splitlines()
+    assert [line.split("  ", 1)[1] for line in lines] == names
+    for line in lines:
+        digest, name = line.split("  ", 1)
+        assert digest == hashlib.sha256((built.dist / name).read_bytes()).hexdigest(), name
+    done = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=built.dist,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [f"{name}: OK" for name in names]
 
 
 def test_build_facts_are_in_the_files_not_in_the_checkout(built: Build) -> None:
@@ -267,6 +281,58 @@ def test_bytecode_is_made_at_extraction_even_where_python_writes_none(
     tag = sys.implementation.cache_tag
     assert (site / "click" / "__pycache__" / f"testing.{tag}.pyc").is_file()
     assert (site / "agent" / "__pycache__" / f"launcher.{tag}.pyc").is_file()
+
+
+def test_a_second_python_gets_its_own_bytecode_once(built: Build, tmp_path: Path) -> None:
+    """Extracted (and compiled) by one Python, then run by another with PYTHONDONTWRITEBYTECODE
+    (an OS upgrade that changes python3): the zipapp compiles every module for the second one
+    at its first start, never again, and no start compiles a module from source after that."""
+    first, second = SUPPORTED[0], SUPPORTED[-1]
+    tags = [ok(run(p, "-c", "import sys; print(sys.implementation.cache_tag)")).strip()
+            for p in (first, second)]
+    assert tags[0] != tags[1], f"{first} and {second} share a cache tag"
+    env = clean_env(SHIV_ROOT=str(tmp_path), PYTHONDONTWRITEBYTECODE="1")
+    ok(run(first, built.file(), "version", env=env))
+    site = tmp_path / f"syntho-agent_{built.build_id()}" / "site-packages"
+    count = len(list(site.rglob(f"*.{tags[0]}.pyc")))
+    assert count > 300 and not list(site.rglob(f"*.{tags[1]}.pyc"))
+
+    def start() -> tuple[dict[Path, int], str]:
+        """One start of the second Python; its bytecode files (mtimes) and -v's import log."""
+        done = run(second, "-v", built.file(), "version", env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return {p: p.stat().st_mtime_ns for p in site.rglob(f"*.{tags[1]}.pyc")}, done.stderr
+
+    def compiled_from_source(log: str) -> list[str]:
+        return [line for line in log.splitlines()
+                if line.startswith(f"# code object from {site}") and line.endswith(".py")]
+
+    made, _ = start()
+    assert len(made) == count, "not every module was compiled for the second Python"
+    assert (site / "click" / "__pycache__" / f"testing.{tags[1]}.pyc") in made  # never imported
+    again, log = start()
+    assert again == made, "the second start compiled again"
+    assert not compiled_from_source(log)
+    assert f"{site}/agent/__pycache__/cli.{tags[1]}.pyc matches" in log
+
+    # Bytecode wiped (a clean-up of __pycache__): made again, once.
+    for path in made:
+        path.unlink()
+    wiped, _ = start()
+    assert sorted(wiped) == sorted(made)
+    assert start()[0] == wiped
+
+
+def test_token_prints_a_new_token_alone(built: Build, tmp_path: Path) -> None:
+    """`syntho-agent token`: stdout is the token (for a secrets manager), as the head makes it."""
+    env = clean_env(SHIV_ROOT=str(tmp_path))
+    tokens = []
+    for _ in range(2):
+        done = run(sys.executable, built.file(), "token", env=env)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        assert re.fullmatch(r"[0-9a-f]{64}\n", done.stdout), done.stdout
+        tokens.append(validate.token(done.stdout))
+    assert tokens[0] != tokens[1]
 
 
 # --- refusals: one line, before anything is extracted or imported -------------------------

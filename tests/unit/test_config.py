@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from agent import cli, deploy
+from agent import check, cli, deploy
 from agent.config import HeadSettings
 from agent.engine import Engine
 
@@ -16,6 +16,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[HeadSettings]:
     seen: list[HeadSettings] = []
     monkeypatch.setattr(deploy, "run_head", lambda engine, settings, say: seen.append(settings))
     monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: None))
+    monkeypatch.setattr(check, "before_run", lambda *args: None)  # a fake engine: no checks
     return seen
 
 
@@ -114,6 +115,7 @@ def test_flag_env_and_file_give_the_same_settings(
     seen: list[AppSettings] = []
     monkeypatch.setattr(deploy, "run_app", lambda engine, settings, say: seen.append(settings))
     monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: None))
+    monkeypatch.setattr(check, "before_run", lambda *args: None)  # a fake engine: no checks
     config = tmp_path / "c.yaml"
     config.write_text(f"{key}: {text}\n")
     switch = field == "rotate_db_password"
@@ -169,6 +171,7 @@ def test_a_bad_value_is_reported_as_written(monkeypatch: pytest.MonkeyPatch,
                                             tmp_path: Path) -> None:
     """An e-mail written 0x1F is refused as '0x1F', not as YAML's 31."""
     monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: None))
+    monkeypatch.setattr(check, "before_run", lambda *args: None)  # a fake engine: no checks
     config = tmp_path / "c.yaml"
     config.write_text("admin-email: 0x1F\n")
     result = CliRunner().invoke(cli.cli, ["app", "--head", "10.0.0.4", "--config", str(config)])
@@ -203,6 +206,7 @@ def test_day_two_commands_accept_a_role_config_file(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(ops, "status", status)
     monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: None))
+    monkeypatch.setattr(check, "before_run", lambda *args: None)  # a fake engine: no checks
     config = tmp_path / "app.yaml"
     config.write_text(f"head: 10.0.0.4\ncore-image: x/core:1\ndata-dir: {tmp_path}\n"
                       "instance: blue\n")

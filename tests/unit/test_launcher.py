@@ -14,9 +14,18 @@ import yaml
 from agent import cli, launcher
 from agent.config import LauncherSettings as Settings
 
-HEAD_START = ("ray start --head --port=6379 --dashboard-host 0.0.0.0 --disable-usage-stats "
+# Every port pinned (README "Firewall"): the head's and a worker's defaults differ.
+HEAD_PORTS = ("--node-manager-port=6380 --object-manager-port=6381 --runtime-env-agent-port=6382 "
+              "--dashboard-agent-grpc-port=6383 --dashboard-agent-listen-port=6384 "
+              "--metrics-export-port=6385 --min-worker-port=10002 --max-worker-port=10999")
+WORKER_PORTS = ("--node-manager-port=6390 --object-manager-port=6391 "
+                "--runtime-env-agent-port=6392 --dashboard-agent-grpc-port=6393 "
+                "--dashboard-agent-listen-port=6394 --metrics-export-port=6395 "
+                "--min-worker-port=11000 --max-worker-port=11999")
+HEAD_START = ("ray start --head --port=6379 --dashboard-host 0.0.0.0 "
+              f"--ray-client-server-port=10001 {HEAD_PORTS} --disable-usage-stats "
               "--autoscaling-config=~/ray_bootstrap_config.yaml")
-WORKER_START = "ray start --address=$RAY_HEAD_IP:6379 --disable-usage-stats"
+WORKER_START = f"ray start --address=$RAY_HEAD_IP:6379 {WORKER_PORTS} --disable-usage-stats"
 TOKEN_STEPS = ('RAY_AUTH_TOKEN="$(cat /etc/syntho/ray-token)" && test -n "$RAY_AUTH_TOKEN" && '
                "export RAY_AUTH_TOKEN && export RAY_AUTH_MODE=token && ")
 PASSWORD = "registry-pass-7f3a9c"

@@ -5,12 +5,13 @@ import pytest
 from agent import validate
 
 
-@pytest.mark.parametrize("value", ["10.0.0.4", "ray-head", "head.example.internal", "::1"])
+@pytest.mark.parametrize("value", ["10.0.0.4", "ray-head", "head.example.internal"])
 def test_host_accepts(value: str) -> None:
     assert validate.host(value) == value
 
 
-@pytest.mark.parametrize("value", ["10.0.0.256", "1.2.3", "-bad", "a b", "", "x" * 300])
+@pytest.mark.parametrize("value", ["10.0.0.256", "1.2.3", "-bad", "a b", "", "x" * 300,
+                                   "::1", "[::1]", "10.0.0.4:6379", "10.0.0.4:x"])
 def test_host_rejects(value: str) -> None:
     with pytest.raises(ValueError):
         validate.host(value)
@@ -44,7 +45,8 @@ def test_size_rejects(value: str) -> None:
 
 @pytest.mark.parametrize("value", [
     "syntho-ray:latest", "registry.example:5000/syntho/syntho-ray:1.2.3", "postgres",
-    "redis:6.2-alpine", "localhost:5000/x@sha256:" + "a" * 64,
+    "redis:6.2-alpine", "localhost:5000/x@sha256:" + "a" * 64, "localhost/x",
+    "x@sha256:" + "b" * 64, "Reg.Example:5000/x:1",
 ])
 def test_image_accepts(value: str) -> None:
     assert validate.image(value) == value
@@ -63,6 +65,11 @@ def test_image_rejects(value: str) -> None:
     ("other.example/syntho-ray:1", "reg.example", "other.example/syntho-ray:1"),
     ("localhost/x:1", "reg.example", "localhost/x:1"),
     ("syntho-ray:latest", None, "syntho-ray:latest"),
+    ("syntho-ray@sha256:" + "a" * 64, "reg.example", "reg.example/syntho-ray@sha256:" + "a" * 64),
+    ("host:5000/x@sha256:" + "a" * 64, "reg.example", "host:5000/x@sha256:" + "a" * 64),
+    ("host:5000/syntho/ray:1", "reg.example", "host:5000/syntho/ray:1"),
+    ("localhost/x", "reg.example", "localhost/x"),
+    ("postgres", "reg.example:5000", "reg.example:5000/postgres"),
 ])
 def test_qualify(ref: str, registry: str | None, expected: str) -> None:
     assert validate.qualify(ref, registry) == expected
