@@ -88,6 +88,7 @@ def listed(folder: Path) -> list[Listed]:
         except (OSError, archive.ArchiveError):
             continue
         found.append(Listed(path, header, path.stat().st_size))
+    # By creation time (to the second), then by name (this agent's names carry milliseconds).
     return sorted(found, key=lambda b: str(b.header.get("created", "")))
 
 
@@ -99,9 +100,9 @@ def show_list(settings: BackupSettings, as_json: bool, say: Say) -> None:
     if not rows:
         say(f"no backups in {backups_dir(settings.data_dir)}")
         return
-    say(f"{'NAME':<44} {'CREATED':<21} {'SIZE':>10}  ENCRYPTED  CORE IMAGE")
+    say(f"{'NAME':<52} {'CREATED':<21} {'SIZE':>10}  ENCRYPTED  CORE IMAGE")
     for r in rows:
-        say(f"{r['name']:<44} {r['created']:<21} {r['size']:>10}  "
+        say(f"{r['name']:<52} {r['created']:<21} {r['size']:>10}  "
             f"{'yes' if r['encrypted'] else 'no':<9}  {r['core_image'] or '-'}")
 
 
@@ -120,6 +121,7 @@ def run_backup(engine: Engine, settings: BackupSettings, output: Path | None, sa
         # share the folder, and its runs are not ours to clear).
         clear_leftovers(folder, f".syntho-staging-{me[:8]}-", f"-{me[:8]}{SUFFIX}.",
                         f".{name}.")
+        pgclient.clear_leftovers(engine, settings)
         with _staging(folder, me) as staging:
             parts = _dump_databases(engine, settings, staging, say)
             parts += _data_dir_files(settings)
@@ -146,7 +148,12 @@ def release_of(found: list[Observed]) -> dict[str, dict[str, str]]:
 
 
 def _destination(settings: BackupSettings, output: Path | None, me: str) -> tuple[Path, str]:
-    name = f"syntho-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{me[:8]}{SUFFIX}"
+    # Milliseconds in the name: two backups in one second (they take less than one for a small
+    # database; the lock keeps them apart) must not share a name, or the second replaces the
+    # first. Names of one agent sort by time.
+    now = time.time()
+    stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z"
+    name = f"syntho-{stamp}-{me[:8]}{SUFFIX}"
     if output is None:
         return backups_dir(settings.data_dir), name
     if output.is_dir():

@@ -358,20 +358,13 @@ class Engine:
         stream = _sdk(self._client.api.logs)(name_or_id, timestamps=True, tail=tail,
                                               since=since, stream=True, follow=True)
         pending = b""
-        try:
-            for chunk in _sdk(iter)(stream):
-                lines = (pending + chunk).split(b"\n")
-                pending = lines.pop()  # a line the engine sent in two chunks
-                for line in lines:
-                    yield line.decode(errors="replace")
-            if pending:
-                yield pending.decode(errors="replace")
-        except (docker.errors.DockerException, requests.exceptions.RequestException,
-                OSError) as exc:
-            raise EngineLost(f"the Docker engine stopped answering ({type(exc).__name__})",
-                             str(exc)) from None
-        finally:
-            stream.close()
+        for chunk in _streamed(stream):
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()  # a line the engine sent in two chunks
+            for line in lines:
+                yield line.decode(errors="replace")
+        if pending:
+            yield pending.decode(errors="replace")
 
     def events(self, instance: str, role: str, until: int) -> Generator[str, None, None]:
         """The actions (die, start, destroy ...) of this role's containers until `until`
@@ -380,15 +373,8 @@ class Engine:
             f"{s.LABEL_MANAGED}=true", f"{s.LABEL_INSTANCE}={instance}",
             f"{s.LABEL_ROLE}={role}"]}
         stream = _sdk(self._client.events)(decode=True, filters=filters, until=until)
-        try:
-            for event in _sdk(iter)(stream):
-                yield str(event.get("Action", "")).split(":")[0]
-        except (docker.errors.DockerException, requests.exceptions.RequestException,
-                OSError) as exc:
-            raise EngineLost(f"the Docker engine stopped answering ({type(exc).__name__})",
-                             str(exc)) from None
-        finally:
-            stream.close()
+        for event in _streamed(stream):
+            yield str(event.get("Action", "")).split(":")[0]
 
     # ---- acting ----
 
@@ -540,6 +526,19 @@ class Engine:
             return int(code), bytes(errors).decode(errors="replace")
         finally:
             api.remove_container(cid, force=True)
+
+
+def _streamed(stream: Any) -> Generator[Any, None, None]:
+    """The items of an SDK stream (logs, events) as they come; EngineLost when the engine
+    goes away meanwhile. The stream is closed however the reading ends."""
+    try:
+        yield from _sdk(iter)(stream)
+    except (docker.errors.DockerException, requests.exceptions.RequestException,
+            OSError) as exc:
+        raise EngineLost(f"the Docker engine stopped answering ({type(exc).__name__})",
+                         str(exc)) from None
+    finally:
+        stream.close()
 
 
 class _Counted:

@@ -20,10 +20,11 @@ from agent.config import BackupSettings, RestoreSettings
 from agent.engine import Engine
 from agent.errors import EnvironmentProblem
 from agent.roles.app import DB_USER
-from agent.spec import LABEL_INSTANCE, LABEL_MANAGED
+from agent.spec import LABEL_INSTANCE, LABEL_MANAGED, LABEL_ROLE
 
 Settings = Union[BackupSettings, RestoreSettings]
 MOUNT = "/syntho-restore"  # where a throw-away container sees the dumps to restore
+ROLE = "client"  # the throw-away containers' role label: a killed run's are found by it
 
 
 def connection(settings: Settings) -> tuple[list[str], dict[str, str]]:
@@ -53,7 +54,7 @@ def run(engine: Engine, settings: Settings, tool: list[str], out: IO[bytes] | No
         _require_running(engine, settings.suffix("syntho-postgres"))
     args, env = connection(settings)
     network = settings.suffix("syntho")
-    labels = {LABEL_MANAGED: "true", LABEL_INSTANCE: settings.instance}
+    labels = {LABEL_MANAGED: "true", LABEL_INSTANCE: settings.instance, LABEL_ROLE: ROLE}
     binds = {str(dumps.resolve()): MOUNT} if dumps is not None else None
     try:
         return engine.run_to(settings.postgres_image, [tool[0], *args, *tool[1:]], network,
@@ -70,3 +71,10 @@ def _require_running(engine: Engine, postgres: str) -> None:
         raise EnvironmentProblem(
             f"the app's Postgres ({postgres}) is not running here: run `syntho-agent app` "
             "first (or run this on the app VM)")
+
+
+def clear_leftovers(engine: Engine, settings: Settings) -> None:
+    """Remove the throw-away clients a killed run left (a restore's may still be writing).
+    Only a run holding the data dir's lock makes them, and the caller holds it."""
+    for found in engine.managed(settings.instance, ROLE):
+        engine.remove(found.id)

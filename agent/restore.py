@@ -29,6 +29,7 @@ from agent.errors import ConvergeError, EnvironmentProblem, UsageError
 from agent.lock import data_dir_lock
 
 Say = Callable[[str], None]
+RESTORING = ".restore-in-progress"  # in the data dir: which archive a restore under way restores
 
 
 def run_restore(engine: Engine, settings: RestoreSettings, path: Path, force: bool,
@@ -37,10 +38,15 @@ def run_restore(engine: Engine, settings: RestoreSettings, path: Path, force: bo
     store.ensure_dir(settings.data_dir)
     with data_dir_lock(settings.data_dir, settings.lock_wait, say), \
             _staging(settings.data_dir) as staging:
+        pgclient.clear_leftovers(engine, settings)  # a killed restore's may still be writing
         volume = settings.suffix("syntho-database-data")
+        marker = settings.data_dir / RESTORING
+        # The same restore killed midway: what it left is its own half-done work, not data to
+        # keep (the first run backed up what was here before): finish it, no --force needed.
+        resuming = store.read_secret(marker) == _identity(path)
         replacing = (engine.volume_exists(volume) if settings.postgres_url is None
                      else _external_holds_data(engine, settings))
-        if replacing and not force:
+        if replacing and not force and not resuming:
             where = (f"this VM already has a database (volume {volume})"
                      if settings.postgres_url is None else "the external database holds tables")
             raise UsageError(f"{where}: restoring would replace it; pass --force to take a "
@@ -55,12 +61,24 @@ def run_restore(engine: Engine, settings: RestoreSettings, path: Path, force: bo
             f"matches (made {header.get('created')} by syntho-agent {header.get('agent')}); "
             f"checked in {time.monotonic() - started:.1f}s")
         if replacing:
-            _set_aside(engine, settings, volume, say)
+            _set_aside(engine, settings, volume, say, backup_first=not resuming)
+        store.write_atomic(marker, _identity(path) + "\n", mode=0o600)  # changes begin
         _put_files(settings, staging, say)
         # The app role's converge, with the databases restored as a step of its plan.
         deploy.converge_app(engine, settings, say, restore=lambda: _restore_databases(
             engine, settings, staging, say))
+        marker.unlink()
     say(f"restored the app from {path.name}")
+
+
+def _identity(path: Path) -> str:
+    """Which archive a restore restores: its path and when it was made (its header)."""
+    try:
+        with path.open("rb") as f:
+            header, _ = archive.read_header(f)
+    except (OSError, archive.ArchiveError):
+        return f"{path.resolve()} ?"
+    return f"{path.resolve()} {header.get('created')} {header.get('agent_id')}"
 
 
 @contextmanager
@@ -88,11 +106,16 @@ def _external_holds_data(engine: Engine, settings: RestoreSettings) -> bool:
     return False
 
 
-def _set_aside(engine: Engine, settings: RestoreSettings, volume: str, say: Say) -> None:
+def _set_aside(engine: Engine, settings: RestoreSettings, volume: str, say: Say,
+               backup_first: bool) -> None:
     """--force: a backup of what is here, then the app's containers (and its bundled
-    database) removed; an external database is replaced by pg_restore --clean."""
+    database) removed; an external database is replaced by pg_restore --clean. Resuming a
+    killed restore of the same archive: nothing here to back up (its own half-done work)."""
     bundled = settings.postgres_url is None
-    if not bundled or engine.observe(settings.suffix("syntho-postgres")) is not None:
+    if not backup_first:
+        say("finishing the restore of this archive that was stopped midway: what it left is "
+            "replaced (what was here before it began was backed up then, if anything was)")
+    elif not bundled or engine.observe(settings.suffix("syntho-postgres")) is not None:
         taken = backup.run_backup(engine, BackupSettings(
             data_dir=settings.data_dir, instance=settings.instance, lock_wait=0,
             encrypt_key_file=settings.encrypt_key_file, postgres_url=settings.postgres_url,
