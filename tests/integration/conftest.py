@@ -59,3 +59,14 @@ def head(sandbox: Sandbox, images: dict[str, str]) -> Node:
     assert f"created ray-head-{node.instance}" in out
     assert "ray head ready" in out
     return node
+
+
+@pytest.fixture
+def nobody(sandbox: Sandbox, images: dict[str, str]) -> str:
+    """The address of a host of the test's own where nothing listens (on 6379 or elsewhere):
+    a worker pointed at it gets its image, then waits for a head that never answers."""
+    sandbox.create_network()
+    box = sandbox.run(images["busybox"], "nobody", network=sandbox.network,
+                      command=["sleep", "600"])
+    box.reload()
+    return str(box.attrs["NetworkSettings"]["Networks"][sandbox.network]["IPAddress"])

@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from agent.waits import poll
-from tests.integration.test_vms import VM, start_vm, zipapp
+from tests.integration.test_vms import VM, fixed_lan, start_vm, zipapp
 from tests.support.constants import REPO
 from tests.support.ports import free_port
 from tests.support.sandbox import Sandbox
@@ -100,13 +100,7 @@ def site(docker_client: docker.DockerClient, images: dict[str, str],
             server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "0.0.0.0",
                                        "--directory", str(served), str(port)],
                                       stdout=out, stderr=subprocess.STDOUT)
-        probe = docker_client.networks.create(f"{sandbox.id}-probe", labels=sandbox.labels)
-        subnet = probe.attrs["IPAM"]["Config"][0]["Subnet"]
-        gateway = probe.attrs["IPAM"]["Config"][0]["Gateway"]
-        probe.remove()
-        ipam = docker.types.IPAMConfig(pool_configs=[
-            docker.types.IPAMPool(subnet=subnet, gateway=gateway)])
-        lan = docker_client.networks.create(f"{sandbox.id}-lan", ipam=ipam, labels=sandbox.labels)
+        lan, gateway = fixed_lan(docker_client, sandbox)
         vm = start_vm(sandbox, lan.name, f"{gateway}:5000", images["vm"], "ci",
                       gateway.rsplit(".", 1)[0] + ".10")
         for name, body in STUBS.items():

@@ -57,16 +57,6 @@ def worker_args(sandbox: Sandbox, nobody_ip: str, image: str) -> list[str]:
             "--nofile", NOFILE]
 
 
-@pytest.fixture
-def nobody(sandbox: Sandbox, images: dict[str, str]) -> str:
-    """A host of the test's own where nothing listens on 6379."""
-    sandbox.create_network()
-    box = sandbox.run(images["busybox"], "nobody", network=sandbox.network,
-                      command=["sleep", "600"])
-    box.reload()
-    return str(box.attrs["NetworkSettings"]["Networks"][sandbox.network]["IPAddress"])
-
-
 @pytest.mark.parametrize("how", ["env", "file", "stdin"])
 def test_missing_image_is_pulled_from_the_registry_with_a_password_never_on_argv(
         sandbox: Sandbox, images: dict[str, str], registry: Registry, nobody: str,

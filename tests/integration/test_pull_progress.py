@@ -70,16 +70,6 @@ def blob(docker_client: docker.DockerClient, images: dict[str, str],
         proc.wait(timeout=10)
 
 
-@pytest.fixture
-def nobody(sandbox: Sandbox, images: dict[str, str]) -> str:
-    """A host of the test's own where nothing listens: the worker stops after the images."""
-    sandbox.create_network()
-    box = sandbox.run(images["busybox"], "nobody", network=sandbox.network,
-                      command=["sleep", "600"])
-    box.reload()
-    return str(box.attrs["NetworkSettings"]["Networks"][sandbox.network]["IPAddress"])
-
-
 def worker(sandbox: Sandbox, head: str, blob: Blob, *more: str
            ) -> tuple[list[str], float]:
     """A worker run that needs the blob image; its output lines and how long it took."""

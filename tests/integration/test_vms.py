@@ -81,6 +81,20 @@ class Lab:
         return vm
 
 
+def fixed_lan(docker_client: docker.DockerClient,
+              sandbox: Sandbox) -> tuple[docker.models.networks.Network, str]:
+    """A private network with a fixed subnet, so a rebooted VM keeps its address; and its
+    gateway (where the VMs reach the host)."""
+    probe = docker_client.networks.create(f"{sandbox.id}-probe", labels=sandbox.labels)
+    subnet = probe.attrs["IPAM"]["Config"][0]["Subnet"]
+    gateway = str(probe.attrs["IPAM"]["Config"][0]["Gateway"])
+    probe.remove()
+    ipam = docker.types.IPAMConfig(pool_configs=[
+        docker.types.IPAMPool(subnet=subnet, gateway=gateway)])
+    lan = docker_client.networks.create(f"{sandbox.id}-lan", ipam=ipam, labels=sandbox.labels)
+    return lan, gateway
+
+
 def start_vm(sandbox: Sandbox, lan: str, registry: str, image: str, name: str, ip: str) -> VM:
     client = sandbox.client
     volume = client.volumes.create(f"{sandbox.id}-vm-{name}", labels=sandbox.labels)
@@ -137,14 +151,7 @@ def lab(docker_client: docker.DockerClient, images: dict[str, str],
     sandbox = Sandbox(docker_client, tmp_path_factory.mktemp("vms"))
     registry_proc = None
     try:
-        # A private network with a fixed subnet, so a rebooted VM keeps its address.
-        probe = docker_client.networks.create(f"{sandbox.id}-probe", labels=sandbox.labels)
-        subnet = probe.attrs["IPAM"]["Config"][0]["Subnet"]
-        gateway = probe.attrs["IPAM"]["Config"][0]["Gateway"]
-        probe.remove()
-        ipam = docker.types.IPAMConfig(pool_configs=[
-            docker.types.IPAMPool(subnet=subnet, gateway=gateway)])
-        lan = docker_client.networks.create(f"{sandbox.id}-lan", ipam=ipam, labels=sandbox.labels)
+        lan, gateway = fixed_lan(docker_client, sandbox)
         prefix = gateway.rsplit(".", 1)[0]
 
         # The registry, on the host: the VMs reach it at the network's gateway.
