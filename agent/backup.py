@@ -144,7 +144,7 @@ def run_backup(engine: Engine, settings: BackupSettings, output: Path | None, sa
 def release_of(found: list[Observed]) -> dict[str, dict[str, str]]:
     """What ran: each service's image reference and image ID."""
     return {o.service: {"image": o.image, "image_id": o.image_id}
-            for o in sorted(found, key=lambda o: o.service) if o.service}
+            for o in sorted(found, key=lambda o: o.service) if o.service and not o.kept}
 
 
 def _destination(settings: BackupSettings, output: Path | None, me: str) -> tuple[Path, str]:

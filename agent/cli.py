@@ -23,6 +23,7 @@ from agent import (
     buildinfo,
     check,
     deploy,
+    history,
     launcher,
     ops,
     preview,
@@ -51,6 +52,8 @@ from agent.sources import click_options, config_option, lenient_config_option
 from agent.spec import Spec
 
 R = TypeVar("R", HeadSettings, WorkerSettings, AppSettings)
+RESYNC = 30.0  # seconds between a watcher's full looks (agent/watch.py)
+FOLLOW_RESYNC = 10.0
 
 
 def say(line: str) -> None:
@@ -70,7 +73,10 @@ def _run(action: Callable[[Engine, R, Callable[[str], None]], Spec], settings: R
     spec = action(engine, settings, say)
     if settings.watch:
         try:
-            watch.follow(engine, spec, settings, say)
+            # A worker that follows the head looks at it more often than the resync.
+            watch.follow(engine, spec, settings, say,
+                         resync=FOLLOW_RESYNC if deploy.follows_head(settings) else RESYNC,
+                         refresh=deploy.refresher(engine, settings, spec, say))
         except Interrupted as exc:  # `systemctl stop` or Ctrl-C: a normal end for a watcher
             say(f"stopped watching ({exc.name}); the containers keep running")
 
@@ -403,6 +409,42 @@ def _plan_command(role: str) -> click.Command:
 
 for _role in ROLES:
     plan_group.add_command(_plan_command(_role))
+
+
+@cli.command("history")
+@lenient_config_option
+@click_options(Common)
+@click.option("--json", "as_json", is_flag=True, help="as JSON (schema 1)")
+def history_command(as_json: bool, **params: Any) -> None:
+    """List the releases this VM ran, newest first: references, state, when (the data dir's
+    releases.json)."""
+    history.show(Common.from_params(params).data_dir, as_json, say)
+
+
+@cli.group("rollback")
+def rollback_group() -> None:
+    """Go back to the previous healthy release of a role (or RELEASE, a name or number from
+    `syntho-agent history`), with the same health gates; nothing is pulled that is still on
+    this engine. Take the role's options as for `syntho-agent ROLE` (or its config file)."""
+
+
+def _rollback_command(role: str) -> click.Command:
+    def command(target: str | None, **params: Any) -> None:
+        settings = _role_settings(f"rollback {role}", role, params)
+
+        def action(engine: Engine, chosen: Any, out: Callable[[str], None]) -> Spec:
+            return deploy.rollback(engine, chosen, target, out)
+
+        _run(action, settings)  # type: ignore[type-var]
+
+    decorated = config_option(click_options(ROLES[role])(command))
+    decorated = click.argument("target", metavar="[RELEASE]", required=False)(decorated)
+    return click.command(role, help=f"Go back to an earlier release of the {role} role.")(
+        decorated)
+
+
+for _role in ROLES:
+    rollback_group.add_command(_rollback_command(_role))
 
 
 # ---- the edge: one line per failure, a documented exit code ----

@@ -15,6 +15,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar, TypeVar, Union
 
+from agent import release as releases
 from agent import validate
 
 ENV_PREFIX = "SYNTHO_AGENT_"
@@ -83,6 +84,9 @@ class Settings:
     """The base of every settings type: how one is made from parsed options."""
 
     command: ClassVar[str] = ""
+    # The options given (flag, env variable or config file), as opposed to defaulted: a worker
+    # given no image of its own runs the head's (agent/follow.py).
+    given: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     @classmethod
     def options(cls) -> list[Option]:
@@ -104,13 +108,20 @@ class Settings:
         known = {f.name for f in fields(cls)}
         values = {k: (tuple(v) if isinstance(v, list) else v)
                   for k, v in params.items() if k in known and v is not None}
+        defaults = {f.name: f.default for f in fields(cls)}
+        # click hands over defaults too: what differs from its default was given.
+        given = frozenset(k for k, v in values.items() if v != defaults.get(k))
+        if "release" in known:
+            values = releases.apply(
+                {k: v for k, v in values.items() if k in given or k not in releases.FIELDS},
+                {k: v for k, v in defaults.items() if k in releases.FIELDS})
         registry = values.get("registry")
         if registry:
             for key in REGISTRY_IMAGES:
                 if key in known:
                     image = str(values.get(key, _default(cls, key)))
                     values[key] = validate.qualify(image, str(registry))
-        return cls(**values)
+        return cls(**values, given=given)
 
 
 def _default(cls: type, key: str) -> Any:
@@ -241,6 +252,23 @@ class ImageSources(Settings):
 
 
 @dataclass(frozen=True)
+class ReleaseOptions(Settings):
+    """Which release runs, and when images are pulled (README, "Upgrades and rollback")."""
+
+    release: str | None = option(
+        "the Syntho release: the tag of the syntho-ray, syntho-core-api, syntho-backend and "
+        "syntho-frontend images", validate.tag)
+    release_file: Path | None = option(
+        "a YAML file that pins each image by tag or digest (README, \"Upgrades and rollback\")",
+        validate.existing_file)
+    pull: str = option("missing: pull what is not on this engine; always: ask the registry "
+                       "for each reference's digest and pull what changed; never",
+                       validate.pull_policy, "missing")
+    retry_failed: bool = option("try again a release that failed its health gate (a run "
+                                "otherwise keeps the release it went back to)", None, False)
+
+
+@dataclass(frozen=True)
 class CheckOption(Settings):
     skip_checks: bool = option("do not run the host checks (`syntho-agent check ROLE`) that "
                                "stop a run before it changes anything", None, False)
@@ -361,19 +389,20 @@ class LauncherOptions(Settings):
 # ---- what each command takes -------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class HeadSettings(Common, RayOptions, ClusterOptions, ImageSources, WatchOption, CheckOption):
+class HeadSettings(Common, RayOptions, ClusterOptions, ImageSources, ReleaseOptions, WatchOption,
+                   CheckOption):
     command: ClassVar[str] = "head"
 
 
 @dataclass(frozen=True)
 class WorkerSettings(Common, JoinOptions, RayOptions, ClusterOptions, ImageSources,
-                     WatchOption, CheckOption):
+                     ReleaseOptions, WatchOption, CheckOption):
     command: ClassVar[str] = "worker"
 
 
 @dataclass(frozen=True)
-class AppSettings(Common, JoinOptions, ClusterOptions, AppOptions, ImageSources, WatchOption,
-                  CheckOption):
+class AppSettings(Common, JoinOptions, ClusterOptions, AppOptions, ImageSources, ReleaseOptions,
+                  WatchOption, CheckOption):
     command: ClassVar[str] = "app"
 
 
@@ -418,8 +447,8 @@ class LauncherSettings(LauncherOptions):
     @classmethod
     def options(cls) -> list[Option]:
         own = {f.name for f in fields(LauncherOptions)}
-        shared = [_option(f) for f in fields(cls) if f.name not in own]
-        return shared + [_option(f) for f in fields(LauncherOptions)]
+        shared = [_option(f) for f in fields(cls) if f.name not in own and "opt" in f.metadata]
+        return shared + [_option(f) for f in fields(LauncherOptions) if "opt" in f.metadata]
 
 
 @dataclass(frozen=True)

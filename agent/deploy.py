@@ -13,6 +13,7 @@ data dir, so the files they would write are found by comparing it with the real 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -20,9 +21,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
-from agent import cluster, images, store
+from agent import cluster, history, images, ray_release, release, store
 from agent.app_setup import (
     ADMIN_PASSWORD,
     BACKEND_KEY,
@@ -36,16 +37,26 @@ from agent.app_setup import (
 )
 from agent.config import (
     AppSettings,
+    BackupSettings,
     HeadSettings,
-    ImageSources,
     JoinOptions,
     RoleSettings,
     WorkerSettings,
 )
 from agent.engine import Engine
-from agent.errors import ConvergeError, EnvironmentProblem
+from agent.errors import ConvergeError, EnvironmentProblem, UsageError
 from agent.lock import data_dir_lock
-from agent.reconcile import Action, Plan, Step, apply, preflight, wait_all_ready, wait_ready
+from agent.reconcile import (
+    ACTING,
+    Action,
+    Plan,
+    Step,
+    apply,
+    preflight,
+    prune_kept,
+    wait_all_ready,
+    wait_ready,
+)
 from agent.recovery import Carrier, SecretFile, recover
 from agent.redact import redact
 from agent.roles import app, ray
@@ -53,6 +64,7 @@ from agent.spec import LABEL_MANAGED, Spec
 from agent.waits import http_ok, poll, resolves, tcp_open
 
 Say = Callable[[str], None]
+R = TypeVar("R", HeadSettings, WorkerSettings, AppSettings)
 HEAD_POLL = 0.5  # seconds between looks at the head's port while waiting for it
 INFRA = {"postgres", "redis"}
 
@@ -85,13 +97,13 @@ class Preview:
     notes: list[str] = field(default_factory=list)
 
 
-def ensure_images(engine: Engine, settings: ImageSources, wanted: dict[str, str], say: Say,
+def ensure_images(engine: Engine, settings: RoleSettings, wanted: dict[str, str], say: Say,
                   preview: Preview | None) -> dict[str, str]:
     """images.ensure, or for a preview a look at what is there: a missing image is noted with
     where the run would get it (an ID that matches nothing stands for it), or refused as the
     run would refuse it when it has nowhere to come from."""
     if preview is None:
-        return images.ensure(engine, settings, wanted, say)
+        return images.ensure(engine, settings, wanted, say, settings.pull)
     ids = {ref: engine.image_id(ref) for ref in wanted}
     missing = [ref for ref, i in ids.items() if i is None]
     if missing and settings.images is None and not settings.registry:
@@ -112,6 +124,89 @@ class RayInputs:
 
     image_ids: dict[str, str]
     token: str | None
+
+
+# ---- releases: what each run records (agent/history.py) ----
+
+def release_name(settings: RoleSettings) -> str:
+    """--release, the release file's name, or the main image's tag."""
+    main = settings.core_image if isinstance(settings, AppSettings) else settings.ray_image
+    return settings.release or release.tag_of(main)
+
+
+def release_images(settings: RoleSettings, ids: dict[str, str]) -> dict[str, history.Image]:
+    """The images this run runs, by release key (ray, core, ...), with their IDs."""
+    refs = {key: getattr(settings, field) for key, field in release.IMAGE_KEYS.items()
+            if hasattr(settings, field)}
+    if isinstance(settings, AppSettings):
+        refs.pop("ray", None)
+        if settings.postgres_url is not None:
+            refs.pop("postgres")
+        if settings.redis_url is not None:
+            refs.pop("redis")
+    return {key: history.Image(ref, ids[ref]) for key, ref in refs.items() if ref in ids}
+
+
+def begin_record(engine: Engine, settings: RoleSettings, found: dict[str, history.Image],
+                 reason: str = "") -> history.Record | None:
+    """The run's release record: None when it runs what the newest healthy record ran (the
+    registry digests are read only for a new record)."""
+    newest = history.latest(settings.data_dir, settings.command)
+    if newest is not None and newest.state == "healthy" and newest.same_images(found):
+        return None
+    found = {k: replace(v, digests=engine.repo_digests(v.id)) for k, v in found.items()}
+    return history.begin(settings.data_dir, settings.command, release_name(settings), found,
+                         reason)
+
+
+def end_record(settings: RoleSettings, record: history.Record | None, state: str,
+               reason: str = "") -> history.Record | None:
+    if record is None:
+        return None
+    return history.update(settings.data_dir, record, state=state,
+                          reason=reason or record.reason)
+
+
+def went_back(engine: Engine, settings: R, found: dict[str, history.Image], say: Say) -> R | None:
+    """The settings of the release this role went back to, when the one asked for failed its
+    health gate or was rolled back from (a reboot or a restarted unit must not try it again,
+    nor undo a rollback); None to run what was asked. --retry-failed asks for it anyway."""
+    if settings.retry_failed:
+        return None
+    found_back = history.went_back_from(settings.data_dir, settings.command, found)
+    if found_back is None:
+        return None
+    bad, good = found_back
+    what = "failed its health gate" if bad.state == "failed" else "was rolled back from"
+    say(f"release {bad.name} {what} ({bad.finished or bad.started}): running release "
+        f"{good.name}, as since (--retry-failed runs {bad.name} again)")
+    return with_release(engine, settings, good, say)
+
+
+def with_release(engine: Engine, settings: R, record: history.Record, say: Say) -> R:
+    """The settings that run a recorded release: its references, each pointing again at the
+    image it ran (a moving tag may have moved since: the tag is put back on this engine; an
+    image gone from the engine is pulled by its digest)."""
+    changes: dict[str, object] = {}
+    for key, image in record.images.items():
+        field = release.IMAGE_KEYS[key]
+        if not hasattr(settings, field):
+            continue
+        if engine.image_id(image.ref) != image.id:
+            if engine.image_id(image.id) is None:
+                pinned = [d for d in image.digests
+                          if release.repository(d) == release.repository(image.ref)]
+                if not pinned or not settings.registry:
+                    raise EnvironmentProblem(
+                        f"the image {image.ref} of release {record.name} is no longer on this "
+                        f"engine (ID {image.id[7:19]}): load it (`docker load -i FILE` or "
+                        "--images PATH) or give --registry to pull it, then run again")
+                images.ensure(engine, settings, {pinned[0]: key}, say, "missing")
+            say(f"tagged {image.ref} as release {record.name} ran it ({image.id[7:19]})")
+            engine.tag(image.id, image.ref)
+        changes[field] = image.ref
+    return replace(settings, **changes, release=record.name, release_file=None,  # type: ignore[arg-type]
+                   pull="missing", given=settings.given | set(changes))
 
 
 def token_file(settings: RoleSettings, *carriers: Carrier) -> list[SecretFile]:
@@ -139,41 +234,77 @@ def resolve_head(engine: Engine, settings: HeadSettings, say: Say,
 def run_head(engine: Engine, settings: HeadSettings, say: Say) -> Spec:
     store.ensure_dir(settings.data_dir)
     with data_dir_lock(settings.data_dir, settings.lock_wait, say):
-        inputs = resolve_head(engine, settings, say)
-        token = inputs.token
-        spec = ray.head_spec(settings, token)
-        plan = preflight(engine, spec, inputs.image_ids)
-        report(apply(engine, spec, plan, say, settings.ready_timeout), spec, say)
-        address = head_address(engine, settings)
+        return converge_head(engine, settings, say)
 
-        advertised: list[str] = []
 
-        def head_ready() -> bool:
-            # The GCS answers, and the dashboard lists the head node alive (what workers and
-            # the app ask for next), with the address Ray advertises for it.
-            if not (tcp_open(address, ray.GCS_PORT) and
-                    http_ok(f"http://{address}:{ray.DASHBOARD_PORT}/api/gcs_healthz")):
-                return False
-            advertised[:] = [str(n.get("node_ip")) for n in cluster.alive_nodes(address, token)
-                             if n.get("is_head_node")]
-            return bool(advertised)
+def converge_head(engine: Engine, settings: HeadSettings, say: Say, reason: str = "") -> Spec:
+    """The head role, the data dir's lock held."""
+    inputs = resolve_head(engine, settings, say)
+    found = release_images(settings, inputs.image_ids)
+    back = went_back(engine, settings, found, say)
+    if back is not None:
+        return converge_head(engine, back, say)
+    spec = ray.head_spec(settings, inputs.token)
+    plan = preflight(engine, spec, inputs.image_ids)
+    record = begin_record(engine, settings, found, reason)
+    old = plan.observed.get(settings.suffix("ray-head"))
+    if old is not None and old.image_id != inputs.image_ids[settings.ray_image]:
+        say_upgrade_order(settings, say)
+    try:
+        _head_up(engine, settings, spec, plan, inputs, say)
+    except ConvergeError as exc:
+        end_record(settings, record, "failed", str(exc))
+        raise
+    end_record(settings, record, "healthy")
+    return spec
 
-        ready = poll(head_ready, settings.ready_timeout,
-                     f"the Ray head at {address}:{ray.GCS_PORT}", say)
-        if not ready:
-            raise ConvergeError(
-                f"the Ray head did not answer on {address}:{ray.GCS_PORT} within "
-                f"{settings.ready_timeout:.0f}s; see `syntho-agent logs`")
-        say(f"ray head ready at {address}:{ray.GCS_PORT} "
-            f"(dashboard http://{address}:{ray.DASHBOARD_PORT})")
-        say("join a worker (on its VM):")
-        join = f"  syntho-agent worker --head {advertised[0]}"
-        if token:
-            join += " --token-file ray-token"
-            path = cluster.token_path(settings.data_dir)
-            say(f"  copy {path} to the worker as ./ray-token, then")
-        say(join)
-        return spec
+
+def say_upgrade_order(settings: HeadSettings, say: Say) -> None:
+    """A new Ray image on the head: every member of the cluster must run the same Ray."""
+    name = release_name(settings)
+    option = f"--release {name}" if settings.release else f"--ray-image {settings.ray_image}"
+    say(f"the Ray image changes to {settings.ray_image} (release {name}): the head first "
+        "(now), then the workers, then the app VM")
+    say("  workers with no release of their own follow the head by themselves (at their next "
+        f"run, or within seconds with --watch); the others run: syntho-agent worker --head "
+        f"HEAD {option}")
+    say(f"  the app VM runs: syntho-agent app --head HEAD --release {name} (its core's Ray "
+        "must match the head's: it is checked before it starts)")
+
+
+def _head_up(engine: Engine, settings: HeadSettings, spec: Spec, plan: Plan,
+             inputs: RayInputs, say: Say) -> None:
+    token = inputs.token
+    report(apply(engine, spec, plan, say, settings.ready_timeout), spec, say)
+    address = head_address(engine, settings)
+
+    advertised: list[str] = []
+
+    def head_ready() -> bool:
+        # The GCS answers, and the dashboard lists the head node alive (what workers and
+        # the app ask for next), with the address Ray advertises for it.
+        if not (tcp_open(address, ray.GCS_PORT) and
+                http_ok(f"http://{address}:{ray.DASHBOARD_PORT}/api/gcs_healthz")):
+            return False
+        advertised[:] = [str(n.get("node_ip")) for n in cluster.alive_nodes(address, token)
+                         if n.get("is_head_node")]
+        return bool(advertised)
+
+    ready = poll(head_ready, settings.ready_timeout,
+                 f"the Ray head at {address}:{ray.GCS_PORT}", say)
+    if not ready:
+        raise ConvergeError(
+            f"the Ray head did not answer on {address}:{ray.GCS_PORT} within "
+            f"{settings.ready_timeout:.0f}s; see `syntho-agent logs`")
+    say(f"ray head ready at {address}:{ray.GCS_PORT} "
+        f"(dashboard http://{address}:{ray.DASHBOARD_PORT})")
+    say("join a worker (on its VM):")
+    join = f"  syntho-agent worker --head {advertised[0]}"
+    if token:
+        join += " --token-file ray-token"
+        path = cluster.token_path(settings.data_dir)
+        say(f"  copy {path} to the worker as ./ray-token, then")
+    say(join)
 
 
 def wait_for_head(settings: JoinOptions, say: Say, preview: Preview | None = None) -> None:
@@ -211,42 +342,120 @@ def wait_for_head(settings: JoinOptions, say: Say, preview: Preview | None = Non
     say(f"the Ray head at {settings.head}:{ray.GCS_PORT} answers")
 
 
+# The options that choose a worker's own Ray image; without any, it runs the head's.
+OWN_RAY_IMAGE = frozenset({"ray_image", "release", "release_file"})
+# The app's: without any, it runs the release the head was given (--release), if any.
+OWN_APP_RELEASE = frozenset({"release", "release_file", "core_image", "backend_image",
+                             "frontend_image"})
+FOLLOW_WAIT = 30.0  # seconds to wait for the head to list its node (it may be starting)
+
+
+def head_publishes(settings: JoinOptions, token: str | None, say: Say,
+                   preview: Preview | None) -> ray_release.Published | None:
+    """What the head publishes (its Ray image and release); a preview asks once."""
+    found: list[ray_release.Published] = []
+
+    def listed() -> bool:
+        nodes = cluster.alive_nodes(settings.head or "", token)
+        mine = ray_release.published(nodes)
+        if mine is not None:
+            found.append(mine)
+        return bool(found) or any(n.get("is_head_node") for n in nodes)
+
+    if preview is not None:
+        listed()
+    else:
+        poll(listed, FOLLOW_WAIT, "the head's node list", say)
+    return found[0] if found else None
+
+
+def follow_head(engine: Engine, settings: WorkerSettings, token: str | None, say: Say,
+                preview: Preview | None = None) -> WorkerSettings:
+    """A worker given no image of its own runs the head's Ray image (and its release). When
+    the head does not say (its dashboard is down, or an older agent made it), the worker keeps
+    the image it runs (a reboot must not move it), or starts with --ray-image's default."""
+    if settings.given & OWN_RAY_IMAGE:
+        return settings
+    found = head_publishes(settings, token, say, preview)
+    if found is None:
+        running = engine.observe(settings.suffix("ray-worker"))
+        image = running.image if running is not None else settings.ray_image
+        say(f"the head does not say which Ray image it runs (its dashboard does not answer, "
+            f"or an older agent made it): running {image}")
+        return replace(settings, ray_image=image)
+    say(f"following the head: Ray image {found.image}"
+        + (f" (release {found.release})" if found.release else ""))
+    return replace(settings, ray_image=found.image, release=found.release or None)
+
+
 def resolve_worker(engine: Engine, settings: WorkerSettings, say: Say,
-                   preview: Preview | None = None) -> RayInputs:
+                   preview: Preview | None = None) -> tuple[WorkerSettings, RayInputs]:
+    """The worker's inputs, and its settings as resolved (the head's image when it follows
+    the head)."""
     recover(engine, settings.instance, "worker",
             token_file(settings, Carrier("ray-worker", ray.TOKEN_ENV)), None, say)
-    # A missing image fails now, before anything is written or waited for.
-    ids = ensure_images(engine, settings,
-                        {settings.ray_image: settings.suffix("ray-worker")}, say, preview)
+    own = bool(settings.given & OWN_RAY_IMAGE)
+    wanted = {settings.ray_image: settings.suffix("ray-worker")}
+    # An image of its own that is missing fails now, before anything is written or waited for.
+    ids = ensure_images(engine, settings, wanted, say, preview) if own else {}
     token = cluster.joining_token(settings, settings.data_dir)
     wait_for_head(settings, say, preview)
-    return RayInputs(ids, token)
+    if not own:
+        settings = follow_head(engine, settings, token, say, preview)
+        ids = ensure_images(engine, settings, {settings.ray_image: settings.suffix("ray-worker")},
+                            say, preview)
+    if preview is None:
+        assert settings.head
+        ray_release.check(engine, "the worker's Ray", settings.ray_image,
+                          ids[settings.ray_image], settings.data_dir, settings.head, token)
+    return settings, RayInputs(ids, token)
 
 
 def run_worker(engine: Engine, settings: WorkerSettings, say: Say) -> Spec:
-    assert settings.head
     store.ensure_dir(settings.data_dir)
     with data_dir_lock(settings.data_dir, settings.lock_wait, say):
-        inputs = resolve_worker(engine, settings, say)
-        token = inputs.token
-        spec = ray.worker_spec(settings, token)
-        plan = preflight(engine, spec, inputs.image_ids)
-        report(apply(engine, spec, plan, say, settings.ready_timeout), spec, say)
-        name = settings.suffix("ray-worker")
-        my_ip = cluster.worker_ip(settings.head, settings.node_ip,
-                                  container_ip(engine, name, settings.network)
-                                  if settings.network != "host" else None)
+        return converge_worker(engine, settings, say)
 
-        def joined() -> bool:  # `status` asks the same question (agent.ops)
-            return cluster.has_joined(cluster.alive_nodes(settings.head or "", token), my_ip)
 
-        if not poll(joined, settings.ready_timeout, f"{name} to join the head", say):
-            raise ConvergeError(
-                f"{name} did not join the Ray head at {settings.head} within "
-                f"{settings.ready_timeout:.0f}s (a wrong token is the usual cause); "
-                f"last log: {last_log_line(engine, name, spec.secrets)}")
-        say(f"{name} joined the Ray cluster at {settings.head} as {my_ip}")
-        return spec
+def converge_worker(engine: Engine, settings: WorkerSettings, say: Say,
+                    reason: str = "") -> Spec:
+    """The worker role, the data dir's lock held."""
+    assert settings.head
+    settings, inputs = resolve_worker(engine, settings, say)
+    found = release_images(settings, inputs.image_ids)
+    back = went_back(engine, settings, found, say)
+    if back is not None:
+        return converge_worker(engine, back, say)
+    spec = ray.worker_spec(settings, inputs.token)
+    plan = preflight(engine, spec, inputs.image_ids)
+    record = begin_record(engine, settings, found, reason)
+    try:
+        _worker_up(engine, settings, spec, plan, inputs.token, say)
+    except ConvergeError as exc:
+        end_record(settings, record, "failed", str(exc))
+        raise
+    end_record(settings, record, "healthy")
+    return spec
+
+
+def _worker_up(engine: Engine, settings: WorkerSettings, spec: Spec, plan: Plan,
+               token: str | None, say: Say) -> None:
+    assert settings.head
+    report(apply(engine, spec, plan, say, settings.ready_timeout), spec, say)
+    name = settings.suffix("ray-worker")
+    my_ip = cluster.worker_ip(settings.head, settings.node_ip,
+                              container_ip(engine, name, settings.network)
+                              if settings.network != "host" else None)
+
+    def joined() -> bool:  # `status` asks the same question (agent.ops)
+        return cluster.has_joined(cluster.alive_nodes(settings.head or "", token), my_ip)
+
+    if not poll(joined, settings.ready_timeout, f"{name} to join the head", say):
+        raise ConvergeError(
+            f"{name} did not join the Ray head at {settings.head} within "
+            f"{settings.ready_timeout:.0f}s (a wrong token is the usual cause); "
+            f"last log: {last_log_line(engine, name, spec.secrets)}")
+    say(f"{name} joined the Ray cluster at {settings.head} as {my_ip}")
 
 
 def last_log_line(engine: Engine, name: str, secrets: tuple[str, ...]) -> str:
@@ -334,10 +543,13 @@ def app_secret_files(settings: AppSettings) -> list[SecretFile]:
 
 
 def resolve_app(engine: Engine, settings: AppSettings, say: Say,
-                preview: Preview | None = None) -> AppInputs:
+                preview: Preview | None = None) -> tuple[AppSettings, AppInputs]:
+    """The app's inputs, and its settings as resolved (the head's release when the app has
+    none of its own)."""
     volume = settings.suffix("syntho-database-data") if settings.postgres_url is None else None
     recover(engine, settings.instance, "app", app_secret_files(settings), volume, say)
-    ids = ensure_images(engine, settings, app_images(settings), say, preview)
+    own = bool(settings.given & OWN_APP_RELEASE)
+    ids = ensure_images(engine, settings, app_images(settings), say, preview) if own else {}
     rotate_to = db_password_change(settings, engine)
     token = cluster.joining_token(settings, settings.data_dir)
     # While a rotation is pending, the stored password is the one the database still has;
@@ -348,7 +560,27 @@ def resolve_app(engine: Engine, settings: AppSettings, say: Say,
         secrets = replace(secrets, db_password=rotate_to)
     write_init_script(settings)
     wait_for_head(settings, say, preview)
-    return AppInputs(ids, secrets, rotate_to, app_ray_host(settings, token, say, preview))
+    if not own:
+        found = head_publishes(settings, token, say, preview)
+        good = history.last_healthy(settings.data_dir, "app")
+        if found is None and good is not None:  # the head does not say: keep what ran
+            say("the head does not say which release it runs (its dashboard does not answer): "
+                f"keeping release {good.name}")
+            settings = with_release(engine, settings, good, say)
+        elif found is not None and found.release:
+            say(f"following the head: release {found.release}")
+            tag = found.release
+            settings = replace(settings, release=tag,
+                               core_image=release.with_tag(settings.core_image, tag),
+                               backend_image=release.with_tag(settings.backend_image, tag),
+                               frontend_image=release.with_tag(settings.frontend_image, tag))
+        ids = ensure_images(engine, settings, app_images(settings), say, preview)
+    if preview is None:
+        assert settings.head
+        ray_release.check(engine, "the core's Ray client: the", settings.core_image,
+                          ids[settings.core_image], settings.data_dir, settings.head, token)
+    return settings, AppInputs(ids, secrets, rotate_to,
+                               app_ray_host(settings, token, say, preview))
 
 
 def run_app(engine: Engine, settings: AppSettings, say: Say) -> Spec:
@@ -358,11 +590,21 @@ def run_app(engine: Engine, settings: AppSettings, say: Say) -> Spec:
 
 
 def converge_app(engine: Engine, settings: AppSettings, say: Say,
-                 restore: Callable[[], int] | None = None) -> Spec:
+                 restore: Callable[[], int] | None = None, reason: str = "") -> Spec:
     """The app role, the data dir's lock held. `restore` (restore.py): a step that fills the
-    databases, after Postgres is up and before anything that uses them starts."""
+    databases, after Postgres is up and before anything that uses them starts.
+
+    A release change is a rollout: the replaced containers are kept stopped (reconcile's
+    KEPT_SUFFIX) until the whole new release is healthy; if any container of it is not, the
+    app goes back to the last healthy release as a whole (a start of the kept containers)
+    and the run fails with exit 4. A release that failed so is not tried again by a later
+    run (a reboot, a restarted unit) unless --retry-failed says so."""
     assert settings.head
-    inputs = resolve_app(engine, settings, say)
+    settings, inputs = resolve_app(engine, settings, say)
+    found = release_images(settings, inputs.image_ids)
+    back = None if restore is not None else went_back(engine, settings, found, say)
+    if back is not None:
+        return converge_app(engine, back, say)
     values = app.app_values(settings, inputs.secrets, inputs.ray_host)
     spec = app.app_spec(settings, values)
     postgres = next((c for c in spec.containers if c.service == "postgres"), None)
@@ -383,6 +625,15 @@ def converge_app(engine: Engine, settings: AppSettings, say: Say,
     # Postgres and Redis first (the spec's start order); then the password is proven and
     # the env file written; then the services that use them.
     plan = preflight(engine, spec, inputs.image_ids)
+    moving = [c.service for c in spec.containers if c.service in release.APP_VERSIONED
+              and (o := plan.observed.get(c.name)) is not None
+              and o.image_id != inputs.image_ids[c.image]]
+    record = begin_record(engine, settings, found, reason)
+    if moving:
+        plan = dataclasses.replace(plan, keep=frozenset(release.APP_VERSIONED))
+        if record is not None and not record.backup and set(moving) & set(release.MIGRATING):
+            taken = backup_before_upgrade(engine, settings, record, say)
+            record = history.update(settings.data_dir, record, backup=str(taken))
     if postgres is not None:
         plan = plan.with_step("db-password", "prove the database password", after=INFRA)
     plan = plan.with_step("env-file", "write app.env", after={*INFRA, "db-password"})
@@ -391,6 +642,52 @@ def converge_app(engine: Engine, settings: AppSettings, say: Say,
         plan = plan.with_step("restore-databases", "restore the backup's databases",
                               after={*INFRA, "db-password"})
         steps["restore-databases"] = lambda plan: restore()
+    try:
+        _app_up(engine, settings, spec, plan, steps, say)
+    except ConvergeError as exc:
+        if record is None:
+            raise
+        record = history.update(settings.data_dir, record, state="failed", reason=str(exc))
+        good = history.last_healthy(settings.data_dir, "app", before=record.number)
+        if good is None or not (moving or plan.kept):
+            raise
+        sick = unhealthy(engine, spec)
+        say(f"release {record.name} did not become healthy ({sick or exc}): going back to "
+            f"release {good.name}")
+        converge_app(engine, with_release(engine, settings, good, say), say,
+                     reason=f"went back from release {record.name}, which failed")
+        schema = (f"; the database's schema may have moved: `syntho-agent restore "
+                  f"{record.backup}` puts it back as it was before {record.name}"
+                  if record.backup else "")
+        raise ConvergeError(f"release {record.name} failed and the app went back to release "
+                            f"{good.name}: {sick or exc}{schema}") from None
+    end_record(settings, record, "healthy")
+    if moving or plan.kept:
+        prune_kept(engine, spec, say)
+    say(f"the app is up: open {settings.frontend_protocol}://{app.frontend_host(settings)}/ "
+        f"(this VM, port {settings.frontend_port})")
+    say(f"admin account: {settings.admin_username}, password in "
+        f"{settings.data_dir / 'secrets' / ADMIN_PASSWORD}")
+    return spec
+
+
+def unhealthy(engine: Engine, spec: Spec) -> str:
+    """The containers with a health check that are not healthy now, in start order, each with
+    the tail of its health log: the first is where a failed release broke (the later ones
+    often wait on it)."""
+    found = []
+    for c in spec.ordered():
+        o = engine.observe(c.name)
+        if c.health and (o is None or o.health != "healthy"):
+            state = "missing" if o is None else (o.health or o.status)
+            found.append(f"{c.name} is {state}, last health output: "
+                         f"{engine.health_log_tail(c.name, lines=1)}")
+    return "; ".join(found)
+
+
+def _app_up(engine: Engine, settings: AppSettings, spec: Spec, plan: Plan,
+            steps: dict[str, Step], say: Say) -> None:
+    """Apply the plan, then wait until every container is healthy and the frontend answers."""
     changes = apply(engine, spec, plan, say, settings.ready_timeout, steps)
     report(changes, spec, say)
     wait_all_ready(engine, spec, plan, settings.ready_timeout, say)
@@ -403,11 +700,98 @@ def converge_app(engine: Engine, settings: AppSettings, say: Say,
                     say):
             raise ConvergeError(f"the frontend did not answer at {url} within "
                                 f"{settings.ready_timeout:.0f}s; see `syntho-agent logs`")
-    say(f"the app is up: open {settings.frontend_protocol}://{app.frontend_host(settings)}/ "
-        f"(this VM, port {settings.frontend_port})")
-    say(f"admin account: {settings.admin_username}, password in "
-        f"{settings.data_dir / 'secrets' / ADMIN_PASSWORD}")
-    return spec
+
+
+def backup_before_upgrade(engine: Engine, settings: AppSettings, record: history.Record,
+                          say: Say) -> Path:
+    """The databases as they are, before images that migrate their schema start (the backup
+    command's own archive, in the data dir's backups/)."""
+    from agent import backup  # the backup module imports this one's neighbours
+
+    say(f"release {record.name} changes the core's or the backend's image (they migrate the "
+        "database's schema at start): backing up the databases first")
+    wanted = {f.name for f in dataclasses.fields(BackupSettings) if f.init}
+    return backup.run_backup(engine, BackupSettings(**{
+        k: getattr(settings, k) for k in wanted if hasattr(settings, k)}), None, say, lock=False)
+
+
+def rollback(engine: Engine, settings: R, target: str | None, say: Say) -> Spec:
+    """`syntho-agent rollback ROLE [RELEASE]`: go back to the previous healthy release (or a
+    named one), with the same health gates, pulling nothing that is still on the engine."""
+    role = settings.command
+    store.ensure_dir(settings.data_dir)
+    with data_dir_lock(settings.data_dir, settings.lock_wait, say):
+        records = [r for r in history.load(settings.data_dir) if r.role == role]
+        if not records:
+            raise UsageError(f"no release of the {role} role is recorded in "
+                             f"{history.path(settings.data_dir)}: nothing to go back to")
+        current = records[-1]
+        if target is not None:
+            chosen = history.find(settings.data_dir, role, target)
+            if chosen is None:
+                raise UsageError(f"no healthy release {target!r} of the {role} role in the "
+                                 "history: `syntho-agent history` lists them")
+        else:
+            chosen = next((r for r in reversed(records[:-1]) if r.state == "healthy"
+                           and not r.same_images(current.images)), None)
+            if chosen is None:
+                raise UsageError(f"no earlier healthy release of the {role} role to go back "
+                                 "to: `syntho-agent history` lists what ran")
+        say(f"going back from release {current.name} to release {chosen.name} "
+            f"(#{chosen.number}, {chosen.started})")
+        reason = f"rollback from release {current.name}"
+        if current.state == "healthy":
+            history.update(settings.data_dir, current, state="rolled-back")
+        pinned = with_release(engine, settings, chosen, say)
+        if isinstance(pinned, AppSettings):
+            spec = converge_app(engine, pinned, say, reason=reason)
+            if current.backup and chosen.number < current.number:
+                say(f"the database's schema may have moved with release {current.name}: "
+                    f"`syntho-agent restore {current.backup}` puts it back as it was before")
+            return spec
+        if isinstance(pinned, HeadSettings):
+            return converge_head(engine, pinned, say, reason)
+        return converge_worker(engine, pinned, say, reason)
+
+
+# ---- --watch: when the watcher runs the whole role again ----
+
+def follows_head(settings: RoleSettings) -> bool:
+    return isinstance(settings, WorkerSettings) and not settings.given & OWN_RAY_IMAGE
+
+
+def refresher(engine: Engine, settings: RoleSettings, spec: Spec,
+              say: Say) -> Callable[[], Spec | None]:
+    """What the watcher asks before each look (agent/watch.py): a new spec when the whole
+    role must run again (a rollback changed the history under it; the head a worker follows
+    moved to another Ray image), else None."""
+    def newest() -> int:
+        found = history.latest(settings.data_dir, settings.command)
+        return found.number if found is not None else 0
+
+    seen, current = [newest()], [spec]
+
+    def refresh() -> Spec | None:
+        again = newest() != seen[0]
+        if not again and isinstance(settings, WorkerSettings) and follows_head(settings):
+            token = cluster.joining_token(settings, settings.data_dir)
+            found = ray_release.published(cluster.alive_nodes(settings.head or "", token))
+            again = found is not None and found.image != current[0].containers[0].image
+            if again:
+                say(f"the head moved to the Ray image {found.image if found else ''}: "
+                    "following it")
+        if not again:
+            return None
+        if isinstance(settings, HeadSettings):
+            made = run_head(engine, settings, say)
+        elif isinstance(settings, WorkerSettings):
+            made = run_worker(engine, settings, say)
+        else:
+            made = run_app(engine, settings, say)
+        seen[0], current[0] = newest(), made
+        return made
+
+    return refresh
 
 
 # ---- the plan: what a run would do, changing nothing ----
@@ -507,14 +891,15 @@ def forecast(engine: Engine, settings: RoleSettings) -> Forecast:
                                     preview)
                 spec = ray.head_spec(settings, node.token)
             else:
-                node = resolve_worker(engine, replace(settings, data_dir=scratch), said.append,
-                                      preview)
-                spec = ray.worker_spec(settings, node.token)
+                followed, node = resolve_worker(engine, replace(settings, data_dir=scratch),
+                                                said.append, preview)
+                spec = ray.worker_spec(replace(followed, data_dir=settings.data_dir), node.token)
             ids = node.image_ids
         else:
             assert isinstance(settings, AppSettings)
             dry = replace(settings, data_dir=scratch)
-            inputs = resolve_app(engine, dry, said.append, preview)
+            resolved, inputs = resolve_app(engine, dry, said.append, preview)
+            settings = replace(resolved, data_dir=settings.data_dir)
             values = app.app_values(settings, inputs.secrets, inputs.ray_host)
             spec = app.app_spec(settings, values)
             write_env_file(dry, app.env_file(settings, values), said.append)
@@ -524,7 +909,7 @@ def forecast(engine: Engine, settings: RoleSettings) -> Forecast:
             ids = inputs.image_ids
         plan = preflight(engine, spec, ids)
         files = _file_changes(scratch, settings.data_dir, said)
-    acting = any(a.verb in ("create", "recreate", "start") for a in plan.actions)
+    acting = any(a.verb in ACTING for a in plan.actions)
     labels = [f"{LABEL_MANAGED}=true"]
     networks = {n.name for n in engine.networks(labels)} if spec.networks and acting else set()
     return Forecast(

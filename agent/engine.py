@@ -150,6 +150,11 @@ class Observed:
         return next((e.ip for e in self.endpoints if e.network == network and e.ip), None)
 
     @property
+    def kept(self) -> bool:
+        """The previous release's container, kept for a rollback (spec.KEPT_SUFFIX)."""
+        return self.name.endswith(s.KEPT_SUFFIX)
+
+    @property
     def host_network(self) -> bool:
         return self.network_mode == "host"
 
@@ -249,6 +254,34 @@ class Engine:
             return str(self._client.images.get(ref).id)
         except docker.errors.ImageNotFound:
             return None
+
+    @_sdk
+    def repo_digests(self, ref: str) -> tuple[str, ...]:
+        """The image's `repository@sha256:...` names, as the registries it came from (or went
+        to) know it; () when it is not on the engine or came from no registry."""
+        try:
+            return tuple(self._client.images.get(ref).attrs.get("RepoDigests") or ())
+        except docker.errors.ImageNotFound:
+            return ()
+
+    @_sdk
+    def tag(self, image_id: str, ref: str) -> None:
+        """Point ref at an image this engine has (a rollback's release, by its ID)."""
+        repo, tag = split_reference(ref)
+        self._client.api.tag(image_id, repo, tag)
+
+    @_sdk
+    def registry_digest(self, ref: str, auth: dict[str, str] | None) -> str:
+        """The digest the registry has for ref now (the engine asks it: one call, no pull)."""
+        try:
+            return str(self._client.images.get_registry_data(ref, auth_config=auth).id)
+        except docker.errors.APIError as exc:
+            explanation = str(exc.explanation or exc)
+            raise EngineError(f"the engine could not ask the registry for {ref}: {explanation}",
+                              explanation) from None
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"the engine could not ask the registry for {ref}: {exc}",
+                              str(exc)) from None
 
     @_sdk
     def load_images(self, stream: IO[bytes], size: int,

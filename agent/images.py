@@ -23,27 +23,34 @@ Say = Callable[[str], None]
 PASSWORD_ENV = "SYNTHO_AGENT_REGISTRY_PASSWORD"
 
 
-def ensure(engine: Engine, settings: ImageSources, wanted: dict[str, str],
-           say: Say) -> dict[str, str]:
+def ensure(engine: Engine, settings: ImageSources, wanted: dict[str, str], say: Say,
+           pull_policy: str = "missing") -> dict[str, str]:
     """Every wanted image (reference -> who needs it) on the engine; returns their IDs.
 
-    Missing ones come from the bundle first, then the registry. Whatever is still missing is
-    one error that names the image and the ways to provide it.
+    Missing ones come from the bundle first, then the registry (not with --pull never). With
+    --pull always, the registry is asked for each reference's digest first and what changed
+    there is pulled too. Whatever is still missing is one error that names the image and the
+    ways to provide it.
     """
     ids = {ref: engine.image_id(ref) for ref in wanted}
+    auth = Auth(engine, settings)
+    stale = changed_in_registry(engine, wanted, ids, auth, say) if pull_policy == "always" else []
     if any(i is None for i in ids.values()) and settings.images is not None:
         load_bundle(engine, settings.images, say)
         ids = {ref: i or engine.image_id(ref) for ref, i in ids.items()}
-    if any(i is None for i in ids.values()) and settings.registry:
-        auth = registry_auth(engine, settings)
+    missing = [ref for ref, i in ids.items() if i is None]
+    if pull_policy == "never" and missing:
+        raise EnvironmentProblem(
+            f"image {missing[0]} (for {wanted[missing[0]]}) is not on this engine and --pull "
+            "is never: load it (--images PATH, or `docker load`), or pull it (--pull missing)")
+    to_pull = [*stale, *(ref for ref in missing if ref not in stale)]
+    if to_pull and (settings.registry or stale):
         started, pulled = time.monotonic(), 0
-        missing = [ref for ref, i in ids.items() if i is None]
-        for ref in missing:
-            ours = registry_of(ref) == settings.registry
-            pulled += pull(engine, ref, auth if ours else None, say)
+        for ref in to_pull:
+            pulled += pull(engine, ref, auth.get(ref), say)
             ids[ref] = engine.image_id(ref)
-        if len(missing) > 1:
-            say(f"pulled {len(missing)} images, {progress.size(pulled)} in "
+        if len(to_pull) > 1:
+            say(f"pulled {len(to_pull)} images, {progress.size(pulled)} in "
                 f"{time.monotonic() - started:.0f}s")
     missing = [ref for ref, i in ids.items() if i is None]
     if missing:
@@ -53,6 +60,54 @@ def ensure(engine: Engine, settings: ImageSources, wanted: dict[str, str],
             "`docker save` archive, .tar or .tar.gz), or --registry with --registry-user to "
             "pull it")
     return {ref: i or "" for ref, i in ids.items()}
+
+
+class Auth:
+    """The registry login, made once and only when a pull or a digest needs it."""
+
+    def __init__(self, engine: Engine, settings: ImageSources) -> None:
+        self.engine, self.settings = engine, settings
+        self._auth: dict[str, str] | None = None
+
+    def get(self, ref: str) -> dict[str, str] | None:
+        if not self.settings.registry or registry_of(ref) != self.settings.registry:
+            return None  # another registry's image (Docker Hub's postgres): no login of ours
+        if self._auth is None:
+            self._auth = registry_auth(self.engine, self.settings)
+        return self._auth
+
+
+def changed_in_registry(engine: Engine, wanted: dict[str, str], ids: dict[str, str | None],
+                        auth: Auth, say: Say) -> list[str]:
+    """--pull always: the references whose registry digest is not the image this engine has.
+    Every registry is asked before anything is pulled, so an unreachable one changes nothing.
+    A reference by digest names one image forever: it is not asked about once here."""
+    stale = []
+    for ref in wanted:
+        if "@" in ref and ids[ref] is not None:
+            continue
+        try:
+            digest = engine.registry_digest(ref, auth.get(ref))
+        except EngineError as exc:
+            text = exc.explanation
+            if _not_found(text):
+                raise UsageError(f"the registry has no image {ref} (for {wanted[ref]}): check "
+                                 "the release's tag (--release) or the reference") from None
+            where = registry_of(ref) or "Docker Hub"
+            raise EnvironmentProblem(f"--pull always: cannot ask {where} for {ref}: "
+                                     f"{text[:200]}; check that the registry answers, or run "
+                                     "with --pull missing") from None
+        if ids[ref] is None or not any(d.endswith("@" + digest)
+                                       for d in engine.repo_digests(ref)):
+            stale.append(ref)
+    say(f"--pull always: {len(stale)} of {len(wanted)} image(s) changed in the registry"
+        + (f" ({', '.join(stale)})" if stale else ""))
+    return stale
+
+
+def _not_found(text: str) -> bool:
+    lowered = text.lower()
+    return "manifest unknown" in lowered or "not found" in lowered
 
 
 def bundle_files(path: Path) -> list[Path]:
@@ -135,11 +190,17 @@ def pull(engine: Engine, ref: str, auth: dict[str, str] | None, say: Say) -> int
     try:
         for event in engine.pull(ref, auth):
             if "error" in event:
+                if _not_found(str(event["error"])):
+                    raise UsageError(f"the registry has no image {ref}: check the release's "
+                                     "tag (--release) or the reference")
                 raise EnvironmentProblem(f"cannot pull {ref}: {event['error']}")
             state.feed(event)
             if state.total:
                 meter.show(state.line(ref))
     except EngineError as exc:
+        if _not_found(exc.explanation):
+            raise UsageError(f"the registry has no image {ref}: check the release's tag "
+                             "(--release) or the reference") from None
         raise EnvironmentProblem(f"cannot pull {ref}: {exc.explanation}") from None
     finally:
         meter.close()

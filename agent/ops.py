@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from agent import cluster, store, validate
+from agent import cluster, history, ray_release, store, validate
 from agent import spec as s
 from agent.engine import Engine, Observed
 from agent.errors import UsageError
@@ -141,6 +141,7 @@ def _head_ray(o: Observed, data_dir: Path) -> dict[str, Any]:
         info["error"] = f"{o.name} is not running"
         return info
     listed = _ask(address, _token(o, data_dir), info)
+    info["publishes"] = _published(listed)
     info["nodes"] = [{"node_ip": n.get("node_ip"), "node_id": n.get("node_id"),
                       "head": bool(n.get("is_head_node")), "state": n.get("state"),
                       "cpus": (n.get("resources_total") or {}).get("CPU", 0)} for n in listed]
@@ -166,8 +167,17 @@ def _worker_ray(o: Observed, data_dir: Path) -> dict[str, Any]:
         info["error"] = f"the head's name {head} does not resolve"
         return info
     info["node_ip"] = ip
-    info["joined"] = cluster.has_joined(_ask(head, _token(o, data_dir), info), ip)
+    listed = _ask(head, _token(o, data_dir), info)
+    info["joined"] = cluster.has_joined(listed, ip)
+    info["head_runs"] = _published(listed)
+    info["matches_head"] = (None if info["head_runs"] is None
+                            else info["head_runs"]["image"] == o.image)
     return info
+
+
+def _published(listed: list[dict[str, Any]]) -> dict[str, str] | None:
+    found = ray_release.published(listed)
+    return None if found is None else {"image": found.image, "release": found.release}
 
 
 def _app_ray(observed: list[Observed], data_dir: Path) -> dict[str, Any] | None:
@@ -176,9 +186,21 @@ def _app_ray(observed: list[Observed], data_dir: Path) -> dict[str, Any] | None:
         return None
     head = _host_of(core.env_value("RAY_ADDRESS") or "")
     info: dict[str, Any] = {"head": head, "answers": False, "error": None, "alive": 0}
-    info["alive"] = sum(1 for n in _ask(head, _token(core, data_dir), info)
-                        if n.get("state") == "ALIVE")
+    listed = _ask(head, _token(core, data_dir), info)
+    info["alive"] = sum(1 for n in listed if n.get("state") == "ALIVE")
+    info["head_runs"] = _published(listed)
     return info
+
+
+def _releases(roles: list[str], data_dir: Path) -> dict[str, Any]:
+    """The newest release each role here recorded (agent/history.py)."""
+    found = {}
+    for role in roles:
+        record = history.latest(data_dir, role)
+        if record is not None:
+            found[role] = {"name": record.name, "state": record.state, "number": record.number,
+                           "started": record.started}
+    return found
 
 
 def status_report(observed: list[Observed], data_dir: Path, instance: str) -> dict[str, Any]:
@@ -207,7 +229,8 @@ def status_report(observed: list[Observed], data_dir: Path, instance: str) -> di
         if o.role and o.role not in roles:
             roles.append(o.role)
     return {"schema": SCHEMA, "instance": instance, "roles": roles, "ready": not not_ready,
-            "not_ready": not_ready, "containers": containers, "ray": ray}
+            "not_ready": not_ready, "containers": containers, "ray": ray,
+            "releases": _releases(roles, data_dir)}
 
 
 def _age(seconds: int | None) -> str:
@@ -279,9 +302,26 @@ def status(engine: Engine, data_dir: Path, instance: str, say: Say) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         say("  ".join(f"{v:<{w}}" for v, w in zip(r, widths)) + "  " + r[-1])
-    for line in [*_ray_lines(report["ray"]), *app_urls(observed)]:
+    for line in [*_ray_lines(report["ray"]), *_release_lines(report), *app_urls(observed)]:
         say(line)
     return len(report["not_ready"])
+
+
+def _release_lines(report: dict[str, Any]) -> list[str]:
+    lines = []
+    ray = report["ray"]
+    for role, r in report["releases"].items():
+        line = f"{role} release: {r['name']} ({r['state']}, #{r['number']}, {r['started']})"
+        head_runs = (ray.get("worker") or ray.get("app") or {}).get("head_runs")
+        if role == "head" and (ray.get("head") or {}).get("publishes"):
+            line += f"; published to the workers: {ray['head']['publishes']['image']}"
+        elif role in ("worker", "app") and head_runs:
+            theirs = head_runs["release"] or head_runs["image"]
+            same = (ray["worker"].get("matches_head") if role == "worker"
+                    else head_runs["release"] in ("", r["name"]))
+            line += f"; the head runs {theirs}: {'matches' if same else 'DIFFERS'}"
+        lines.append(line)
+    return lines
 
 
 def status_json(engine: Engine, data_dir: Path, instance: str, say: Say) -> int:

@@ -11,10 +11,11 @@ makes no further call.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from agent import spec as s
@@ -31,11 +32,12 @@ SECRET_FIELD = "a secret"
 
 
 Step = Callable[["Plan"], int]  # a role's own step: runs with the plan, returns its changes
+ACTING = ("create", "recreate", "start", "revert")  # the verbs that make or start a container
 
 
 @dataclass(frozen=True)
 class Action:
-    verb: str  # create | recreate | start | unchanged | remove | step
+    verb: str  # create | recreate | start | revert | unchanged | remove | step
     name: str  # the container's name, or the step's
     container: s.Container | None = None
     config_hash: str = ""
@@ -49,6 +51,11 @@ class Plan:
 
     actions: list[Action]
     observed: dict[str, Observed]  # the managed containers, by name
+    # The previous release's containers (stopped, named <name>-previous), by the name they
+    # would take back; and the services whose replaced container is kept so (a release
+    # rollout on the app VM), instead of removed.
+    kept: dict[str, Observed] = field(default_factory=dict)
+    keep: frozenset[str] = frozenset()
 
     def with_step(self, name: str, reason: str, after: set[str]) -> Plan:
         """This plan with a role's step placed after the actions of these services (and
@@ -60,7 +67,7 @@ class Plan:
         at = max(last + 1, removals)
         actions = [*self.actions[:at], Action("step", name, reason=reason),
                    *self.actions[at:]]
-        return Plan(actions, self.observed)
+        return dataclasses.replace(self, actions=actions)
 
     def verb(self, name: str) -> str | None:
         return next((a.verb for a in self.actions if a.name == name), None)
@@ -90,10 +97,14 @@ def image_ids(engine: Engine, spec: s.Spec) -> dict[str, str]:
     return require_images(engine, {c.image: c.name for c in reversed(spec.containers)})
 
 
-def plan(spec: s.Spec, observed: list[Observed], ids: dict[str, str]) -> list[Action]:
-    """What to do, removals first, then every wanted container in start order."""
+def plan(spec: s.Spec, observed: list[Observed], ids: dict[str, str],
+         kept: dict[str, Observed] | None = None) -> list[Action]:
+    """What to do, removals first, then every wanted container in start order. A kept
+    container of the previous release that is what is wanted again is reverted to (started
+    under its name), not made anew."""
     wanted = {c.name for c in spec.containers}
     current = {o.name: o for o in observed}
+    kept = kept or {}
     actions = [Action("remove", o.name, reason="no longer wanted")
                for o in observed if o.name not in wanted]
     for c in spec.ordered():
@@ -101,7 +112,14 @@ def plan(spec: s.Spec, observed: list[Observed], ids: dict[str, str]) -> list[Ac
         hashes = field_hashes(c, ids[c.image], spec.secrets)
         label = json.dumps(hashes, sort_keys=True, separators=(",", ":"))
         o = current.get(c.name)
-        if o is None:
+        k = kept.get(c.name)
+        if (k is not None and c.hash_matches(ids[c.image], k.config_hash, k.hash_scheme)
+                and drift(k, c, ids[c.image]) is None
+                and (o is None or not c.hash_matches(ids[c.image], o.config_hash,
+                                                     o.hash_scheme))):
+            actions.append(Action("revert", c.name, c, h, "the previous release's container, "
+                                  "kept", label))
+        elif o is None:
             actions.append(Action("create", c.name, c, h, fields=label))
         elif not c.hash_matches(ids[c.image], o.config_hash, o.hash_scheme):
             changed = changed_fields(o, hashes)
@@ -215,7 +233,7 @@ def apply(engine: Engine, spec: s.Spec, plan: Plan, say: Say, ready_timeout: flo
     labels = {s.LABEL_MANAGED: "true", s.LABEL_INSTANCE: spec.instance}
     # Networks and volumes matter only to a container being made or started (one in use
     # cannot be removed), so a run that leaves every container alone does not look at them.
-    if any(a.verb in ("create", "recreate", "start") for a in actions):
+    if any(a.verb in ACTING for a in actions):
         for net in spec.networks:
             if engine.ensure_network(net.name, labels):
                 say(f"created network {net.name}")
@@ -239,6 +257,15 @@ def apply(engine: Engine, spec: s.Spec, plan: Plan, say: Say, ready_timeout: flo
             continue
         c = action.container
         assert c is not None
+        if action.verb == "revert":
+            for dep in c.after:  # start order holds for a revert too
+                if dep in by_service and by_service[dep].name not in ready:
+                    wait_ready(engine, by_service[dep], ready_timeout, say)
+                    ready.add(by_service[dep].name)
+            revert(engine, c.name, plan.kept[c.name])
+            say(f"reverted {c.name} (started the previous release's container, kept)")
+            changes += 1
+            continue
         # Start order, gated by health: the services this one waits for must be ready first.
         for dep in c.after:
             if dep in by_service and by_service[dep].name not in ready:
@@ -258,7 +285,7 @@ def apply(engine: Engine, spec: s.Spec, plan: Plan, say: Say, ready_timeout: flo
             own = spec.labels(c, action.config_hash)
             if action.fields:
                 own[LABEL_FIELDS] = action.fields
-            replace(engine, c, own, old)
+            replace(engine, c, own, old, keep=c.service in plan.keep)
             say(f"{action.verb}d {c.name}" + (f" ({action.reason})" if action.reason else ""))
         changes += 1
     return changes
@@ -273,17 +300,25 @@ def wait_all_ready(engine: Engine, spec: s.Spec, plan: Plan, timeout: float, say
 
 
 def replace(engine: Engine, c: s.Container, labels: dict[str, str],
-            old: Observed | None) -> None:
+            old: Observed | None, keep: bool = False) -> None:
     """Create and start c; if it fails, put the old container (if any) back as it was.
 
     The old one is stopped and renamed aside first (a host-network container holds its ports);
-    a run killed midway leaves it as an unwanted container that the next run removes.
+    a run killed midway leaves it as an unwanted container that the next run removes. With
+    `keep`, it is kept stopped as <name>-previous (replacing an older one) instead: the
+    release's rollout removes it once the new release is healthy (prune_kept).
     """
     was_running = False
     if old is not None:  # apply has just read it again
         was_running = old.status == "running"
         engine.stop(old.id)
-        engine.rename(old.id, f"{c.name}-replaced-{old.id[:12]}")
+        aside = f"{c.name}-replaced-{old.id[:12]}"
+        if keep:
+            aside = c.name + s.KEPT_SUFFIX
+            stale = engine.observe(aside)
+            if stale is not None and stale.id != old.id:
+                engine.remove(stale.id)
+        engine.rename(old.id, aside)
     new = None
     try:
         new = engine.create(c, labels)
@@ -296,8 +331,31 @@ def replace(engine: Engine, c: s.Container, labels: dict[str, str],
             if was_running:
                 engine.start(old.id, c.name)
         raise
-    if old is not None:
+    if old is not None and not keep:
         engine.remove(old.id)
+
+
+def revert(engine: Engine, name: str, kept: Observed) -> None:
+    """Put the previous release's kept container back under its name and start it. Killed
+    midway, the next plan finds it kept (or already named) and finishes."""
+    current = engine.observe(name)
+    if current is not None and current.id != kept.id:
+        engine.remove(current.id)
+    if current is None or current.id != kept.id:
+        engine.rename(kept.id, name)
+    engine.start(kept.id, name)
+
+
+def prune_kept(engine: Engine, spec: s.Spec, say: Say) -> int:
+    """Remove the previous release's kept containers (the new one is healthy)."""
+    gone = 0
+    for o in engine.managed(spec.instance, spec.role):
+        if o.kept:
+            engine.remove(o.id)
+            gone += 1
+    if gone:
+        say(f"removed the previous release's {gone} kept container(s)")
+    return gone
 
 
 def check_ports(actions: list[Action], observed: list[Observed]) -> None:
@@ -329,11 +387,13 @@ def preflight(engine: Engine, spec: s.Spec, ids: dict[str, str] | None = None) -
     `ids` are the images' IDs when the caller has just read them (images.ensure).
     """
     ids = ids if ids is not None else image_ids(engine, spec)
-    observed = engine.managed(spec.instance, spec.role)
+    found = engine.managed(spec.instance, spec.role)
+    observed = [o for o in found if not o.kept]
+    kept = {o.name[: -len(s.KEPT_SUFFIX)]: o for o in found if o.kept}
     check_names(engine, spec, observed)
-    actions = plan(spec, observed, ids)
+    actions = plan(spec, observed, ids, kept)
     check_ports(actions, observed)
-    return Plan(actions, {o.name: o for o in observed})
+    return Plan(actions, {o.name: o for o in observed}, kept)
 
 
 def reconcile(engine: Engine, spec: s.Spec, say: Say, ready_timeout: float,

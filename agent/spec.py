@@ -15,6 +15,9 @@ LABEL_PREFIX = "io.syntho.agent"
 LABEL_MANAGED = f"{LABEL_PREFIX}.managed"
 LABEL_INSTANCE = f"{LABEL_PREFIX}.instance"
 LABEL_ROLE = f"{LABEL_PREFIX}.role"
+# The previous release's container, kept stopped under this name until the new one is healthy
+# (agent/reconcile.py): going back is a start, not a pull.
+KEPT_SUFFIX = "-previous"
 LABEL_SERVICE = f"{LABEL_PREFIX}.service"
 LABEL_HASH = f"{LABEL_PREFIX}.config-hash"
 LABEL_HASH_SCHEME = f"{LABEL_PREFIX}.hash-scheme"

@@ -126,6 +126,24 @@ def image(value: str) -> str:
     return value
 
 
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+PULL_POLICIES = ("missing", "always", "never")
+
+
+def tag(value: str) -> str:
+    value = str(value).strip()
+    if not _TAG.match(value):
+        raise ValueError(f"{value!r} is not an image tag (letters, digits, '_', '.' and '-'; "
+                         "example: 1.4.2)")
+    return value
+
+
+def pull_policy(value: str) -> str:
+    if value not in PULL_POLICIES:
+        raise ValueError(f"{value!r} is not one of {', '.join(PULL_POLICIES)}")
+    return value
+
+
 def positive_int(value: str | int) -> int:
     try:
         number = int(value)

@@ -35,8 +35,11 @@ def heal(engine: Engine, spec: s.Spec, settings: RoleSettings, say: Say) -> int:
 
 
 def follow(engine: Engine, spec: s.Spec, settings: RoleSettings, say: Say,
-           resync: float = 30.0, stop_after: float | None = None) -> None:
-    """Heal until interrupted (or for stop_after seconds, for tests and benchmarks)."""
+           resync: float = 30.0, stop_after: float | None = None,
+           refresh: Callable[[], s.Spec | None] | None = None) -> None:
+    """Heal until interrupted (or for stop_after seconds, for tests and benchmarks).
+    `refresh`, asked at every resync, returns a new spec when the role has run again (a
+    release changed: agent.deploy.refresher)."""
     end = time.monotonic() + stop_after if stop_after else None
     say(f"watching {len(spec.containers)} container(s) of the {spec.role} role "
         "(Ctrl-C stops watching; the containers keep running)")
@@ -46,6 +49,7 @@ def follow(engine: Engine, spec: s.Spec, settings: RoleSettings, say: Say,
         try:
             # Subscribe first, then converge: an event during the converge is not lost.
             events = engine.events(spec.instance, spec.role, until=int(time.time() + window) + 1)
+            spec = (refresh() if refresh is not None else None) or spec
             heal(engine, spec, settings, say)
             backoff = 0.5
             for action in events:

@@ -9,6 +9,8 @@ Pure: settings (and the token) in, a Spec out.
 
 from __future__ import annotations
 
+import base64
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -31,6 +33,26 @@ LICENSE_ENV = "LICENSE_KEY_SIGNED"
 AUTH_OFF_WARNING = ("WARNING: Ray token auth is OFF (--no-auth): anyone who reaches ports "
                     f"{GCS_PORT}, {DASHBOARD_PORT} and {CLIENT_PORT} of the head can run code on "
                     "this cluster")
+
+
+# What the head publishes as labels of its Ray node (agent/ray_release.py reads them). A label
+# value is at most 63 characters of [A-Za-z0-9_.-]: the image reference travels base32-encoded
+# in numbered pieces.
+IMAGE_LABEL = "syntho.ai/ray-image-"
+RELEASE_LABEL = "syntho.ai/release"
+_PIECE = 60
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+
+
+def head_labels(image: str, release: str | None) -> str:
+    """`ray start --labels`' value: the image reference in pieces, and the release's name
+    when it can be a label value as it is."""
+    encoded = base64.b32encode(image.encode()).decode().rstrip("=")
+    pairs = [f"{IMAGE_LABEL}{i}={encoded[at:at + _PIECE]}"
+             for i, at in enumerate(range(0, len(encoded), _PIECE))]
+    if release and _LABEL_VALUE.match(release):
+        pairs.append(f"{RELEASE_LABEL}={release}")
+    return ",".join(pairs)
 
 
 @dataclass(frozen=True)
@@ -138,8 +160,9 @@ def _networks(settings: RayNodeSettings) -> tuple[s.Network, ...]:
 
 def head_spec(settings: HeadSettings, token: str | None) -> s.Spec:
     return s.Spec(role="head", instance=settings.instance,
-                  containers=(_node(settings, "ray-head",
-                                    start_command(None, node_ports(settings, "head")), token),),
+                  containers=(_node(settings, "ray-head", [
+                      *start_command(None, node_ports(settings, "head")),
+                      "--labels", head_labels(settings.ray_image, settings.release)], token),),
                   networks=_networks(settings), secrets=_secrets(settings, token))
 
 

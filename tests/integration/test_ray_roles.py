@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent import cluster
+from agent.roles.ray import head_labels
 from agent.waits import poll
 from tests.integration.agent_helpers import Node, engine_snapshot, ip_on, ok
 from tests.support.agent_cli import agent_cmd, run_agent
@@ -203,7 +204,8 @@ def test_head_on_the_host_network_as_on_a_vm(sandbox: Sandbox, images: dict[str,
         "--object-manager-port=6381", "--runtime-env-agent-port=6382",
         "--dashboard-agent-grpc-port=6383", "--dashboard-agent-listen-port=6384",
         "--metrics-export-port=6385", "--min-worker-port=10002", "--max-worker-port=10999",
-        "--block", "--disable-usage-stats", "--num-cpus=1"]
+        "--block", "--disable-usage-stats", "--labels", head_labels(images["ray"], None),
+        "--num-cpus=1"]
     env = dict(e.split("=", 1) for e in c.attrs["Config"]["Env"])
     assert env["RAY_SCHEDULER_SPREAD_THRESHOLD"] == "0.0"
     assert "LICENSE_KEY_SIGNED" in env

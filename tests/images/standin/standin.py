@@ -10,6 +10,10 @@ named in its JSON body. Only the standard library, psycopg2, redis and ray are u
     standin.py backend               backend server on 8000, /api/docs/
     standin.py backend-subscriber    what `python manage.py subscriber` runs
     standin.py frontend              frontend server on $PORT, /
+
+Every health answer carries "version": $STANDIN_VERSION (empty when unset), the release the
+image was made as. A server whose role $STANDIN_BROKEN names (a comma-separated list of core,
+backend, frontend) is a broken release: its health endpoint always answers 503, and it runs on.
 """
 
 from __future__ import annotations
@@ -138,15 +142,30 @@ def serve(port: int, routes: dict[str, Callable[[Any], tuple[int, Any]]],
     server.serve_forever()
 
 
-def health_route(checks: dict[str, Check], extra: Callable[[], dict[str, Any]] | None = None
+def release_version() -> str:
+    return os.environ.get("STANDIN_VERSION", "")
+
+
+def broken_release(role: str) -> bool:
+    return role in {name.strip() for name in os.environ.get("STANDIN_BROKEN", "").split(",")}
+
+
+def health_route(role: str, checks: dict[str, Check],
+                 extra: Callable[[], dict[str, Any]] | None = None
                  ) -> Callable[[Any], tuple[int, Any]]:
+    version = release_version()
+    if broken_release(role):
+        log(f"{role}: a broken release (STANDIN_BROKEN): health answers 503")
+        return lambda _: (503, {"error": "broken release", "version": version})
+
     def route(_: Any) -> tuple[int, Any]:
         healthy, report = run_checks(checks)
         if extra:
             more = extra()
             report.update(more)
             healthy = healthy and all(v.get("ok") for v in more.values())
-        return (200 if healthy else 503), {"healthy": healthy, "dependencies": report}
+        return (200 if healthy else 503), {"healthy": healthy, "dependencies": report,
+                                           "version": version}
     return route
 
 
@@ -216,7 +235,7 @@ def core() -> None:
     checks = core_common()
     probe = RayProbe(env("RAY_ADDRESS"))
     port = int(env("PORT", "8000"))
-    serve(port, {"/api/v1/status": health_route(checks, probe.report)})
+    serve(port, {"/api/v1/status": health_route("core", checks, probe.report)})
 
 
 def heartbeat_loop(name: str, checks: dict[str, Check], redis_url: str) -> None:
@@ -306,7 +325,8 @@ def backend() -> None:
         conn.close()
         return (200, {"login": "ok"}) if ok else (401, {"login": "refused"})
 
-    serve(8000, {"/api/docs/": health_route(checks, admin_ready), "/api/login/": login},
+    serve(8000, {"/api/docs/": health_route("backend", checks, admin_ready),
+                 "/api/login/": login},
           allowed_hosts=allowed)
 
 
@@ -321,7 +341,7 @@ def frontend() -> None:
     backend_host = env("BACKEND_HOST")
     env("OPEN_API_URL")
     checks = {"backend": http_check(f"http://{backend_host}/api/docs/")}
-    serve(int(env("PORT", "3000")), {"/": health_route(checks)})
+    serve(int(env("PORT", "3000")), {"/": health_route("frontend", checks)})
 
 
 def main(argv: list[str]) -> None:

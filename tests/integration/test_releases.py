@@ -1,0 +1,301 @@
+"""Releases on the real engine, from a real registry with htpasswd auth: upgrades that pull,
+the health gate with its automatic rollback, history and `rollback`, Ray version coherence,
+and a worker that follows the head's release.
+
+One module-wide registry holds releases A and B of the test images, Bx (B whose core never
+turns healthy) and R (a Ray image that claims another Ray version); a head runs release A.
+The tests run in order: each starts from the state the previous one left (as an operator's
+days follow each other)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+
+from agent import cluster
+from agent.waits import poll
+from tests.integration.agent_helpers import ok, start_registry
+from tests.support.agent_cli import agent_cmd, agent_env, run_agent
+from tests.support.constants import NOFILE, REPO
+from tests.support.engine_calls import CallCounter
+from tests.support.ports import free_port
+from tests.support.releases import RELEASE_LABEL, health_version, make_release, remove_local
+from tests.support.sandbox import Sandbox
+
+pytestmark = pytest.mark.integration
+
+USER, PASSWORD = "syntho", "registry-pass-release-1"
+SERVICES = ("core", "core_worker", "backend", "worker", "frontend")
+
+
+@dataclass
+class Deployment:
+    sandbox: Sandbox
+    registry: str
+    releases: dict[str, dict[str, str]]
+    head_dir: Path
+    head_instance: str
+    app_dir: Path
+    app_instance: str
+    frontend_port: int
+    backend_port: int
+
+    def registry_args(self) -> list[str]:
+        return ["--registry", self.registry, "--registry-user", USER]
+
+    def app(self, *more: str, registry: bool = True,
+            timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        rel = self.releases["A"]
+        return run_agent("app", *self.app_common(), *(self.registry_args() if registry else []),
+                         "--postgres-image", rel["postgres"], "--redis-image", rel["redis"],
+                         *more, env={"SYNTHO_AGENT_REGISTRY_PASSWORD": PASSWORD},
+                         timeout=timeout)
+
+    def app_common(self) -> list[str]:
+        return ["--data-dir", str(self.app_dir), "--instance", self.app_instance,
+                "--head", "127.0.0.1", "--token-file", str(self.head_dir / "ray-token"),
+                "--frontend-port", str(self.frontend_port),
+                "--backend-port", str(self.backend_port), "--ready-timeout", "120"]
+
+    def rollback(self, *more: str, registry: bool = False) -> subprocess.CompletedProcess[str]:
+        return run_agent("rollback", "app", *more, *self.app_common(),
+                         *(self.registry_args() if registry else []),
+                         env={"SYNTHO_AGENT_REGISTRY_PASSWORD": PASSWORD}, timeout=900)
+
+    def app_in_process(self, *more: str) -> tuple[CallCounter, str]:
+        """One app run of the CLI inside this process, its engine client counted."""
+        from agent import cli
+        from agent.engine import Engine
+
+        rel = self.releases["A"]
+        counter: list[CallCounter] = []
+        original = Engine.connect
+
+        def connect(timeout: int = 60) -> Engine:
+            engine = original(timeout)
+            counter.append(CallCounter(engine._client))  # the SDK client the engine wraps
+            return engine
+
+        Engine.connect = connect  # type: ignore[method-assign]
+        try:
+            with contextlib.redirect_stdout(io.StringIO()) as out:
+                cli.main(["app", *self.app_common(), *self.registry_args(), "--postgres-image",
+                          rel["postgres"], "--redis-image", rel["redis"], *more])
+        finally:
+            Engine.connect = original  # type: ignore[method-assign]
+        return counter[0], out.getvalue()
+
+    def container(self, service: str) -> docker.models.containers.Container:
+        return self.sandbox.client.containers.get(f"syntho-{service}-{self.app_instance}")
+
+    def running_release(self) -> set[str]:
+        """The release label of every versioned app container's image."""
+        found = set()
+        for service in SERVICES:
+            c = self.container(service)
+            assert c.status == "running", (service, c.status)
+            found.add(c.image.labels.get(RELEASE_LABEL, "?"))
+        return found
+
+    def history(self) -> list[dict[str, object]]:
+        out = ok(run_agent("history", "--data-dir", str(self.app_dir), "--json"))
+        return list(json.loads(out)["releases"])
+
+    def psql(self, sql: str) -> str:
+        code, out = self.container("postgres").exec_run(
+            ["psql", "-U", "syntho", "-d", "syntho-backend", "-Atc", sql])
+        assert code == 0, out
+        return str(out.decode().strip())
+
+    def leftovers(self) -> list[str]:
+        """Containers of the app that are not one of its services' (kept or replaced)."""
+        names = {f"syntho-{s}-{self.app_instance}" for s in (*SERVICES, "postgres", "redis")}
+        return [c.name or "" for c in self.sandbox.client.containers.list(
+            all=True, filters={"label": f"syntho-agent.instance={self.app_instance}"})
+            if c.name not in names]
+
+    def frontend_version(self) -> str:
+        return health_version(f"http://127.0.0.1:{self.frontend_port}/")
+
+
+@pytest.fixture(scope="module")
+def deployment(docker_client: docker.DockerClient, images: dict[str, str],
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    tmp = tmp_path_factory.mktemp("releases")
+    proc, port = start_registry(tmp, USER, PASSWORD)
+    registry = f"127.0.0.1:{port}"
+    auth = {"username": USER, "password": PASSWORD}
+    made: list[str] = []
+    try:
+        with Sandbox(docker_client, tmp) as box:
+            releases = {
+                "A": make_release(docker_client, images, registry, "A", auth),
+                "B": make_release(docker_client, images, registry, "B", auth),
+                "Bx": make_release(docker_client, images, registry, "Bx", auth,
+                                   broken=frozenset({"core"})),
+                "R": make_release(docker_client, images, registry, "R", auth,
+                                  ray_version="2.59.9"),
+            }
+            made = [ref for rel in releases.values() for ref in rel.values()]
+            head_dir, head_instance = tmp / "head", box.instance("head")
+            ok(run_agent("head", "--data-dir", str(head_dir), "--instance", head_instance,
+                         "--registry", registry, "--registry-user", USER, "--release", "A",
+                         "--shm-size", "1gb", "--nofile", NOFILE,
+                         env={"SYNTHO_AGENT_REGISTRY_PASSWORD": PASSWORD}))
+            yield Deployment(box, registry, releases, head_dir, head_instance, tmp / "app",
+                             box.instance("app"), free_port(), free_port())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        remove_local(docker_client, made)
+
+
+def test_upgrade_pulls_keeps_the_data_and_records_history(deployment: Deployment) -> None:
+    d = deployment
+    out = ok(d.app("--release", "A"))
+    assert "the app is up" in out
+    assert d.running_release() == {"A"} and d.frontend_version() == "A"
+    d.psql("CREATE TABLE kept (x text); INSERT INTO kept VALUES ('before the upgrade')")
+
+    out = ok(d.app("--release", "B", "--pull", "always"))
+    assert d.running_release() == {"B"} and d.frontend_version() == "B"
+    assert d.psql("SELECT x FROM kept") == "before the upgrade"
+    assert "backing up the databases first" in out
+    assert d.leftovers() == [], "the kept containers go once B is healthy"
+    history = d.history()
+    assert [(r["name"], r["state"]) for r in history[:2]] == [("B", "healthy"), ("A", "healthy")]
+    assert Path(str(history[0]["backup"])).is_file(), "the backup before the schema moves"
+    core = history[0]["images"]["core"]  # type: ignore[index]
+    assert core["ref"] == d.releases["B"]["core"] and core["digests"], core
+
+
+def test_pull_always_with_nothing_changed_changes_nothing(deployment: Deployment,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    d = deployment
+    before = {s: d.container(s).id for s in SERVICES}
+    monkeypatch.setenv("SYNTHO_AGENT_REGISTRY_PASSWORD", PASSWORD)
+    calls, out = d.app_in_process("--release", "B", "--pull", "always")
+    assert "--pull always: 0 of 5 image(s) changed in the registry" in out, out
+    assert "nothing to do" in out
+    assert {s: d.container(s).id for s in SERVICES} == before
+    made = {k: n for k, n in calls.counts.items()
+            if k in ("POST /containers/create", "POST /images/create")}
+    assert made == {}, calls.counts
+    # One question to the registry per reference, through the engine.
+    asked = sum(n for k, n in calls.counts.items() if k.startswith("GET /distribution/"))
+    assert asked == 5, calls.counts
+    assert d.history()[0]["name"] == "B" and len(d.history()) == 2, "no new record"
+
+
+def test_a_broken_release_goes_back_as_a_whole(deployment: Deployment) -> None:
+    d = deployment
+    done = d.app("--release", "Bx", "--ready-timeout", "25")
+    assert done.returncode == 4, done.stdout + done.stderr
+    error = done.stderr.strip().splitlines()[-1]
+    assert "release Bx failed and the app went back to release B" in error, error
+    assert f"syntho-core-{d.app_instance} is " in error and "503" in error, error
+    assert error.index("syntho-core-") < error.index("syntho-backend-"), "where it broke first"
+    assert "syntho-agent restore" in error, "the schema may have moved: the restore is offered"
+    assert d.running_release() == {"B"} and d.frontend_version() == "B"
+    assert d.psql("SELECT x FROM kept") == "before the upgrade"
+    assert d.leftovers() == []
+    states = [(r["name"], r["state"]) for r in d.history()[:3]]
+    assert states == [("B", "healthy"), ("Bx", "failed"), ("B", "healthy")], states
+
+    # A later run with the same failed release (a reboot, a restarted unit) keeps B.
+    out = ok(d.app("--release", "Bx", "--ready-timeout", "25"))
+    assert "--retry-failed" in out and d.running_release() == {"B"}
+
+
+def test_rollback_without_a_registry_then_to_images_gone(deployment: Deployment,
+                                                         docker_client: docker.DockerClient
+                                                         ) -> None:
+    d = deployment
+    out = ok(d.rollback())  # B -> A: A's images are on the engine, no registry given
+    assert "pulling" not in out and "going back from release B to release A" in out
+    assert "syntho-agent restore" in out, "B moved the schema: the restore is offered"
+    assert d.running_release() == {"A"} and d.frontend_version() == "A"
+    assert d.psql("SELECT x FROM kept") == "before the upgrade"
+    newest = d.history()[0]
+    assert (newest["name"], newest["state"]) == ("A", "healthy")
+    assert "rollback from release B" in str(newest["reason"])
+
+    # B's images gone from the engine: without a registry, one line says how to get them.
+    remove_local(docker_client, [d.releases["B"][k] for k in ("core", "backend", "frontend")])
+    done = d.rollback("B")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "is no longer on this engine" in done.stderr and "--registry" in done.stderr
+    assert d.running_release() == {"A"}
+    # With the registry, they are pulled (by digest) and B runs again.
+    out = ok(d.rollback("B", registry=True))
+    assert "pulling" in out and d.running_release() == {"B"}
+
+
+def test_a_worker_with_another_ray_is_refused(deployment: Deployment) -> None:
+    d = deployment
+    done = run_agent("worker", "--data-dir", str(d.sandbox.tmp / "w-wrong"), "--instance",
+                     d.sandbox.instance("w-wrong"), "--head", "127.0.0.1", "--token-file",
+                     str(d.head_dir / "ray-token"), "--ray-image", d.releases["R"]["ray"],
+                     "--registry", d.registry, "--registry-user", USER, "--nofile", NOFILE,
+                     "--shm-size", "512mb", env={"SYNTHO_AGENT_REGISTRY_PASSWORD": PASSWORD})
+    assert done.returncode == 3, done.stdout + done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert "Ray 2.59.9" in line and "Ray 2.60.0" in line and "--release" in line, line
+    names = [c.name for c in d.sandbox.client.containers.list(all=True)]
+    assert f"ray-worker-{d.sandbox.instance('w-wrong')}" not in names
+
+
+def test_a_watching_worker_follows_the_head_to_a_new_release(deployment: Deployment) -> None:
+    d = deployment
+    instance = d.sandbox.instance("w-follow")
+    token = (d.head_dir / "ray-token").read_text().strip()
+    # The head runs on the host's network: a worker on a Docker network reaches it at the
+    # address Ray advertises for it.
+    head_ip = next(str(n["node_ip"]) for n in cluster.alive_nodes("127.0.0.1", token)
+                   if n.get("is_head_node"))
+    watcher = subprocess.Popen(
+        agent_cmd("worker", "--data-dir", str(d.sandbox.tmp / "w-follow"), "--instance",
+                  instance, "--head", head_ip, "--token-file", str(d.head_dir / "ray-token"),
+                  "--network", d.sandbox.create_network(), "--registry", d.registry,
+                  "--registry-user", USER, "--nofile", NOFILE, "--shm-size", "512mb",
+                  "--watch"),
+        cwd=REPO, env=agent_env({"SYNTHO_AGENT_REGISTRY_PASSWORD": PASSWORD}),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        name = f"ray-worker-{instance}"
+
+        def runs(tag: str) -> bool:
+            try:
+                c = d.sandbox.client.containers.get(name)
+            except docker.errors.NotFound:
+                return False
+            alive = [n for n in cluster.alive_nodes("127.0.0.1", token)
+                     if not n.get("is_head_node")]
+            return c.image.labels.get(RELEASE_LABEL) == tag and c.status == "running" and \
+                len(alive) >= 1
+
+        assert poll(lambda: runs("A"), 180, "the worker on A"), "the worker follows A"
+        ok(run_agent("head", "--data-dir", str(d.head_dir), "--instance", d.head_instance,
+                     "--registry", d.registry, "--registry-user", USER, "--release", "B",
+                     "--shm-size", "1gb", "--nofile", NOFILE,
+                     env={"SYNTHO_AGENT_REGISTRY_PASSWORD": PASSWORD}))
+        assert poll(lambda: runs("B"), 180, "the worker on B"), \
+            "the watching worker moved to the head's release B and rejoined"
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        try:
+            output, _ = watcher.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            watcher.kill()
+            output, _ = watcher.communicate()
+    assert "following it" in output, output[-3000:]
