@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv engine images lint test unit build demo faults bench clean
+.PHONY: help venv engine images lint test unit build demo faults release-faults soak soak-short bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -31,7 +31,7 @@ unit: venv ## the unit tests only (no engine needed)
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 test: venv engine images lint ## everything CI runs: lint, unit and integration tests on the real engine
-	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not soak" tests $(PYTEST_ARGS)
 
 build: venv ## the zipapps in dist/
 	$(PY) build.py
@@ -41,6 +41,15 @@ demo: build images ## the main job: head, a worker and the app on this machine, 
 
 faults: venv engine images ## the fault-injection suite alone
 	$(PY) -m pytest -q -m faults tests $(PYTEST_ARGS)
+
+release-faults: venv engine images ## SIGKILL at 20 points of upgrades and rollbacks (CI: 4)
+	SYNTHO_RELEASE_KILLS=20 $(PY) -m pytest -q -s tests/integration/test_release_faults.py $(PYTEST_ARGS)
+
+soak: build venv engine images ## the full chaos soak across the simulated VMs (MINUTES=30 SEED= NO_GCS_FT=1)
+	$(PY) bench/soak.py --minutes $(or $(MINUTES),30) $(if $(SEED),--seed $(SEED)) $(if $(NO_GCS_FT),--no-gcs-ft)
+
+soak-short: build venv engine images ## the 5-minute chaos soak (seed 1717; not yet part of make test)
+	$(PY) -m pytest -q -s tests/soak/test_soak_short.py $(PYTEST_ARGS)
 
 bench: venv engine images ## the benchmarks (bench/RESULTS.md)
 	$(PY) bench/run_all.py

@@ -768,9 +768,11 @@ def rollback(engine: Engine, settings: R, target: str | None, say: Say) -> Spec:
         # The release asked for runs, even one that was rolled back from before.
         spec = _converge(engine, replace(with_release(engine, settings, chosen, say),
                                          retry_failed=True), say, reason)
-        if current.backup and chosen.number < current.number:
-            say(f"the database's schema may have moved with release {current.name}: "
-                f"`syntho-agent restore {current.backup}` puts it back as it was before")
+        # The first backup taken after the release gone back to: the database as it ran it.
+        moved = next((r for r in records if r.number > chosen.number and r.backup), None)
+        if moved is not None:
+            say(f"the database's schema may have moved with release {moved.name}: "
+                f"`syntho-agent restore {moved.backup}` puts it back as it was before it")
         return spec
 
 

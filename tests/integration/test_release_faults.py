@@ -1,0 +1,272 @@
+"""Releases under bad input and under SIGKILL, on the real engine and a real registry.
+
+Bad input (an unknown tag, a release file with a typo or an unpinned reference, a rollback with
+nothing to go back to, a registry that does not answer, two ways of naming the release at
+once): one line on stderr, the documented exit code, and nothing changed, neither on the
+engine nor in the data dir's releases.json.
+
+Faults: the agent is killed (SIGKILL) at a random point of an upgrade (A -> B) or of a rollback
+(B -> A), then the same command runs again to its end: the app runs one release as a whole,
+nothing is left over, the history's newest record is healthy and names it, and the data
+written before the faults is still there. SYNTHO_RELEASE_KILLS rounds (default 4; 20 for the
+full run), their kill delays drawn with a seeded random.Random (SYNTHO_FAULT_SEED overrides the
+seed, printed by the test).
+
+One module-wide registry with releases A and B, a head on A and an app on A (its own: this
+module shares no state with test_releases.py).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.integration.agent_helpers import engine_snapshot, ok, start_registry
+from tests.integration.test_releases import PASSWORD, USER, Deployment
+from tests.support.agent_cli import agent_cmd, agent_env, run_agent
+from tests.support.constants import NOFILE, REPO
+from tests.support.ports import free_port
+from tests.support.releases import make_release, remove_local
+from tests.support.sandbox import Sandbox
+
+pytestmark = pytest.mark.integration
+
+ENV = {"SYNTHO_AGENT_REGISTRY_PASSWORD": PASSWORD}
+KEPT_ROW = "written before the faults"
+# A bad input's run: its result, the exit code it must have, words its error line must hold.
+Refusal = tuple[subprocess.CompletedProcess[str], int, str]
+
+
+@pytest.fixture(scope="module")
+def faults(docker_client: docker.DockerClient, images: dict[str, str],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """Registry with releases A and B, a head on A, the app on A with one row written."""
+    tmp = tmp_path_factory.mktemp("release-faults")
+    proc, port = start_registry(tmp, USER, PASSWORD)
+    registry = f"127.0.0.1:{port}"
+    auth = {"username": USER, "password": PASSWORD}
+    made: list[str] = []
+    try:
+        with Sandbox(docker_client, tmp) as box:
+            releases = {tag: make_release(docker_client, images, registry, tag, auth)
+                        for tag in ("A", "B")}
+            made = [ref for rel in releases.values() for ref in rel.values()]
+            head_dir, head_instance = tmp / "head", box.instance("head")
+            ok(run_agent("head", "--data-dir", str(head_dir), "--instance", head_instance,
+                         "--registry", registry, "--registry-user", USER, "--release", "A",
+                         "--shm-size", "1gb", "--nofile", NOFILE, env=ENV))
+            d = Deployment(box, registry, releases, head_dir, head_instance, tmp / "app",
+                           box.instance("app"), free_port(), free_port())
+            ok(d.app("--release", "A"))
+            assert d.running_release() == {"A"}
+            d.psql(f"CREATE TABLE kept (x text); INSERT INTO kept VALUES ('{KEPT_ROW}')")
+            yield d
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        remove_local(docker_client, made)
+
+
+def releases_json(d: Deployment) -> bytes | None:
+    path = d.app_dir / "releases.json"
+    return path.read_bytes() if path.exists() else None
+
+
+def refused(done: subprocess.CompletedProcess[str], code: int) -> str:
+    """The one line on stderr of a run that exited `code`."""
+    assert done.returncode == code, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+# ---- bad input: one line, the right exit code, nothing changed ----
+
+def release_file(d: Deployment, name: str, body: str) -> Path:
+    path = d.sandbox.tmp / name
+    path.write_text(body)
+    return path
+
+
+def bad_unknown_tag(d: Deployment) -> Refusal:
+    return d.app("--release", "NOPE"), 2, "the registry has no image"
+
+
+def bad_file_key(d: Deployment) -> Refusal:
+    refs = d.releases["B"]
+    f = release_file(d, "typo-key.yml", f"release: B\nimagez:\n  core: {refs['core']}\n")
+    return d.app("--release-file", str(f)), 2, "images"
+
+
+def bad_file_image(d: Deployment) -> Refusal:
+    refs = d.releases["B"]
+    f = release_file(d, "typo-image.yml",
+                     f"release: B\nimages:\n  coer: {refs['core']}\n"
+                     f"  backend: {refs['backend']}\n")
+    return d.app("--release-file", str(f)), 2, "unknown image 'coer'"
+
+
+def bad_file_untagged(d: Deployment) -> Refusal:
+    refs = d.releases["B"]
+    untagged = refs["core"].rsplit(":", 1)[0]
+    f = release_file(d, "untagged.yml", f"release: B\nimages:\n  core: {untagged}\n"
+                                         f"  backend: {refs['backend']}\n")
+    return d.app("--release-file", str(f)), 2, "names no tag or digest"
+
+
+def bad_rollback_fresh(d: Deployment) -> Refusal:
+    fresh = d.sandbox.tmp / "fresh-app"
+    args = ["--data-dir", str(fresh), "--instance", d.sandbox.instance("fresh"), "--head",
+            "127.0.0.1", "--token-file", str(d.head_dir / "ray-token"),
+            "--frontend-port", str(free_port()), "--backend-port", str(free_port())]
+    done = run_agent("rollback", "app", *args, env=ENV)
+    assert not (fresh / "releases.json").exists()
+    return done, 2, "nothing to go back to"
+
+
+def bad_registry_down(d: Deployment) -> Refusal:
+    down = f"127.0.0.1:{free_port()}"  # nothing listens there
+    rel = d.releases["A"]
+    done = run_agent("app", *d.app_common(), "--registry", down, "--registry-user", USER,
+                     "--postgres-image", rel["postgres"], "--redis-image", rel["redis"],
+                     "--release", "A", "--pull", "always", env=ENV)
+    return done, 3, down
+
+
+def bad_both(d: Deployment) -> Refusal:
+    refs = d.releases["B"]
+    f = release_file(d, "valid.yml", f"release: B\nimages:\n  core: {refs['core']}\n")
+    return d.app("--release", "A", "--release-file", str(f)), 2, "--release-file"
+
+
+@pytest.mark.parametrize("case", [bad_unknown_tag, bad_file_key, bad_file_image,
+                                  bad_file_untagged, bad_rollback_fresh, bad_registry_down,
+                                  bad_both], ids=lambda f: str(f.__name__[4:]))
+def test_bad_input_changes_nothing(faults: Deployment, docker_client: docker.DockerClient,
+                                   case: Callable[[Deployment], Refusal]) -> None:
+    d = faults
+    before, history_before = engine_snapshot(docker_client), releases_json(d)
+    assert history_before is not None
+    done, code, words = case(d)
+    line = refused(done, code)
+    print(line)
+    assert words in line, line
+    if case is bad_registry_down:
+        assert "registry" in line and ("cannot ask" in line or "cannot log in" in line), line
+    assert engine_snapshot(docker_client) == before
+    assert releases_json(d) == history_before
+    assert d.running_release() == {"A"}
+
+
+# ---- SIGKILL at random points of upgrades and rollbacks ----
+
+def upgrade_cmd(d: Deployment) -> list[str]:
+    # --retry-failed: B was rolled back from in an earlier round; without it the app would
+    # keep A (a restarted unit must not undo a rollback).
+    rel = d.releases["A"]
+    return agent_cmd("app", *d.app_common(), *d.registry_args(), "--postgres-image",
+                     rel["postgres"], "--redis-image", rel["redis"], "--release", "B",
+                     "--pull", "missing", "--retry-failed")
+
+
+def rollback_cmd(d: Deployment) -> list[str]:
+    return agent_cmd("rollback", "app", *d.app_common())
+
+
+def run_to_end(cmd: list[str], log: Path) -> int:
+    with log.open("a") as out:
+        return subprocess.run(cmd, cwd=REPO, env=agent_env(ENV), stdout=out, stderr=out,
+                              timeout=900).returncode
+
+
+def run_killed(cmd: list[str], delay: float, log: Path) -> int | None:
+    """Start the command, SIGKILL it after `delay` seconds: None, or its exit code when it
+    ended before."""
+    with log.open("a") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=agent_env(ENV), stdout=out, stderr=out)
+        try:
+            return proc.wait(timeout=delay)  # the kill delay
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            return None
+
+
+def converged(d: Deployment, tag: str) -> list[str]:
+    """What is wrong with the app once a run ended, [] when it runs release `tag` as a whole."""
+    problems = []
+    try:
+        running = d.running_release()
+    except AssertionError as exc:
+        running = {f"not running: {exc}"}
+    if running != {tag}:
+        problems.append(f"running releases {sorted(running)}, not {tag}")
+    if d.leftovers():
+        problems.append(f"leftovers {d.leftovers()}")
+    newest = d.history()[0]
+    if (newest["name"], newest["state"]) != (tag, "healthy"):
+        problems.append(f"newest history record {newest['name']} {newest['state']}")
+    if d.psql("SELECT x FROM kept") != KEPT_ROW:
+        problems.append("the row written before the faults is gone")
+    return problems
+
+
+def test_sigkill_during_upgrades_and_rollbacks(faults: Deployment) -> None:
+    d = faults
+    seed = int(os.environ.get("SYNTHO_FAULT_SEED") or random.SystemRandom().randrange(2**32))
+    rounds = int(os.environ.get("SYNTHO_RELEASE_KILLS", "4"))
+    print(f"SYNTHO_FAULT_SEED={seed} SYNTHO_RELEASE_KILLS={rounds}")
+    rng = random.Random(seed)
+    log = d.sandbox.tmp / "fault-runs.log"
+
+    # One uninterrupted upgrade, A -> B, timed; its images are already on the engine (built
+    # there by make_release), so every kill lands in the rollout, not in a pull.
+    started = time.monotonic()
+    assert run_to_end(upgrade_cmd(d), log) == 0, log.read_text()[-3000:]
+    duration = time.monotonic() - started
+    assert converged(d, "B") == []
+    print(f"one upgrade A -> B takes {duration:.1f}s")
+
+    failures: list[str] = []
+    ended_first = 0
+    for n in range(rounds):
+        # Alternate, starting with a rollback (the app is on B).
+        kind, cmd, tag = (("rollback", rollback_cmd(d), "A") if n % 2 == 0
+                          else ("upgrade", upgrade_cmd(d), "B"))
+        delay = rng.uniform(0.2, duration)
+        with log.open("a") as out:
+            out.write(f"\n==== round {n}: {kind}, killed after {delay:.2f}s ====\n")
+        ended = run_killed(cmd, delay, log)
+        what = (f"round {n} ({kind}, {'killed' if ended is None else 'ended before the kill'}"
+                f" at {delay:.2f}s, seed {seed})")
+        print(what)
+        if ended is not None:
+            ended_first += 1
+            if ended != 0:
+                failures.append(f"{what}: the run exited {ended}")
+        # The same command again, to its end. A rollback that ended by itself is not run
+        # again: that would be a new rollback, from A, with nothing healthy to go back to.
+        if ended is None or kind == "upgrade":
+            with log.open("a") as out:
+                out.write(f"\n==== round {n}: re-run ====\n")
+            code = run_to_end(cmd, log)
+            if code != 0:
+                failures.append(f"{what}: the re-run exited {code}")
+        failures += [f"{what}: {p}" for p in converged(d, tag)]
+        if failures and failures[-1].startswith(what):
+            # Leave the app on the release the next round starts from, for the rounds after.
+            run_to_end(upgrade_cmd(d) if tag == "B" else agent_cmd(
+                "app", *d.app_common(), *d.registry_args(), "--postgres-image",
+                d.releases["A"]["postgres"], "--redis-image", d.releases["A"]["redis"],
+                "--release", "A", "--retry-failed"), log)
+    print(f"{rounds} rounds, {ended_first} ended before their kill")
+    assert failures == [], "\n".join(failures) + "\n--- agent output (tail) ---\n" + \
+        log.read_text()[-6000:]

@@ -1,0 +1,122 @@
+"""The long job that spans the faults: a detached Ray actor that counts, created and read
+through Ray client from a container of the Ray image on vm-head's engine (restart always,
+so it comes back with the VM). It prints one JSON line per look; the soak reads its log."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from agent.waits import poll
+from tests.soak.lab import SoakLab, safe_sh
+
+NAME = "soak-long-job"
+SCRIPT = r'''
+import json, os, threading, time
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+def say(**kw):
+    print(json.dumps({"t": time.time(), **kw}), flush=True)
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class Counter:
+    def __init__(self):
+        self.n, self.born = 0, time.time()
+        threading.Thread(target=self.tick, daemon=True).start()
+    def tick(self):
+        while True:
+            time.sleep(1)
+            self.n += 1
+    def read(self):
+        return {"n": self.n, "born": self.born, "node": ray.util.get_node_ip_address()}
+
+while True:
+    try:
+        if not ray.is_initialized():
+            ray.init("ray://127.0.0.1:10001", namespace="soak", logging_level="ERROR")
+        try:
+            actor = ray.get_actor("counter")
+        except ValueError:
+            # on a worker, so that a head restart alone does not take its process down
+            others = [n["NodeID"] for n in ray.nodes()
+                      if n["Alive"] and n["NodeManagerAddress"] != os.environ["HEAD_IP"]]
+            strategy = (NodeAffinitySchedulingStrategy(others[0], soft=True) if others
+                        else "DEFAULT")
+            actor = Counter.options(name="counter", lifetime="detached", get_if_exists=True,
+                                    scheduling_strategy=strategy).remote()
+            say(event="created")
+        say(event="read", **ray.get(actor.read.remote(), timeout=30))
+    except Exception as exc:
+        say(event="error", error=f"{type(exc).__name__}: {exc}"[:300])
+        try:
+            ray.shutdown()
+        except Exception:
+            pass
+    time.sleep(5)
+'''
+
+
+def start(lab: SoakLab) -> None:
+    head = lab.vms["head"]
+    code, out, err = head.sh(
+        f"docker run -d --name {NAME} --network host --restart always "
+        f"-e RAY_AUTH_MODE=token -e RAY_AUTH_TOKEN -e HEAD_IP={head.ip} "
+        f"$(docker inspect -f '{{{{.Config.Image}}}}' ray-head) python3 -u -c \"$SCRIPT\"",
+        env={"SCRIPT": SCRIPT, "RAY_AUTH_TOKEN": lab.token})
+    if code != 0:
+        raise RuntimeError(f"the long job did not start: {out}{err}")
+    if not poll(lambda: any(e.get("event") == "read" for e in events(lab)), 300,
+                "the long job's first count"):
+        raise RuntimeError("the long job never counted:\n" + "\n".join(
+            json.dumps(e) for e in events(lab)[-5:]))
+
+
+def events(lab: SoakLab) -> list[dict[str, Any]]:
+    out = safe_sh(lab.vms["head"], f"docker logs {NAME} 2>/dev/null")[1]
+    found = []
+    for line in out.splitlines():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict):
+            found.append(item)
+    return found
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """The actor's fate: alive at the end, the same one as at the start, how far it got."""
+
+    survived: bool  # the first actor (its birth time) still answers at the end
+    restarts: int  # times Ray restarted it (a new birth time, same name)
+    recreated: int  # times it was gone and the job made a new one
+    final_count: int
+    expected_count: int  # seconds since its birth at the last read
+    longest_gap: float  # the longest time without an answer, seconds
+    summary: str
+
+
+def report(lab: SoakLab, since: float, until: float) -> JobReport:
+    found = events(lab)
+    reads = [e for e in found if e.get("event") == "read"]
+    created = sum(1 for e in found if e.get("event") == "created")
+    if not reads:
+        return JobReport(False, 0, created - 1, 0, 0, until - since, "it never counted")
+    births: list[float] = []
+    for r in reads:
+        if not births or births[-1] != r["born"]:
+            births.append(r["born"])
+    last = reads[-1]
+    times = [since] + [float(r["t"]) for r in reads if float(r["t"]) >= since] + [until]
+    gap = max(b - a for a, b in zip(times, times[1:]))
+    survived = births[0] == last["born"] and until - float(last["t"]) < 60
+    expected = int(float(last["t"]) - float(last["born"]))
+    restarts = len(births) - 1 - max(0, created - 1)
+    text = (f"{'survived' if survived else 'lost'}: count {last['n']} of ~{expected} s alive; "
+            f"{max(0, restarts)} restart(s) by Ray, {max(0, created - 1)} re-creation(s), "
+            f"longest gap without an answer {gap:.0f} s")
+    return JobReport(survived, max(0, restarts), max(0, created - 1), int(last["n"]), expected,
+                     gap, text)
