@@ -54,6 +54,9 @@ def settings(case: str) -> tuple[HeadSettings, WorkerSettings, AppSettings]:
             AppSettings(head=HEAD_IP, **common, **app_only))
 
 
+GCS_PASSWORD = "gcs-redis-password-of-the-golden-files"  # GCS fault tolerance is on by default
+
+
 def described(spec: s.Spec) -> dict[str, Any]:
     """A spec as the engine receives it: create arguments (labels and hash included)."""
     containers = []
@@ -69,7 +72,7 @@ def described(spec: s.Spec) -> dict[str, Any]:
 def produced(case: str) -> tuple[str, str]:
     head, worker, app_settings = settings(case)
     values = app.app_values(app_settings, SECRETS, HEAD_IP)
-    roles = {"head": described(ray.head_spec(head, TOKEN)),
+    roles = {"head": described(ray.head_spec(head, TOKEN, GCS_PASSWORD)),
              "worker": described(ray.worker_spec(worker, TOKEN)),
              "app": described(app.app_spec(app_settings, values))}
     text = json.dumps(roles, indent=1, sort_keys=True, default=list) + "\n"
@@ -104,7 +107,7 @@ def test_the_default_hashes_are_pinned() -> None:
     head, worker, app_settings = settings("defaults")
     values = app.app_values(app_settings, SECRETS, HEAD_IP)
     hashes = {c.name: c.config_hash(IMAGE_ID)[:16]
-              for spec in (ray.head_spec(head, TOKEN), ray.worker_spec(worker, TOKEN),
+              for spec in (ray.head_spec(head, TOKEN, GCS_PASSWORD), ray.worker_spec(worker, TOKEN),
                            app.app_spec(app_settings, values))
               for c in spec.containers}
     compare(GOLDEN / "default-hashes.json", json.dumps(hashes, indent=1, sort_keys=True) + "\n")
