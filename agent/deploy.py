@@ -181,7 +181,9 @@ def went_back(engine: Engine, settings: R, found: dict[str, history.Image], say:
     what = "failed its health gate" if bad.state == "failed" else "was rolled back from"
     say(f"release {bad.name} {what} ({bad.finished or bad.started}): running release "
         f"{good.name}, as since (--retry-failed runs {bad.name} again)")
-    return with_release(engine, settings, good, say)
+    # What runs instead is chosen: it is not judged again (two releases rolled back from in
+    # turn would send each run to the other).
+    return replace(with_release(engine, settings, good, say), retry_failed=True)
 
 
 def with_release(engine: Engine, settings: R, record: history.Record, say: Say) -> R:
@@ -602,7 +604,8 @@ def run_app(engine: Engine, settings: AppSettings, say: Say) -> Spec:
 
 
 def converge_app(engine: Engine, settings: AppSettings, say: Say,
-                 restore: Callable[[], int] | None = None, reason: str = "") -> Spec:
+                 restore: Callable[[], int] | None = None, reason: str = "",
+                 backup: bool = True) -> Spec:
     """The app role, the data dir's lock held. `restore` (restore.py): a step that fills the
     databases, after Postgres is up and before anything that uses them starts.
 
@@ -643,7 +646,8 @@ def converge_app(engine: Engine, settings: AppSettings, say: Say,
     record = begin_record(engine, settings, found, reason)
     if moving:
         plan = dataclasses.replace(plan, keep=frozenset(release.APP_VERSIONED))
-        if record is not None and not record.backup and set(moving) & set(release.MIGRATING):
+        if (backup and record is not None and not record.backup
+                and set(moving) & set(release.MIGRATING)):
             taken = backup_before_upgrade(engine, settings, record, say)
             record = history.update(settings.data_dir, record, backup=str(taken))
     if postgres is not None:
@@ -661,26 +665,39 @@ def converge_app(engine: Engine, settings: AppSettings, say: Say,
             raise
         record = history.update(settings.data_dir, record, state="failed", reason=str(exc))
         good = history.last_healthy(settings.data_dir, "app", before=record.number)
-        if good is None or not (moving or plan.kept):
+        if good is None or good.same_images(record.images) or not (moving or plan.kept):
             raise
         sick = unhealthy(engine, spec)
         say(f"release {record.name} did not become healthy ({sick or exc}): going back to "
             f"release {good.name}")
-        converge_app(engine, with_release(engine, settings, good, say), say,
+        # No backup on the way back: time is what counts now, and the failed release's own
+        # (taken before it started) is the database as it was.
+        back = replace(with_release(engine, settings, good, say), retry_failed=True,
+                       ready_timeout=going_back_timeout(settings.ready_timeout))
+        converge_app(engine, back, say, backup=False,
                      reason=f"went back from release {record.name}, which failed")
         schema = (f"; the database's schema may have moved: `syntho-agent restore "
                   f"{record.backup}` puts it back as it was before {record.name}"
                   if record.backup else "")
         raise ConvergeError(f"release {record.name} failed and the app went back to release "
                             f"{good.name}: {sick or exc}{schema}") from None
-    end_record(settings, record, "healthy")
-    if moving or plan.kept:
+    if moving or plan.kept:  # before the record says healthy: killed between, a re-run prunes
         prune_kept(engine, spec, say)
+    end_record(settings, record, "healthy")
     say(f"the app is up: open {settings.frontend_protocol}://{app.frontend_host(settings)}/ "
         f"(this VM, port {settings.frontend_port})")
     say(f"admin account: {settings.admin_username}, password in "
         f"{settings.data_dir / 'secrets' / ADMIN_PASSWORD}")
     return spec
+
+
+GOING_BACK_WAIT = 180.0  # seconds, at least, for the release the app goes back to
+
+
+def going_back_timeout(asked: float) -> float:
+    """How long the release the app goes back to may take to be healthy: a short
+    --ready-timeout judges the new release; the way back must not fail for it (0: forever)."""
+    return 0.0 if asked == 0 else max(asked, GOING_BACK_WAIT)
 
 
 def unhealthy(engine: Engine, spec: Spec) -> str:
@@ -738,6 +755,12 @@ def rollback(engine: Engine, settings: R, target: str | None, say: Say) -> Spec:
             raise UsageError(f"no release of the {role} role is recorded in "
                              f"{history.path(settings.data_dir)}: nothing to go back to")
         current = records[-1]
+        if current.state == "in-progress" and current.reason.startswith(ROLLBACK_REASON):
+            # A rollback killed midway: the same command finishes it.
+            say(f"finishing the rollback to release {current.name} (#{current.number}) that "
+                "was interrupted")
+            return _converge(engine, replace(with_release(engine, settings, current, say),
+                                              retry_failed=True), say, current.reason)
         if target is not None:
             chosen = history.find(settings.data_dir, role, target)
             if chosen is None:
@@ -751,19 +774,28 @@ def rollback(engine: Engine, settings: R, target: str | None, say: Say) -> Spec:
                                  "to: `syntho-agent history` lists what ran")
         say(f"going back from release {current.name} to release {chosen.name} "
             f"(#{chosen.number}, {chosen.started})")
-        reason = f"rollback from release {current.name}"
+        reason = f"{ROLLBACK_REASON} {current.name}"
         if current.state == "healthy":
             history.update(settings.data_dir, current, state="rolled-back")
-        pinned = with_release(engine, settings, chosen, say)
-        if isinstance(pinned, AppSettings):
-            spec = converge_app(engine, pinned, say, reason=reason)
-            if current.backup and chosen.number < current.number:
-                say(f"the database's schema may have moved with release {current.name}: "
-                    f"`syntho-agent restore {current.backup}` puts it back as it was before")
-            return spec
-        if isinstance(pinned, HeadSettings):
-            return converge_head(engine, pinned, say, reason)
-        return converge_worker(engine, pinned, say, reason)
+        # The release asked for runs, even one that was rolled back from before.
+        spec = _converge(engine, replace(with_release(engine, settings, chosen, say),
+                                         retry_failed=True), say, reason)
+        if current.backup and chosen.number < current.number:
+            say(f"the database's schema may have moved with release {current.name}: "
+                f"`syntho-agent restore {current.backup}` puts it back as it was before")
+        return spec
+
+
+ROLLBACK_REASON = "rollback from release"
+
+
+def _converge(engine: Engine, settings: RoleSettings, say: Say, reason: str) -> Spec:
+    """The role's converge, the data dir's lock held."""
+    if isinstance(settings, AppSettings):
+        return converge_app(engine, settings, say, reason=reason)
+    if isinstance(settings, HeadSettings):
+        return converge_head(engine, settings, say, reason)
+    return converge_worker(engine, settings, say, reason)
 
 
 # ---- --watch: when the watcher runs the whole role again ----

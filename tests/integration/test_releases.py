@@ -230,8 +230,11 @@ def test_rollback_without_a_registry_then_to_images_gone(deployment: Deployment,
     assert (newest["name"], newest["state"]) == ("A", "healthy")
     assert "rollback from release B" in str(newest["reason"])
 
-    # B's images gone from the engine: without a registry, one line says how to get them.
-    remove_local(docker_client, [d.releases["B"][k] for k in ("core", "backend", "frontend")])
+    # B's images gone from the engine (every tag of them: an identical build elsewhere on this
+    # engine shares their IDs): without a registry, one line says how to get them.
+    for key in ("core", "backend", "frontend"):
+        docker_client.images.remove(docker_client.images.get(d.releases["B"][key]).id,
+                                    force=True)
     done = d.rollback("B")
     assert done.returncode == 3, done.stdout + done.stderr
     assert "is no longer on this engine" in done.stderr and "--registry" in done.stderr
