@@ -1,6 +1,6 @@
 """A head that restarts without taking the cluster down: GCS fault tolerance on the real engine.
 
-The head runs on the host's network, as on its VM, with its GCS Redis (on by default); two
+The head runs on the host's network, as on its VM, with its GCS Redis (`--gcs-ft`); two
 workers on a Docker network join it at the address Ray advertises. A detached actor lives on
 a worker. The head's container is restarted (`docker restart`, then SIGKILL of its main
 process, which the engine's restart policy answers): the workers' raylets keep their PIDs and
@@ -65,7 +65,7 @@ class Cluster:
         return ok(run_agent("head", "--data-dir", str(self.head_dir), "--instance",
                             self.head_instance, "--ray-image", self.images["ray"],
                             "--gcs-redis-image", self.images["redis"], "--shm-size", "1gb",
-                            "--nofile", NOFILE, "--ray-arg=--num-cpus=0", *more))
+                            "--nofile", NOFILE, "--ray-arg=--num-cpus=0", "--gcs-ft", *more))
 
     def head_container(self) -> docker.models.containers.Container:
         return self.sandbox.client.containers.get(f"ray-head-{self.head_instance}")

@@ -101,11 +101,12 @@ def test_history_records_changes_only(tmp_path: Path) -> None:
     assert (tmp_path / history.FILE).stat().st_mode & 0o777 == 0o600
 
 
-def test_gcs_ft_is_on_by_default_and_keeps_the_password_off_command_lines() -> None:
+def test_gcs_ft_keeps_the_password_off_command_lines() -> None:
     from agent.config import HeadSettings
     from agent.roles.ray import head_spec
 
-    spec = head_spec(HeadSettings.from_params({}), "t" * 32, "the-gcs-password")
+    assert HeadSettings.from_params({}).gcs_ft is False, "opt-in this release (README)"
+    spec = head_spec(HeadSettings.from_params({"gcs_ft": True}), "t" * 32, "the-gcs-password")
     redis, head = spec.containers
     assert (redis.service, head.after) == ("gcs-redis", ("gcs-redis",))
     for c in spec.containers:
@@ -124,5 +125,5 @@ def test_the_gcs_redis_port_must_not_collide() -> None:
     from agent.roles.ray import node_ports
 
     with pytest.raises(UsageError, match="--gcs-redis-port 6380 collides"):
-        node_ports(HeadSettings.from_params({"gcs_redis_port": 6380}), "head")
+        node_ports(HeadSettings.from_params({"gcs_redis_port": 6380, "gcs_ft": True}), "head")
     node_ports(HeadSettings.from_params({"gcs_redis_port": 6380, "gcs_ft": False}), "head")
