@@ -238,6 +238,8 @@ def wanted_ports(settings: RoleSettings, quick: bool) -> list[Wanted]:
     role = settings.command
     ports = ray.node_ports(settings, role)
     found = []
+    if isinstance(settings, HeadSettings) and settings.gcs_ft:
+        found.append(Wanted(settings.gcs_redis_port, "127.0.0.1", "--gcs-redis-port"))
     if role == "head":
         found += [Wanted(ray.GCS_PORT, "0.0.0.0", "Ray's GCS"),
                   Wanted(ray.DASHBOARD_PORT, "0.0.0.0", "Ray's dashboard"),

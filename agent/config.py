@@ -206,6 +206,23 @@ class RayOptions(Settings):
                                            "the lowest port of Ray's worker processes")
     max_worker_port: int | None = ray_port("max_worker_port",
                                            "the highest port of Ray's worker processes")
+    gcs_reconnect_timeout: int | None = option(
+        "seconds a node waits for the head's GCS to come back before its Ray exits "
+        "(RAY_gcs_rpc_server_reconnect_timeout_s; Ray's default: 60)", validate.positive_int)
+
+
+@dataclass(frozen=True)
+class GcsOptions(Settings):
+    """The head's GCS fault tolerance (README, "A head that restarts")."""
+
+    gcs_ft: bool = option("GCS fault tolerance: the head keeps the cluster's state in a Redis "
+                          "of its own (loopback only), so a restart of the head's container "
+                          "does not take the workers' Ray down (off: in memory, Ray's default)",
+                          None, False)
+    gcs_redis_port: int = option("the port of the GCS's Redis (on loopback)", validate.port,
+                                 6386)
+    gcs_redis_image: str = option("the Redis image of the GCS's store", validate.image,
+                                  "redis:6.2-alpine")
 
 
 @dataclass(frozen=True)
@@ -389,8 +406,8 @@ class LauncherOptions(Settings):
 # ---- what each command takes -------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class HeadSettings(Common, RayOptions, ClusterOptions, ImageSources, ReleaseOptions, WatchOption,
-                   CheckOption):
+class HeadSettings(Common, RayOptions, GcsOptions, ClusterOptions, ImageSources, ReleaseOptions,
+                   WatchOption, CheckOption):
     command: ClassVar[str] = "head"
 
 

@@ -124,6 +124,7 @@ class RayInputs:
 
     image_ids: dict[str, str]
     token: str | None
+    gcs_password: str | None = None  # the head's GCS Redis (GCS fault tolerance on)
 
 
 # ---- releases: what each run records (agent/history.py) ----
@@ -221,16 +222,27 @@ def token_file(settings: RoleSettings, *carriers: Carrier) -> list[SecretFile]:
 
 def resolve_head(engine: Engine, settings: HeadSettings, say: Say,
                  preview: Preview | None = None) -> RayInputs:
-    recover(engine, settings.instance, "head",
-            token_file(settings, Carrier("ray-head", ray.TOKEN_ENV)), None, say)
-    ids = ensure_images(engine, settings, {settings.ray_image: settings.suffix("ray-head")}, say,
-                        preview)
+    gcs = settings.data_dir / ray.GCS_PASSWORD_FILE
+    files = token_file(settings, Carrier("ray-head", ray.TOKEN_ENV))
+    if settings.gcs_ft:  # the Redis's data does not depend on its password: no volume check
+        files.append(SecretFile(gcs, (Carrier(ray.GCS_REDIS_SERVICE, ray.GCS_PASSWORD_ENV),
+                                      Carrier("ray-head", ray.GCS_PASSWORD_ENV))))
+    recover(engine, settings.instance, "head", files, None, say)
+    wanted = {settings.ray_image: settings.suffix("ray-head")}
+    if settings.gcs_ft:
+        wanted[settings.gcs_redis_image] = settings.suffix(ray.GCS_REDIS_SERVICE)
+    ids = ensure_images(engine, settings, wanted, say, preview)
     token, created = cluster.head_token(settings, settings.data_dir)
     if not settings.auth:
         say(ray.AUTH_OFF_WARNING)
     elif created:
         say(f"generated the cluster's Ray token in {cluster.token_path(settings.data_dir)}")
-    return RayInputs(ids, token)
+    password = None
+    if settings.gcs_ft:
+        password, made = store.secret(gcs, store.token_hex(32))
+        if made:
+            say(f"generated the GCS Redis password in {gcs}")
+    return RayInputs(ids, token, password)
 
 
 def run_head(engine: Engine, settings: HeadSettings, say: Say) -> Spec:
@@ -246,7 +258,7 @@ def converge_head(engine: Engine, settings: HeadSettings, say: Say, reason: str 
     back = went_back(engine, settings, found, say)
     if back is not None:
         return converge_head(engine, back, say)
-    spec = ray.head_spec(settings, inputs.token)
+    spec = ray.head_spec(settings, inputs.token, inputs.gcs_password)
     plan = preflight(engine, spec, inputs.image_ids)
     record = begin_record(engine, settings, found, reason)
     old = plan.observed.get(settings.suffix("ray-head"))
@@ -923,7 +935,7 @@ def forecast(engine: Engine, settings: RoleSettings) -> Forecast:
             if isinstance(settings, HeadSettings):
                 node = resolve_head(engine, replace(settings, data_dir=scratch), said.append,
                                     preview)
-                spec = ray.head_spec(settings, node.token)
+                spec = ray.head_spec(settings, node.token, node.gcs_password)
             else:
                 followed, node = resolve_worker(engine, replace(settings, data_dir=scratch),
                                                 said.append, preview)

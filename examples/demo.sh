@@ -16,7 +16,8 @@ for name, ref in json.load(sys.stdin).items():
     print(f"IMG_{name.upper()}={ref}")')"
 
 echo "== head (host network, as on its VM)"
-"$AGENT" head --data-dir "$DATA/head" --ray-image "$IMG_RAY" --nofile "$NOFILE"
+"$AGENT" head --data-dir "$DATA/head" --ray-image "$IMG_RAY" --gcs-redis-image "$IMG_REDIS" \
+    --nofile "$NOFILE"
 HEAD_IP=$(SYNTHO_AGENT_TOKEN=$(cat "$DATA/head/ray-token") .venv/bin/python -c '
 import os
 from agent.cluster import alive_nodes

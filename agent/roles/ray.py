@@ -10,7 +10,9 @@ Pure: settings (and the token) in, a Spec out.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
+import shlex
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -28,6 +30,9 @@ HEAD_METRICS_PORTS = (44217, 44227)
 # Spread tasks over the nodes instead of packing them onto the first (the vendor's setting).
 SCHEDULER_ENV = (("RAY_SCHEDULER_SPREAD_THRESHOLD", "0.0"),)
 TOKEN_ENV = "RAY_AUTH_TOKEN"
+GCS_REDIS_SERVICE = "gcs-redis"
+GCS_PASSWORD_ENV = "GCS_REDIS_PASSWORD"
+GCS_PASSWORD_FILE = "gcs-redis-password"
 AUTH_MODE_ENV = ("RAY_AUTH_MODE", "token")
 LICENSE_ENV = "LICENSE_KEY_SIGNED"
 AUTH_OFF_WARNING = ("WARNING: Ray token auth is OFF (--no-auth): anyone who reaches ports "
@@ -109,6 +114,12 @@ def node_ports(settings: Any, role: str) -> NodePorts:
         if role == "head" and low <= port <= high:
             raise UsageError(f"the worker range {low}-{high} holds the head's port {what}: "
                              "move --min-worker-port/--max-worker-port")
+    redis = int(getattr(settings, "gcs_redis_port", 0) or 0)
+    if role == "head" and getattr(settings, "gcs_ft", False) and (
+            redis in taken or low <= redis <= high):
+        other = taken.get(redis, f"the worker range {low}-{high}")
+        raise UsageError(f"--gcs-redis-port {redis} collides with {other} of the head: give "
+                         "it a port of its own")
     return ports
 
 
@@ -144,7 +155,9 @@ def _node(settings: RayNodeSettings, service: str, command: list[str],
         name=settings.suffix(service),
         image=settings.ray_image,
         command=tuple(command + list(settings.ray_arg)),
-        env=node_env(settings.license_key, token),
+        env=node_env(settings.license_key, token) + (
+            (("RAY_gcs_rpc_server_reconnect_timeout_s", str(settings.gcs_reconnect_timeout)),)
+            if settings.gcs_reconnect_timeout else ()),
         network=settings.network,
         restart="always",
         shm_size=settings.shm_size,
@@ -158,12 +171,55 @@ def _networks(settings: RayNodeSettings) -> tuple[s.Network, ...]:
     return () if settings.network == "host" else (s.Network(settings.network),)
 
 
-def head_spec(settings: HeadSettings, token: str | None) -> s.Spec:
-    return s.Spec(role="head", instance=settings.instance,
-                  containers=(_node(settings, "ray-head", [
-                      *start_command(None, node_ports(settings, "head")),
-                      "--labels", head_labels(settings.ray_image, settings.release)], token),),
-                  networks=_networks(settings), secrets=_secrets(settings, token))
+def head_spec(settings: HeadSettings, token: str | None,
+              gcs_password: str | None = None) -> s.Spec:
+    """The head; with GCS fault tolerance (gcs_password given), the Redis that keeps the
+    GCS's state first, and the head started on it."""
+    command = [*start_command(None, node_ports(settings, "head")),
+               "--labels", head_labels(settings.ray_image, settings.release)]
+    head = _node(settings, "ray-head", command, token)
+    if gcs_password is None:
+        return s.Spec(role="head", instance=settings.instance, containers=(head,),
+                      networks=_networks(settings), secrets=_secrets(settings, token))
+    redis = gcs_redis(settings, gcs_password)
+    address = "127.0.0.1" if settings.network == "host" else GCS_REDIS_SERVICE
+    # Ray takes the Redis password as a flag only: the shell puts it there from the
+    # environment, so that it is on no command line the engine records.
+    shell = f'{shlex.join([*(head.command or ()), "--redis-password"])} "${GCS_PASSWORD_ENV}"'
+    env = (*head.env, (GCS_PASSWORD_ENV, gcs_password),
+           ("RAY_REDIS_ADDRESS", f"{address}:{settings.gcs_redis_port}"),
+           # One cluster's state per Redis; stable across restarts, so a new head finds it.
+           ("RAY_external_storage_namespace", f"syntho-agent{settings.instance}"))
+    head = dataclasses.replace(head, command=("sh", "-c", "exec " + shell), env=env,
+                               after=(GCS_REDIS_SERVICE,))
+    return s.Spec(role="head", instance=settings.instance, containers=(redis, head),
+                  networks=_networks(settings),
+                  volumes=(s.Volume(settings.suffix("syntho-gcs-redis-data")),),
+                  secrets=(*_secrets(settings, token), gcs_password))
+
+
+def gcs_redis(settings: HeadSettings, password: str) -> s.Container:
+    """The Redis that keeps the GCS's state: append-only on a named volume, a password, and on
+    the host's network bound to loopback only (nothing outside the head's VM reaches it)."""
+    bind = "127.0.0.1" if settings.network == "host" else "0.0.0.0"
+    port = settings.gcs_redis_port
+    # The password reaches redis-server on its standard input (`redis-server -` reads its
+    # config there; a here-document, so that redis-server is the container's first process
+    # and stops cleanly), not on its command line.
+    script = (f"exec redis-server - --port {port} --bind {bind} --protected-mode yes "
+              "--appendonly yes --appendfsync everysec --dir /data <<EOF\n"
+              f"requirepass ${GCS_PASSWORD_ENV}\nEOF")
+    return s.Container(
+        service=GCS_REDIS_SERVICE, name=settings.suffix(GCS_REDIS_SERVICE),
+        image=settings.gcs_redis_image, entrypoint=("sh", "-c"), command=(script,),
+        env=((GCS_PASSWORD_ENV, password),), network=settings.network,
+        aliases=() if settings.network == "host" else (GCS_REDIS_SERVICE,),
+        mounts=(s.Mount(settings.suffix("syntho-gcs-redis-data"), "/data"),),
+        restart="always",
+        health=s.Health(test=("CMD-SHELL", f"REDISCLI_AUTH=\"${GCS_PASSWORD_ENV}\" redis-cli "
+                              f"-h 127.0.0.1 -p {port} ping | grep -q PONG"),
+                        interval=1.0, start_period=2.0),
+    )
 
 
 def worker_spec(settings: WorkerSettings, token: str | None) -> s.Spec:

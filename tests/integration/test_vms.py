@@ -33,6 +33,7 @@ pytestmark = pytest.mark.integration
 
 USER, PASSWORD = "syntho", "vm-registry-pass-91c2"
 RAY_REPO = "syntho/syntho-ray:test"
+GCS_REDIS_REPO = "syntho/redis:test"  # the head's GCS Redis (GCS fault tolerance)
 DATA = "/var/lib/syntho-agent"
 
 
@@ -158,13 +159,13 @@ def lab(docker_client: docker.DockerClient, images: dict[str, str],
         registry_proc, port = start_registry(sandbox.tmp, USER, PASSWORD, listen="0.0.0.0")
         registry = f"{gateway}:{port}"
         local = f"127.0.0.1:{port}"
-        docker_client.images.get(images["ray"]).tag(f"{local}/syntho/syntho-ray", "test")
-        for line in docker_client.images.push(f"{local}/syntho/syntho-ray", "test",
-                                              auth_config={"username": USER,
-                                                           "password": PASSWORD},
-                                              stream=True, decode=True):
-            assert "error" not in line, line
-        docker_client.images.remove(f"{local}/{RAY_REPO}")
+        for source, ref in ((images["ray"], RAY_REPO), (images["redis"], GCS_REDIS_REPO)):
+            repo, tag = f"{local}/{ref}".rsplit(":", 1)
+            docker_client.images.get(source).tag(repo, tag)
+            for line in docker_client.images.push(repo, tag, auth_config={
+                    "username": USER, "password": PASSWORD}, stream=True, decode=True):
+                assert "error" not in line, line
+            docker_client.images.remove(f"{local}/{ref}")
 
         vms: dict[str, VM] = {}
         for n, name in enumerate(["head", "w1", "w2", "app"]):
@@ -204,7 +205,8 @@ def test_four_vms_form_the_deployment_and_survive_a_head_reboot(
     common = ["--nofile", NOFILE, "--shm-size", "1gb"]
 
     # The head, from the registry; its boot script is the same command (as `install` sets up).
-    head_args = ["head", *common, *pull, "--ray-image", RAY_REPO]
+    head_args = ["head", *common, *pull, "--ray-image", RAY_REPO, "--gcs-redis-image",
+                 f"{registry}/{GCS_REDIS_REPO}"]
     out = head.agent(*head_args, env=secret)
     assert f"pulled {registry}/{RAY_REPO}" in out and "ray head ready" in out
     code, token, _ = head.sh(f"cat {DATA}/ray-token")

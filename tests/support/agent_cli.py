@@ -3,6 +3,7 @@ real exit codes, real output."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -35,8 +36,22 @@ def agent_env(extra: Mapping[str, str] | None = None, *,
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNTHO_AGENT_")
            and not (write_bytecode and k == "PYTHONDONTWRITEBYTECODE")}
+    # The head's GCS Redis (GCS fault tolerance, on by default) from the test images, as the
+    # app's Redis is: nothing here pulls the official image.
+    env[GCS_REDIS_IMAGE_ENV] = test_redis_image()
     env.update(extra or {})
     return env
+
+
+GCS_REDIS_IMAGE_ENV = "SYNTHO_AGENT_GCS_REDIS_IMAGE"
+
+
+@functools.lru_cache(maxsize=1)
+def test_redis_image() -> str:
+    """The test images' Redis (tests/images/build.py: its reference, a hash of its recipe)."""
+    from tests.images.build import image_refs
+
+    return image_refs()["redis"]
 
 
 def run_agent(*args: str, env: Mapping[str, str] | None = None, timeout: float = 600,

@@ -54,6 +54,14 @@ def settings(case: str) -> tuple[HeadSettings, WorkerSettings, AppSettings]:
             AppSettings(head=HEAD_IP, **common, **app_only))
 
 
+GCS_PASSWORD = "gcs-redis-password-of-the-golden-files"
+
+
+def gcs_password(head: HeadSettings) -> str | None:
+    """The GCS Redis password a run resolves (none with GCS fault tolerance off)."""
+    return GCS_PASSWORD if head.gcs_ft else None
+
+
 def described(spec: s.Spec) -> dict[str, Any]:
     """A spec as the engine receives it: create arguments (labels and hash included)."""
     containers = []
@@ -69,7 +77,7 @@ def described(spec: s.Spec) -> dict[str, Any]:
 def produced(case: str) -> tuple[str, str]:
     head, worker, app_settings = settings(case)
     values = app.app_values(app_settings, SECRETS, HEAD_IP)
-    roles = {"head": described(ray.head_spec(head, TOKEN)),
+    roles = {"head": described(ray.head_spec(head, TOKEN, gcs_password(head))),
              "worker": described(ray.worker_spec(worker, TOKEN)),
              "app": described(app.app_spec(app_settings, values))}
     text = json.dumps(roles, indent=1, sort_keys=True, default=list) + "\n"
@@ -104,8 +112,8 @@ def test_the_default_hashes_are_pinned() -> None:
     head, worker, app_settings = settings("defaults")
     values = app.app_values(app_settings, SECRETS, HEAD_IP)
     hashes = {c.name: c.config_hash(IMAGE_ID)[:16]
-              for spec in (ray.head_spec(head, TOKEN), ray.worker_spec(worker, TOKEN),
-                           app.app_spec(app_settings, values))
+              for spec in (ray.head_spec(head, TOKEN, gcs_password(head)),
+                           ray.worker_spec(worker, TOKEN), app.app_spec(app_settings, values))
               for c in spec.containers}
     compare(GOLDEN / "default-hashes.json", json.dumps(hashes, indent=1, sort_keys=True) + "\n")
 

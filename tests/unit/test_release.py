@@ -99,3 +99,31 @@ def test_history_records_changes_only(tmp_path: Path) -> None:
     assert back is not None and back[1].name == "A"
     assert history.went_back_from(tmp_path, "app", _images("a")) is None
     assert (tmp_path / history.FILE).stat().st_mode & 0o777 == 0o600
+
+
+def test_gcs_ft_keeps_the_password_off_command_lines() -> None:
+    from agent.config import HeadSettings
+    from agent.roles.ray import head_spec
+
+    assert HeadSettings.from_params({}).gcs_ft is False, "opt-in this release (README)"
+    spec = head_spec(HeadSettings.from_params({"gcs_ft": True}), "t" * 32, "the-gcs-password")
+    redis, head = spec.containers
+    assert (redis.service, head.after) == ("gcs-redis", ("gcs-redis",))
+    for c in spec.containers:
+        assert "the-gcs-password" not in " ".join([*(c.entrypoint or ()), *(c.command or ())])
+        assert ("GCS_REDIS_PASSWORD", "the-gcs-password") in c.env
+    assert "--bind 127.0.0.1" in (redis.command or ("",))[0], "loopback only on a VM"
+    assert ("RAY_REDIS_ADDRESS", "127.0.0.1:6386") in head.env
+    assert "the-gcs-password" in spec.secrets
+    assert [v.name for v in spec.volumes] == ["syntho-gcs-redis-data"]
+    off = head_spec(HeadSettings.from_params({"gcs_ft": False}), "t" * 32, None)
+    assert [c.service for c in off.containers] == ["ray-head"]
+
+
+def test_the_gcs_redis_port_must_not_collide() -> None:
+    from agent.config import HeadSettings
+    from agent.roles.ray import node_ports
+
+    with pytest.raises(UsageError, match="--gcs-redis-port 6380 collides"):
+        node_ports(HeadSettings.from_params({"gcs_redis_port": 6380, "gcs_ft": True}), "head")
+    node_ports(HeadSettings.from_params({"gcs_redis_port": 6380, "gcs_ft": False}), "head")
