@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -159,17 +159,3 @@ def show(data_dir: Path, as_json: bool, say: Say) -> None:
         for extra in (r.reason, f"backup before it: {r.backup}" if r.backup else ""):
             if extra:
                 say(f"{'':>5}{extra}")
-
-
-@dataclass
-class Rollout:
-    """What the run knows of the release it applies, for its record."""
-
-    record: Record | None
-    data_dir: Path
-    notes: list[str] = field(default_factory=list)
-
-    def end(self, state: str, reason: str = "") -> None:
-        if self.record is not None:
-            self.record = update(self.data_dir, self.record, state=state,
-                                 reason=reason or self.record.reason)

@@ -29,13 +29,11 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.integration.agent_helpers import engine_snapshot, ok, start_registry
-from tests.integration.test_releases import PASSWORD, USER, Deployment
+from tests.integration.agent_helpers import engine_snapshot, ok
+from tests.integration.test_releases import PASSWORD, USER, Deployment, release_lab
 from tests.support.agent_cli import agent_cmd, agent_env, run_agent
-from tests.support.constants import NOFILE, REPO
+from tests.support.constants import REPO
 from tests.support.ports import free_port
-from tests.support.releases import make_release, remove_local
-from tests.support.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -49,30 +47,12 @@ Refusal = tuple[subprocess.CompletedProcess[str], int, str]
 def faults(docker_client: docker.DockerClient, images: dict[str, str],
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """Registry with releases A and B, a head on A, the app on A with one row written."""
-    tmp = tmp_path_factory.mktemp("release-faults")
-    proc, port = start_registry(tmp, USER, PASSWORD)
-    registry = f"127.0.0.1:{port}"
-    auth = {"username": USER, "password": PASSWORD}
-    made: list[str] = []
-    try:
-        with Sandbox(docker_client, tmp) as box:
-            releases = {tag: make_release(docker_client, images, registry, tag, auth)
-                        for tag in ("A", "B")}
-            made = [ref for rel in releases.values() for ref in rel.values()]
-            head_dir, head_instance = tmp / "head", box.instance("head")
-            ok(run_agent("head", "--data-dir", str(head_dir), "--instance", head_instance,
-                         "--registry", registry, "--registry-user", USER, "--release", "A",
-                         "--shm-size", "1gb", "--nofile", NOFILE, env=ENV))
-            d = Deployment(box, registry, releases, head_dir, head_instance, tmp / "app",
-                           box.instance("app"), free_port(), free_port())
-            ok(d.app("--release", "A"))
-            assert d.running_release() == {"A"}
-            d.psql(f"CREATE TABLE kept (x text); INSERT INTO kept VALUES ('{KEPT_ROW}')")
-            yield d
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        remove_local(docker_client, made)
+    with release_lab(docker_client, images, tmp_path_factory.mktemp("release-faults"),
+                     {"A": {}, "B": {}}) as d:
+        ok(d.app("--release", "A"))
+        assert d.running_release() == {"A"}
+        d.psql(f"CREATE TABLE kept (x text); INSERT INTO kept VALUES ('{KEPT_ROW}')")
+        yield d
 
 
 def releases_json(d: Deployment) -> bytes | None:

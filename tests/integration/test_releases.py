@@ -17,6 +17,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -127,36 +128,40 @@ class Deployment:
         return health_version(f"http://127.0.0.1:{self.frontend_port}/")
 
 
-@pytest.fixture(scope="module")
-def deployment(docker_client: docker.DockerClient, images: dict[str, str],
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    tmp = tmp_path_factory.mktemp("releases")
+@contextlib.contextmanager
+def release_lab(client: docker.DockerClient, images: dict[str, str], tmp: Path,
+                releases: dict[str, dict[str, Any]]) -> Iterator[Deployment]:
+    """A registry holding these releases (tag -> make_release's options), a head on A, and
+    the app's place (not started); everything removed afterwards."""
     proc, port = start_registry(tmp, USER, PASSWORD)
     registry = f"127.0.0.1:{port}"
     auth = {"username": USER, "password": PASSWORD}
     made: list[str] = []
     try:
-        with Sandbox(docker_client, tmp) as box:
-            releases = {
-                "A": make_release(docker_client, images, registry, "A", auth),
-                "B": make_release(docker_client, images, registry, "B", auth),
-                "Bx": make_release(docker_client, images, registry, "Bx", auth,
-                                   broken=frozenset({"core"})),
-                "R": make_release(docker_client, images, registry, "R", auth,
-                                  ray_version="2.59.9"),
-            }
-            made = [ref for rel in releases.values() for ref in rel.values()]
+        with Sandbox(client, tmp) as box:
+            refs = {tag: make_release(client, images, registry, tag, auth, **options)
+                    for tag, options in releases.items()}
+            made = [ref for rel in refs.values() for ref in rel.values()]
             head_dir, head_instance = tmp / "head", box.instance("head")
             ok(run_agent("head", "--data-dir", str(head_dir), "--instance", head_instance,
                          "--registry", registry, "--registry-user", USER, "--release", "A",
                          "--shm-size", "1gb", "--nofile", NOFILE,
                          env={"SYNTHO_AGENT_REGISTRY_PASSWORD": PASSWORD}))
-            yield Deployment(box, registry, releases, head_dir, head_instance, tmp / "app",
+            yield Deployment(box, registry, refs, head_dir, head_instance, tmp / "app",
                              box.instance("app"), free_port(), free_port())
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        remove_local(docker_client, made)
+        remove_local(client, made)
+
+
+@pytest.fixture(scope="module")
+def deployment(docker_client: docker.DockerClient, images: dict[str, str],
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    with release_lab(docker_client, images, tmp_path_factory.mktemp("releases"), {
+            "A": {}, "B": {}, "Bx": {"broken": frozenset({"core"})},
+            "R": {"ray_version": "2.59.9"}}) as d:
+        yield d
 
 
 def test_upgrade_pulls_keeps_the_data_and_records_history(deployment: Deployment) -> None:

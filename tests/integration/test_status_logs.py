@@ -32,13 +32,13 @@ from tests.support.sandbox import Sandbox
 pytestmark = pytest.mark.integration
 
 # The keys README "status --json" documents (schema 1).
-TOP = {"schema", "instance", "roles", "ready", "not_ready", "containers", "ray"}
+TOP = {"schema", "instance", "roles", "ready", "not_ready", "containers", "ray", "releases"}
 CONTAINER = {"name", "role", "service", "image", "image_id", "state", "health", "started_at",
              "uptime_seconds", "restart_count", "ports", "ready"}
-HEAD = {"address", "answers", "error", "alive", "nodes"}
+HEAD = {"address", "answers", "error", "alive", "nodes", "publishes"}
 NODE = {"node_ip", "node_id", "head", "state", "cpus"}
 WORKER = {"head", "node_ip", "answers", "error", "joined"}
-APP = {"head", "answers", "error", "alive"}
+APP = {"head", "answers", "error", "alive", "head_runs"}
 
 
 @dataclass
@@ -131,7 +131,12 @@ def test_status_json_holds_the_documented_keys_with_real_values(
     assert all(set(n) == NODE for n in ray["head"]["nodes"])
     assert [n["node_ip"] for n in ray["head"]["nodes"] if n["head"]] == [cluster.head_ip]
     assert set(ray["app"]) == APP
-    assert ray["app"] == {"head": cluster.head_ip, "answers": True, "error": None, "alive": 2}
+    published = {"image": images["ray"], "release": ""}  # what the head publishes (labels)
+    assert ray["head"]["publishes"] == published
+    assert ray["app"] == {"head": cluster.head_ip, "answers": True, "error": None, "alive": 2,
+                          "head_runs": published}
+    assert report["releases"]["head"]["state"] == "healthy"
+    assert report["releases"]["head"]["name"] == images["ray"].rsplit(":", 1)[1]
 
     human = ok(cluster.head.cmd("status"))
     header = human.splitlines()[0].split()
@@ -149,8 +154,10 @@ def test_a_worker_vm_says_whether_the_head_lists_it_alive(
     assert code == 0, report["not_ready"]
     assert report["roles"] == ["worker"] and set(report["ray"]) == {"worker"}
     worker_ip = ip_on(cluster.worker.container("ray-worker"), cluster.box.network)
+    published = {"image": images["ray"], "release": ""}
     assert report["ray"]["worker"] == {"head": cluster.head_ip, "node_ip": worker_ip,
-                                       "answers": True, "error": None, "joined": True}
+                                       "answers": True, "error": None, "joined": True,
+                                       "head_runs": published, "matches_head": True}
     human = ok(cluster.worker.cmd("status"))
     assert (f"ray worker {worker_ip}: joined the cluster at {cluster.head_ip}:6379 (the head "
             "lists it alive)") in human
@@ -165,7 +172,8 @@ def test_a_worker_vm_says_whether_the_head_lists_it_alive(
     assert code == 1
     ghost_ip = ip_on(ghost.container("ray-worker"), cluster.box.network)
     assert report["ray"]["worker"] == {"head": cluster.head_ip, "node_ip": ghost_ip,
-                                       "answers": True, "error": None, "joined": False}
+                                       "answers": True, "error": None, "joined": False,
+                                       "head_runs": published, "matches_head": False}
     assert report["not_ready"] == ["ray worker: not listed alive by the head (not joined)"]
     done = ghost.cmd("status")
     assert done.returncode == 1
