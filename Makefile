@@ -42,7 +42,7 @@ demo: build images ## the main job: head, a worker and the app on this machine, 
 faults: venv engine images ## the fault-injection suite alone
 	$(PY) -m pytest -q -m faults tests $(PYTEST_ARGS)
 
-release-faults: venv engine images ## SIGKILL at 20 points of upgrades and rollbacks (CI: 4)
+release-faults: venv engine images ## SIGKILL at 20 points of upgrades and rollbacks (CI: 2)
 	SYNTHO_RELEASE_KILLS=20 $(PY) -m pytest -q -s tests/integration/test_release_faults.py $(PYTEST_ARGS)
 
 soak: build venv engine images ## the full chaos soak across the simulated VMs (MINUTES=30 SEED= NO_GCS_FT=1)

@@ -8,7 +8,7 @@ engine nor in the data dir's releases.json.
 Faults: the agent is killed (SIGKILL) at a random point of an upgrade (A -> B) or of a rollback
 (B -> A), then the same command runs again to its end: the app runs one release as a whole,
 nothing is left over, the history's newest record is healthy and names it, and the data
-written before the faults is still there. SYNTHO_RELEASE_KILLS rounds (default 4; 20 for the
+written before the faults is still there. SYNTHO_RELEASE_KILLS rounds (default 2; 20 for the
 full run), their kill delays drawn with a seeded random.Random (SYNTHO_FAULT_SEED overrides the
 seed, printed by the test).
 
@@ -202,7 +202,7 @@ def converged(d: Deployment, tag: str) -> list[str]:
 def test_sigkill_during_upgrades_and_rollbacks(faults: Deployment) -> None:
     d = faults
     seed = int(os.environ.get("SYNTHO_FAULT_SEED") or random.SystemRandom().randrange(2**32))
-    rounds = int(os.environ.get("SYNTHO_RELEASE_KILLS", "4"))
+    rounds = int(os.environ.get("SYNTHO_RELEASE_KILLS", "2"))
     print(f"SYNTHO_FAULT_SEED={seed} SYNTHO_RELEASE_KILLS={rounds}")
     rng = random.Random(seed)
     log = d.sandbox.tmp / "fault-runs.log"
