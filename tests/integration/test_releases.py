@@ -29,7 +29,13 @@ from tests.support.agent_cli import agent_cmd, agent_env, run_agent
 from tests.support.constants import NOFILE, REPO
 from tests.support.engine_calls import CallCounter
 from tests.support.ports import free_port
-from tests.support.releases import RELEASE_LABEL, health_version, make_release, remove_local
+from tests.support.releases import (
+    RELEASE_LABEL,
+    health_version,
+    make_release,
+    remove_local,
+    retag_and_push,
+)
 from tests.support.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
@@ -123,6 +129,12 @@ class Deployment:
         return [c.name or "" for c in self.sandbox.client.containers.list(
             all=True, filters={"label": f"syntho-agent.instance={self.app_instance}"})
             if c.name not in names]
+
+    def head_ip(self) -> str:
+        """The address Ray advertises for the head (on the host's network, as on its VM)."""
+        token = (self.head_dir / "ray-token").read_text().strip()
+        return next(str(n["node_ip"]) for n in cluster.alive_nodes("127.0.0.1", token)
+                    if n.get("is_head_node"))
 
     def frontend_version(self) -> str:
         return health_version(f"http://127.0.0.1:{self.frontend_port}/")
@@ -263,14 +275,51 @@ def test_a_worker_with_another_ray_is_refused(deployment: Deployment) -> None:
     assert f"ray-worker-{d.sandbox.instance('w-wrong')}" not in names
 
 
+def test_a_moving_tag_is_picked_up_by_pull_always_only(deployment: Deployment,
+                                                       docker_client: docker.DockerClient
+                                                       ) -> None:
+    """`latest` re-pushed: `--pull missing` keeps what it runs, `--pull always` moves."""
+    d = deployment
+    auth = {"username": USER, "password": PASSWORD}
+    moving = f"{d.registry}/syntho-ray:moving"
+    retag_and_push(docker_client, d.releases["A"]["ray"], moving, auth)
+    instance = d.sandbox.instance("w-moving")
+    name = f"ray-worker-{instance}"
+    head = d.head_ip()
+
+    def worker(*more: str) -> str:
+        return ok(run_agent("worker", "--data-dir", str(d.sandbox.tmp / "w-moving"),
+                            "--instance", instance, "--head", head, "--token-file",
+                            str(d.head_dir / "ray-token"), "--ray-image", moving, "--registry",
+                            d.registry, "--registry-user", USER, "--nofile", NOFILE,
+                            "--shm-size", "512mb", "--ray-arg=--num-cpus=0", *more,
+                            env={"SYNTHO_AGENT_REGISTRY_PASSWORD": PASSWORD}))
+
+    def running() -> tuple[str, str]:
+        c = d.sandbox.client.containers.get(name)
+        return str(c.id), str(c.image.labels.get(RELEASE_LABEL))
+
+    worker()
+    first = running()
+    assert first[1] == "A"
+    retag_and_push(docker_client, d.releases["B"]["ray"], moving, auth)  # the tag moves...
+    # ...in the registry only: this engine's tag stays on A, as on a VM that pulled it before.
+    docker_client.images.get(d.releases["A"]["ray"]).tag(moving.rsplit(":", 1)[0], "moving")
+    out = worker("--pull", "missing")
+    assert "nothing to do" in out and running() == first, "missing: what it has is enough"
+    out = worker("--pull", "always")
+    assert "--pull always: 1 of 1 image(s) changed in the registry" in out, out
+    assert running()[1] == "B" and running()[0] != first[0]
+    d.sandbox.client.containers.get(name).remove(force=True)
+
+
 def test_a_watching_worker_follows_the_head_to_a_new_release(deployment: Deployment) -> None:
     d = deployment
     instance = d.sandbox.instance("w-follow")
     token = (d.head_dir / "ray-token").read_text().strip()
     # The head runs on the host's network: a worker on a Docker network reaches it at the
     # address Ray advertises for it.
-    head_ip = next(str(n["node_ip"]) for n in cluster.alive_nodes("127.0.0.1", token)
-                   if n.get("is_head_node"))
+    head_ip = d.head_ip()
     watcher = subprocess.Popen(
         agent_cmd("worker", "--data-dir", str(d.sandbox.tmp / "w-follow"), "--instance",
                   instance, "--head", head_ip, "--token-file", str(d.head_dir / "ray-token"),
