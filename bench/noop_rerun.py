@@ -20,34 +20,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import common, stacks
 from tests.support.agent_cli import run_agent
 from tests.support.constants import AGENT_INSTANCE_LABEL
-from tests.support.engine_calls import CallCounter
+from tests.support.engine_calls import CallCounter, counting_engine
 
 
 def in_process_calls(deployment: stacks.AgentApp) -> tuple[CallCounter, float]:
     """One no-op run of the CLI inside this process, its engine client counted."""
     from agent import cli
-    from agent.engine import Engine
 
-    counter: CallCounter | None = None
-    original = Engine.connect
-
-    def connect(timeout: int = 60) -> Engine:
-        nonlocal counter
-        engine = original(timeout)
-        counter = CallCounter(engine._client)  # the SDK client the engine wraps
-        return engine
-
-    Engine.connect = connect  # type: ignore[method-assign]
-    try:
+    with counting_engine() as counters:
         started = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()) as out:
             cli.main(["app", *deployment.args()])
         elapsed = time.perf_counter() - started
-    finally:
-        Engine.connect = original  # type: ignore[method-assign]
-    if "nothing to do" not in out.getvalue() or counter is None:
+    if "nothing to do" not in out.getvalue() or not counters:
         raise RuntimeError(f"the in-process run was not a no-op:\n{out.getvalue()}")
-    return counter, elapsed
+    return counters[0], elapsed
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ from agent.waits import poll, tcp_open
 from bench import common, stacks
 from tests.support.agent_cli import agent_cmd, agent_env, run_agent
 from tests.support.constants import REPO
-from tests.support.engine_calls import CallCounter
+from tests.support.engine_calls import CallCounter, counting_engine
 from tests.support.ports import free_port
 from tests.support.releases import health_version, make_release, remove_local
 
@@ -513,39 +513,28 @@ def _med(samples: list[float]) -> float:
 
 def in_process(agent: AgentStack) -> tuple[CallCounter, float, str]:
     """One `app --release A --pull always` of the CLI inside this process, its engine client
-    counted (as bench/noop_rerun.in_process_calls)."""
+    counted (tests.support.engine_calls.counting_engine)."""
     from agent import cli
-    from agent.engine import Engine
 
-    counter: CallCounter | None = None
-    original = Engine.connect
-
-    def connect(timeout: int = 60) -> Engine:
-        nonlocal counter
-        engine = original(timeout)
-        counter = CallCounter(engine._client)  # the SDK client the engine wraps
-        return engine
-
-    Engine.connect = connect  # type: ignore[method-assign]
     os.environ.update(AGENT_ENV)
     try:
-        started = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()) as out:
-            try:
-                cli.main(["app", *agent.args("A", "--pull", "always")])
-            except SystemExit as exc:
-                if exc.code not in (0, None):
-                    raise RuntimeError(f"the in-process run exited {exc.code}:\n"
-                                       f"{out.getvalue()}") from None
-        elapsed = time.perf_counter() - started
+        with counting_engine() as counters:
+            started = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()) as out:
+                try:
+                    cli.main(["app", *agent.args("A", "--pull", "always")])
+                except SystemExit as exc:
+                    if exc.code not in (0, None):
+                        raise RuntimeError(f"the in-process run exited {exc.code}:\n"
+                                           f"{out.getvalue()}") from None
+            elapsed = time.perf_counter() - started
     finally:
-        Engine.connect = original  # type: ignore[method-assign]
         os.environ.pop("SYNTHO_AGENT_REGISTRY_PASSWORD", None)
-    if counter is None:
+    if not counters:
         raise RuntimeError(f"the in-process run made no engine client:\n{out.getvalue()}")
     if "nothing to do" not in out.getvalue():
         common.log(f"the in-process run was not a no-op:\n{out.getvalue()}")
-    return counter, elapsed, out.getvalue()
+    return counters[0], elapsed, out.getvalue()
 
 
 if __name__ == "__main__":

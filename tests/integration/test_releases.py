@@ -27,7 +27,7 @@ from agent.waits import poll
 from tests.integration.agent_helpers import ok, start_registry
 from tests.support.agent_cli import agent_cmd, agent_env, run_agent
 from tests.support.constants import NOFILE, REPO
-from tests.support.engine_calls import CallCounter
+from tests.support.engine_calls import CallCounter, counting_engine
 from tests.support.ports import free_port
 from tests.support.releases import (
     RELEASE_LABEL,
@@ -81,25 +81,12 @@ class Deployment:
     def app_in_process(self, *more: str) -> tuple[CallCounter, str]:
         """One app run of the CLI inside this process, its engine client counted."""
         from agent import cli
-        from agent.engine import Engine
 
         rel = self.releases["A"]
-        counter: list[CallCounter] = []
-        original = Engine.connect
-
-        def connect(timeout: int = 60) -> Engine:
-            engine = original(timeout)
-            counter.append(CallCounter(engine._client))  # the SDK client the engine wraps
-            return engine
-
-        Engine.connect = connect  # type: ignore[method-assign]
-        try:
-            with contextlib.redirect_stdout(io.StringIO()) as out:
-                cli.main(["app", *self.app_common(), *self.registry_args(), "--postgres-image",
-                          rel["postgres"], "--redis-image", rel["redis"], *more])
-        finally:
-            Engine.connect = original  # type: ignore[method-assign]
-        return counter[0], out.getvalue()
+        with counting_engine() as counters, contextlib.redirect_stdout(io.StringIO()) as out:
+            cli.main(["app", *self.app_common(), *self.registry_args(), "--postgres-image",
+                      rel["postgres"], "--redis-image", rel["redis"], *more])
+        return counters[0], out.getvalue()
 
     def container(self, service: str) -> docker.models.containers.Container:
         return self.sandbox.client.containers.get(f"syntho-{service}-{self.app_instance}")

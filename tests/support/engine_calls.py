@@ -61,3 +61,24 @@ class CallCounter:
         """The counts of the requests sent inside the block (reset at its start)."""
         self.reset()
         yield self.counts
+
+
+@contextmanager
+def counting_engine() -> Iterator[list[CallCounter]]:
+    """Inside the block, every engine the agent connects to in this process (its CLI run
+    in-process) has its SDK client counted: one CallCounter per connection, in order."""
+    from agent.engine import Engine
+
+    counters: list[CallCounter] = []
+    original = Engine.connect
+
+    def connect(timeout: int = 60) -> Engine:
+        engine = original(timeout)
+        counters.append(CallCounter(engine._client))  # the SDK client the engine wraps
+        return engine
+
+    Engine.connect = connect  # type: ignore[method-assign]
+    try:
+        yield counters
+    finally:
+        Engine.connect = original  # type: ignore[method-assign]
