@@ -169,7 +169,7 @@ def test_the_gcs_redis_is_loopback_only_with_a_password(ray_cluster: Cluster) ->
 def _survives(c: Cluster, fault: str) -> None:
     before = c.raylet_pids()
     assert all(before.values()), before
-    counted = c.count()
+    counted = c.answer()  # Ray's client server may still be settling from the last fault
     assert counted is not None
     head = c.head_container()
     if fault == "restart":
@@ -200,7 +200,7 @@ def test_a_detached_actor_outlives_restarts_of_the_head(ray_cluster: Cluster) ->
 
 def test_the_cluster_survives_a_restart_of_the_gcs_redis(ray_cluster: Cluster) -> None:
     c = ray_cluster
-    before = c.count()
+    before = c.answer()
     assert before is not None
     c.sandbox.client.containers.get(f"gcs-redis-{c.head_instance}").restart(timeout=10)
     assert poll(lambda: c.alive() == 3, 90, "3 nodes"), "3 nodes after the Redis restarted"
