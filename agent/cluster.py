@@ -40,10 +40,13 @@ def _supplied_token(settings: TokenSettings) -> str | None:
     return token
 
 
-def head_token(settings: TokenSettings, data_dir: Path) -> tuple[str | None, bool]:
-    """The head's token: stored, or supplied once, or generated once; (token, created)."""
+def head_token(settings: TokenSettings, data_dir: Path) -> tuple[str | None, str]:
+    """The head's token: stored, or supplied once, or generated once.
+
+    With what this call did to the file: "generated", "stored" (the supplied one) or "".
+    """
     if not settings.auth:
-        return None, False
+        return None, ""
     path = data_dir / TOKEN_FILE
     supplied = _supplied_token(settings)
     stored = store.read_secret(path)
@@ -53,8 +56,9 @@ def head_token(settings: TokenSettings, data_dir: Path) -> tuple[str | None, boo
                          "file first (then re-join every worker and the app)")
     if supplied and not stored:
         store.write_atomic(path, supplied + "\n")
-        return supplied, True
-    return store.secret(path, store.token_hex(32))
+        return supplied, "stored"
+    token, created = store.secret(path, store.token_hex(32))
+    return token, "generated" if created else ""
 
 
 def joining_token(settings: TokenSettings, data_dir: Path) -> str | None:

@@ -232,11 +232,11 @@ def resolve_head(engine: Engine, settings: HeadSettings, say: Say,
     if settings.gcs_ft:
         wanted[settings.gcs_redis_image] = settings.suffix(ray.GCS_REDIS_SERVICE)
     ids = ensure_images(engine, settings, wanted, say, preview)
-    token, created = cluster.head_token(settings, settings.data_dir)
+    token, done = cluster.head_token(settings, settings.data_dir)
     if not settings.auth:
         say(ray.AUTH_OFF_WARNING)
-    elif created:
-        say(f"generated the cluster's Ray token in {cluster.token_path(settings.data_dir)}")
+    elif done:
+        say(f"{done} the cluster's Ray token in {cluster.token_path(settings.data_dir)}")
     password = None
     if settings.gcs_ft:
         password, made = store.secret(gcs, store.token_hex(32))

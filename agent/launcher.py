@@ -414,10 +414,10 @@ def _token_file(settings: LauncherSettings, say: Say) -> Path | None:
         say(ray.AUTH_OFF_WARNING)
         return None
     store.ensure_dir(settings.data_dir)
-    _, created = cluster.head_token(settings, settings.data_dir)
+    _, done = cluster.head_token(settings, settings.data_dir)
     path = cluster.token_path(settings.data_dir)
-    if created:
-        say(f"generated the cluster's Ray token in {path}")
+    if done:
+        say(f"{done} the cluster's Ray token in {path}")
     return path
 
 

@@ -162,7 +162,9 @@ def test_worker_follows_a_moved_head(sandbox: Sandbox, images: dict[str, str], h
     # A second head (another cluster, same token) at another address: the worker moves.
     head2 = Node(sandbox, images, "head2")
     head2.data_dir.mkdir(parents=True)
-    ok(head2.run("head", "--token-file", str(head.token_file)))
+    out = ok(head2.run("head", "--token-file", str(head.token_file)))
+    assert "stored the cluster's Ray token" in out  # supplied: not "generated"
+    assert "generated the cluster's Ray token" not in out
     head2_ip = ip_on(head2.container("ray-head"), sandbox.network)
     out = ok(worker.run("worker", "--head", head2_ip))
     assert f"recreated ray-worker-{worker.instance}" in out
