@@ -31,7 +31,7 @@ unit: venv ## the unit tests only (no engine needed)
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 test: venv engine images lint ## everything CI runs: lint, unit and integration tests on the real engine
-	$(PY) -m pytest -q -m "not soak" tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=25 tests $(PYTEST_ARGS)
 
 build: venv ## the zipapps in dist/
 	$(PY) build.py
@@ -48,7 +48,7 @@ release-faults: venv engine images ## SIGKILL at 20 points of upgrades and rollb
 soak: build venv engine images ## the full chaos soak across the simulated VMs (MINUTES=30 SEED= NO_GCS_FT=1)
 	$(PY) bench/soak.py --minutes $(or $(MINUTES),30) $(if $(SEED),--seed $(SEED)) $(if $(NO_GCS_FT),--no-gcs-ft)
 
-soak-short: build venv engine images ## the 5-minute chaos soak (seed 1717; not yet part of make test)
+soak-short: build venv engine images ## the 5-minute chaos soak alone (seed 1717; make test runs it too)
 	$(PY) -m pytest -q -s tests/soak/test_soak_short.py $(PYTEST_ARGS)
 
 bench: venv engine images ## the benchmarks (bench/RESULTS.md)

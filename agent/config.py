@@ -217,8 +217,8 @@ class GcsOptions(Settings):
 
     gcs_ft: bool = option("GCS fault tolerance: the head keeps the cluster's state in a Redis "
                           "of its own (loopback only), so a restart of the head's container "
-                          "does not take the workers' Ray down (off: in memory, Ray's default)",
-                          None, False)
+                          "does not take the workers' Ray down (on by default; --no-gcs-ft "
+                          "keeps it in memory, Ray's default)", None, True)
     gcs_redis_port: int = option("the port of the GCS's Redis (on loopback)", validate.port,
                                  6386)
     gcs_redis_image: str = option("the Redis image of the GCS's store", validate.image,

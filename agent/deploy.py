@@ -899,7 +899,7 @@ def _resolution_files(data_dir: Path) -> list[Path]:
 def _file_changes(scratch: Path, data_dir: Path, said: list[str]) -> list[tuple[str, str]]:
     """What resolution wrote into the scratch copy, as what the run would do to data_dir.
     Names only: a secret's value is never shown."""
-    secret_names = {cluster.TOKEN_FILE}
+    secret_names = {cluster.TOKEN_FILE, ray.GCS_PASSWORD_FILE}
     changes = []
     for path in sorted(p for p in scratch.rglob("*") if p.is_file()):
         name = str(path.relative_to(scratch))

@@ -581,7 +581,8 @@ def test_sigterm_stops_a_watch_with_exit_0_and_the_containers_keep_running(
                   instance, "--network", sandbox.network, "--ray-image", images["ray"],
                   "--shm-size", "512mb", "--nofile", NOFILE)
     try:
-        agent.wait_for("watching 1 container(s) of the head role", timeout=240)
+        # The head and its GCS Redis (GCS fault tolerance, on by default).
+        agent.wait_for("watching 2 container(s) of the head role", timeout=240)
         code, out, err = agent.signal(signal.SIGTERM)
     finally:
         agent.stop()

@@ -60,6 +60,7 @@ class Cluster:
     head_ip: str
     token: str
     workers: list[str]
+    last_error: str = ""
 
     def head(self, *more: str) -> str:
         return ok(run_agent("head", "--data-dir", str(self.head_dir), "--instance",
@@ -83,11 +84,13 @@ class Cluster:
     def try_count(self) -> int | None:
         try:
             return self.count()
-        except docker.errors.ContainerError:
+        except docker.errors.ContainerError as exc:
+            self.last_error = (exc.stderr or b"").decode(errors="replace")[-1500:]
             return None
 
-    def answer(self, timeout: float = 90) -> int | None:
-        """The actor's next count, asked until it answers (the cluster may be settling)."""
+    def answer(self, timeout: float = 180) -> int | None:
+        """The actor's next count, asked until it answers (the cluster may be settling: Ray's
+        client server starts a server per driver, which fails while the head is coming up)."""
         found: list[int] = []
 
         def asked() -> bool:
@@ -97,7 +100,14 @@ class Cluster:
             return bool(found)
 
         poll(asked, timeout, "the actor")
-        return found[0] if found else None
+        assert found, f"the actor never answered; the last driver said:\n{self.last_error}\n" \
+                      f"the head's client server logs:\n{self.client_server_logs()}"
+        return found[0]
+
+    def client_server_logs(self) -> str:
+        _, out = self.head_container().exec_run(
+            ["sh", "-c", "tail -n 15 /tmp/ray/session_latest/logs/ray_client_server*.err"])
+        return str(out.decode(errors="replace"))[-4000:]
 
     def raylet_pids(self) -> dict[str, str]:
         """Each worker's raylet, by its host PID."""

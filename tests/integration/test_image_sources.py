@@ -4,7 +4,6 @@ and the watch mode healing from engine events. All on the real engine."""
 from __future__ import annotations
 
 import gzip
-import os
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import pytest
 
 from agent.waits import poll
 from tests.integration.agent_helpers import start_registry
-from tests.support.agent_cli import agent_cmd, run_agent
+from tests.support.agent_cli import agent_cmd, agent_env, run_agent
 from tests.support.constants import NOFILE, REPO
 from tests.support.sandbox import Sandbox
 
@@ -138,7 +137,7 @@ def test_watch_heals_a_removed_a_stopped_and_a_killed_container(
                   "--network", sandbox.network, "--ray-image", images["ray"],
                   "--shm-size", "512mb", "--nofile", NOFILE, "--watch"),
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env=agent_env({"PYTHONUNBUFFERED": "1"}))
     name = f"ray-head-{instance}"
     try:
         assert proc.stdout is not None

@@ -60,8 +60,13 @@ def test_the_head_plan_is_what_the_run_does(sandbox: Sandbox, images: dict[str, 
     assert f"  create {name}: missing" in out
     assert "  create the data dir (mode 0700)" in out
     assert "  ray-token: generate it (a secret: value not shown)" in out
+    redis = f"gcs-redis-{node.instance}"  # GCS fault tolerance, on by default
+    assert f"  create {redis}: missing" in out
+    assert "  gcs-redis-password: generate it (a secret: value not shown)" in out
     assert not node.data_dir.exists()
-    assert changes(ok(node.run("head"))) == [f"created {name}"]
+    assert changes(ok(node.run("head"))) == [
+        f"created volume syntho-gcs-redis-data-{node.instance}", f"created {redis}",
+        f"created {name}"]
     token = node.token_file.read_text().strip()
 
     out = plan(sandbox.client, node.data_dir, "head", *node.args())

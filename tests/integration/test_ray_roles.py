@@ -6,6 +6,7 @@ Ray containers share a user-defined network (each node its own IP), as machine-f
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import stat
 import subprocess
@@ -200,7 +201,14 @@ def test_head_on_the_host_network_as_on_a_vm(sandbox: Sandbox, images: dict[str,
     assert host["Ulimits"] == [{"Name": "nofile", "Soft": 20000, "Hard": 20000}]
     assert host["NanoCpus"] == 1_500_000_000
     assert host["Memory"] == host["MemoryReservation"] == 2 * 1024**3
-    assert c.attrs["Config"]["Cmd"] == [
+    # GCS fault tolerance (the default): `ray start` through a shell that passes the GCS
+    # Redis password from the environment, so that it is on no command line the engine keeps.
+    sh, dash_c, script = c.attrs["Config"]["Cmd"]
+    words = shlex.split(script)
+    assert (sh, dash_c, words[0]) == ("sh", "-c", "exec")
+    at = words.index("--redis-password")
+    assert words[at + 1] == "$GCS_REDIS_PASSWORD" and '"$GCS_REDIS_PASSWORD"' in script
+    assert words[1:at] + words[at + 2:] == [
         "ray", "start", "--head", "--port=6379", "--dashboard-host", "0.0.0.0",
         "--ray-client-server-port=10001", "--node-manager-port=6380",
         "--object-manager-port=6381", "--runtime-env-agent-port=6382",

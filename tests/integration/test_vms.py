@@ -37,6 +37,20 @@ GCS_REDIS_REPO = "syntho/redis:test"  # the head's GCS Redis (GCS fault toleranc
 DATA = "/var/lib/syntho-agent"
 
 
+def push_images(client: docker.DockerClient, images: dict[str, str], port: int) -> None:
+    """The Ray image and the head's GCS Redis into the lab's registry (on this host's port)."""
+    local = f"127.0.0.1:{port}"
+    for source, ref in ((images["ray"], RAY_REPO), (images["redis"], GCS_REDIS_REPO)):
+        repo, tag = f"{local}/{ref}".rsplit(":", 1)
+        client.images.get(source).tag(repo, tag)
+        for line in client.images.push(repo, tag, auth_config={"username": USER,
+                                                               "password": PASSWORD},
+                                       stream=True, decode=True):
+            if "error" in line:
+                raise RuntimeError(f"pushing {ref}: {line}")
+        client.images.remove(f"{local}/{ref}")
+
+
 @dataclass
 class VM:
     name: str
@@ -158,14 +172,7 @@ def lab(docker_client: docker.DockerClient, images: dict[str, str],
         # The registry, on the host: the VMs reach it at the network's gateway.
         registry_proc, port = start_registry(sandbox.tmp, USER, PASSWORD, listen="0.0.0.0")
         registry = f"{gateway}:{port}"
-        local = f"127.0.0.1:{port}"
-        for source, ref in ((images["ray"], RAY_REPO), (images["redis"], GCS_REDIS_REPO)):
-            repo, tag = f"{local}/{ref}".rsplit(":", 1)
-            docker_client.images.get(source).tag(repo, tag)
-            for line in docker_client.images.push(repo, tag, auth_config={
-                    "username": USER, "password": PASSWORD}, stream=True, decode=True):
-                assert "error" not in line, line
-            docker_client.images.remove(f"{local}/{ref}")
+        push_images(docker_client, images, port)
 
         vms: dict[str, VM] = {}
         for n, name in enumerate(["head", "w1", "w2", "app"]):

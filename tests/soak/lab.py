@@ -26,6 +26,7 @@ from agent.waits import poll
 from tests.integration.agent_helpers import start_registry
 from tests.integration.test_vms import (
     DATA,
+    GCS_REDIS_REPO,
     PASSWORD,
     RAY_REPO,
     USER,
@@ -33,6 +34,7 @@ from tests.integration.test_vms import (
     copy_file,
     docker_answers,
     fixed_lan,
+    push_images,
     send_images,
     start_vm,
     zipapp,
@@ -111,7 +113,8 @@ def role_args(name: str, vms: dict[str, VM], registry: str, images: dict[str, st
     pull = ["--registry", registry, "--registry-user", USER,
             "--registry-password-file", REGISTRY_PASSWORD_FILE, "--ray-image", RAY_REPO]
     if name == "head":
-        return ["head", *common, *pull, *([] if gcs_ft else ["--no-gcs-ft"])]
+        gcs = ["--gcs-redis-image", f"{registry}/{GCS_REDIS_REPO}"] if gcs_ft else ["--no-gcs-ft"]
+        return ["head", *common, *pull, *gcs]
     if name == "w1":
         return ["worker", "--head", head, *common, *pull]
     if name == "w2":
@@ -147,17 +150,6 @@ def agent_log(vm: VM) -> str:
     return safe_sh(vm, f"cat {AGENT_LOG}")[1]
 
 
-def push_ray_image(client: docker.DockerClient, images: dict[str, str], port: int) -> None:
-    local = f"127.0.0.1:{port}"
-    client.images.get(images["ray"]).tag(f"{local}/syntho/syntho-ray", "test")
-    for line in client.images.push(f"{local}/syntho/syntho-ray", "test",
-                                   auth_config={"username": USER, "password": PASSWORD},
-                                   stream=True, decode=True):
-        if "error" in line:
-            raise RuntimeError(f"pushing the Ray image: {line}")
-    client.images.remove(f"{local}/{RAY_REPO}")
-
-
 @contextmanager
 def soak_lab(client: docker.DockerClient, images: dict[str, str], tmp: Path,
              gcs_ft: bool = True) -> Iterator[SoakLab]:
@@ -171,7 +163,7 @@ def soak_lab(client: docker.DockerClient, images: dict[str, str], tmp: Path,
         prefix = gateway.rsplit(".", 1)[0]
         registry_proc, port = start_registry(sandbox.tmp, USER, PASSWORD, listen="0.0.0.0")
         registry = f"{gateway}:{port}"
-        pusher = threading.Thread(target=push_ray_image, args=(client, images, port))
+        pusher = threading.Thread(target=push_images, args=(client, images, port))
         pusher.start()
         vms = {name: start_vm(sandbox, lan.name, registry, images["vm"], name,
                               f"{prefix}.{10 + n}")

@@ -127,11 +127,11 @@ def test_port_taken_sees_a_listener() -> None:
 
 
 def test_the_roles_ports_on_this_host() -> None:
-    head = {w.port for w in check.wanted_ports(HeadSettings(), quick=True)}
+    head = {w.port for w in check.wanted_ports(HeadSettings(gcs_ft=False), quick=True)}
     assert head == {6379, 8265, 10001, 6380, 6381, 6382, 6383, 6384, 6385}
-    ft = {w.port for w in check.wanted_ports(HeadSettings(gcs_ft=True), quick=True)}
-    assert ft == head | {6386}  # the GCS Redis, on loopback
-    assert len(check.wanted_ports(HeadSettings(), quick=False)) == len(head) + 998
+    ft = {w.port for w in check.wanted_ports(HeadSettings(), quick=True)}
+    assert ft == head | {6386}  # the GCS Redis, on loopback: on by default
+    assert len(check.wanted_ports(HeadSettings(), quick=False)) == len(ft) + 998
     assert check.wanted_ports(WorkerSettings(head="h", network="net"), quick=True) == []
     app = check.wanted_ports(AppSettings(head="h", publish_redis=("127.0.0.1", 6400)), True)
     assert [(w.port, w.host) for w in app] == [(3000, "0.0.0.0"), (8000, "0.0.0.0"),

@@ -105,7 +105,7 @@ def test_gcs_ft_keeps_the_password_off_command_lines() -> None:
     from agent.config import HeadSettings
     from agent.roles.ray import head_spec
 
-    assert HeadSettings.from_params({}).gcs_ft is False, "opt-in this release (README)"
+    assert HeadSettings.from_params({}).gcs_ft is True, "on by default (README)"
     spec = head_spec(HeadSettings.from_params({"gcs_ft": True}), "t" * 32, "the-gcs-password")
     redis, head = spec.containers
     assert (redis.service, head.after) == ("gcs-redis", ("gcs-redis",))
