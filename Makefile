@@ -39,8 +39,8 @@ build: venv ## the zipapps in dist/
 demo: build images ## the main job: head, a worker and the app on this machine, from local images
 	bash examples/demo.sh
 
-faults: venv engine images ## the fault-injection suite alone
-	$(PY) -m pytest -q -m faults tests $(PYTEST_ARGS)
+faults: venv engine images ## the fault-injection suite alone (the agent SIGKILLed 30 times; CI: 10)
+	SYNTHO_FAULT_KILLS=30 $(PY) -m pytest -q -m faults tests $(PYTEST_ARGS)
 
 release-faults: venv engine images ## SIGKILL at 20 points of upgrades and rollbacks (CI: 2)
 	SYNTHO_RELEASE_KILLS=20 $(PY) -m pytest -q -s tests/integration/test_release_faults.py $(PYTEST_ARGS)

@@ -108,7 +108,7 @@ def test_status_json_holds_the_documented_keys_with_real_values(
     assert report["roles"] == ["head", "app"]
     assert report["ready"] is True and report["not_ready"] == []
     by_service = {c["service"]: c for c in report["containers"]}
-    assert set(by_service) == {"ray-head", "core"}
+    assert set(by_service) == {"gcs-redis", "ray-head", "core"}  # GCS FT: on by default
     for c in report["containers"]:
         assert set(c) == CONTAINER
         engine = cluster.box.client.containers.get(c["name"])
@@ -120,6 +120,8 @@ def test_status_json_holds_the_documented_keys_with_real_values(
     head = by_service["ray-head"]
     assert head["role"] == "head" and head["image"] == images["ray"]
     assert head["restart_count"] == 0 and head["health"] is None
+    gcs = by_service["gcs-redis"]
+    assert gcs["role"] == "head" and gcs["health"] == "healthy"
     assert by_service["core"]["restart_count"] == 1
     assert by_service["core"]["image"] == images["busybox"]
 
@@ -252,9 +254,11 @@ def test_logs_follow_streams_new_lines_of_each_service_redacted(
     code, err = follower.stop()
     assert code == 0 and err == "stopped following (SIGINT)\n", err
     core_lines = [line for line in follower.seen if "core says" in line]
-    assert core_lines and all(line.startswith("core     | ") for line in core_lines)
+    # Names padded to the longest service's: gcs-redis (the head's GCS Redis), 9 characters.
+    assert core_lines and all(line.startswith("core      | ") for line in core_lines)
     assert all("leaked *** and ***" in line for line in core_lines)
-    assert any(line.startswith("ray-head | ") and "head says" in line for line in follower.seen)
+    assert any(line.startswith("ray-head  | ") and "head says" in line
+               for line in follower.seen)
     text = "\n".join(follower.seen)
     assert cluster.file_secret not in text and cluster.token not in text
     assert "core line" not in text  # --tail 0: nothing from before
@@ -288,7 +292,7 @@ def test_logs_service_tail_since_and_standard_output(cluster: Cluster) -> None:
     assert unknown.returncode == 2 and unknown.stdout == ""
     assert unknown.stderr == (f"syntho-agent: error: --service nope is not a service here "
                               f"(instance {node.instance}); the services here are: core, "
-                              "ray-head\n")
+                              "gcs-redis, ray-head\n")
     file_out = cluster.box.tmp / "tail.log"
     written = ok(node.cmd("logs", "-o", str(file_out), "--service", "core", "--tail", "2"))
     assert f"wrote the logs of 1 container(s) to {file_out}" in written

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent_cli import GCS_REDIS_IMAGE_ENV, test_redis_image
+from tests.support import agent_cli
 from tests.support.constants import NOFILE, REPO
 from tests.support.ports import free_port
 from tests.support.sandbox import Sandbox
@@ -201,7 +201,8 @@ def new_build(old_agent: Agent, tmp_path_factory: pytest.TempPathFactory) -> Ite
 def new_agent(new_build: Build, shiv_root: Path) -> Agent:
     # The GCS Redis the new head adds (ADDED_ON_PURPOSE) from the test images, not pulled; an
     # option the old agent does not know, so given to the new one alone.
-    return Agent(new_build.wait(), shiv_root, ((GCS_REDIS_IMAGE_ENV, test_redis_image()),))
+    return Agent(new_build.wait(), shiv_root, ((agent_cli.GCS_REDIS_IMAGE_ENV,
+                                                agent_cli.test_redis_image()),))
 
 
 # --- the deployment -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from tests.integration.test_vms import VM
 from tests.soak import health
-from tests.soak.lab import AGENT_LOG, DATA, EXPECTED, SoakLab, fresh_client, safe_sh
+from tests.soak.lab import AGENT_LOG, DATA, SoakLab, fresh_client, safe_sh
 
 LINGER = 60.0  # seconds an unexpected agent-labelled container may exist (a throw-away one)
 WRITE_EVERY = 3.0
@@ -119,7 +119,7 @@ class Checker:
         vms = self.lab.on(fresh_client())
         rounds = 0
         while not self._stop.is_set():
-            found = health.look(vms, self.lab.token, self.lab.frontend_url)
+            found = health.look(vms, self.lab.token, self.lab.frontend_url, self.lab.expected)
             with self._lock:
                 self.record.looks.append(found)
             if rounds % 5 == 0:
@@ -152,7 +152,8 @@ class Checker:
                 self.violate(f"vm-{name}: {len(names)} running containers of {service}: "
                              f"{sorted(names)}")
         now = time.time()
-        expected = set(EXPECTED[name]) | {f"{n}-previous" for n in EXPECTED[name]}
+        wanted = self.lab.expected[name]
+        expected = set(wanted) | {f"{n}-previous" for n in wanted}
         present = {b.name for b in boxes}
         for gone in [k for k in self._seen if k[0] == name and k[1] not in present]:
             del self._seen[gone]

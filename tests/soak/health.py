@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.integration.test_vms import VM
-from tests.soak.lab import EXPECTED, MANAGED, SERVICE_LABEL, safe_sh
+from tests.soak.lab import MANAGED, SERVICE_LABEL, safe_sh
 
 PS_FORMAT = "{{.Names}}|{{.State}}|{{.Status}}|{{.Label \"" + SERVICE_LABEL + "\"}}"
 
@@ -126,7 +126,9 @@ class Look:
         return not self.problems
 
 
-def look(vms: dict[str, VM], token: str, frontend: str) -> Look:
+def look(vms: dict[str, VM], token: str, frontend: str,
+         expected: dict[str, tuple[str, ...]]) -> Look:
+    """One look at the whole deployment; `expected`: each VM's containers (SoakLab.expected)."""
     began = time.time()
     problems: list[str] = []
     for name, vm in vms.items():
@@ -135,7 +137,7 @@ def look(vms: dict[str, VM], token: str, frontend: str) -> Look:
             problems.append(f"vm-{name}: its engine does not answer")
             continue
         ready = {b.name for b in boxes if b.ready}
-        missing = [n for n in EXPECTED[name] if n not in ready]
+        missing = [n for n in expected[name] if n not in ready]
         if missing:
             problems.append(f"vm-{name}: not ready: {', '.join(missing)}")
     problems += ray_problems(vms, token)

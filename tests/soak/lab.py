@@ -95,6 +95,13 @@ class SoakLab:
     setup_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def expected(self) -> dict[str, tuple[str, ...]]:
+        """What each VM runs: EXPECTED, and the head's GCS Redis with GCS fault tolerance."""
+        if not self.gcs_ft:
+            return EXPECTED
+        return {**EXPECTED, "head": ("gcs-redis", *EXPECTED["head"])}
+
     def on(self, client: docker.DockerClient) -> dict[str, VM]:
         """The same VMs through another client (one per thread: the SDK's is not shared)."""
         return {name: VM(vm.name, vm.ip, client.containers.get(vm.container.id))

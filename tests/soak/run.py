@@ -68,7 +68,7 @@ def wait_healthy(lab: SoakLab, timeout: float, say: Say) -> tuple[bool, health.L
     last: list[health.Look] = []
 
     def ok() -> bool:
-        last[:] = [health.look(vms, lab.token, lab.frontend_url)]
+        last[:] = [health.look(vms, lab.token, lab.frontend_url, lab.expected)]
         return last[0].healthy
 
     done = poll(ok, timeout, "the deployment fully healthy", progress=say, ceiling=2.0)
