@@ -182,7 +182,9 @@ def head_spec(settings: HeadSettings, token: str | None,
         return s.Spec(role="head", instance=settings.instance, containers=(head,),
                       networks=_networks(settings), secrets=_secrets(settings, token))
     redis = gcs_redis(settings, gcs_password)
-    address = "127.0.0.1" if settings.network == "host" else GCS_REDIS_SERVICE
+    # On a network, the Redis's own container name: every head on that network has a
+    # gcs-redis, so a shared alias would let one head's GCS reach another head's Redis.
+    address = "127.0.0.1" if settings.network == "host" else redis.name
     # Ray takes the Redis password as a flag only: the shell puts it there from the
     # environment, so that it is on no command line the engine records.
     shell = f'{shlex.join([*(head.command or ()), "--redis-password"])} "${GCS_PASSWORD_ENV}"'
@@ -213,7 +215,6 @@ def gcs_redis(settings: HeadSettings, password: str) -> s.Container:
         service=GCS_REDIS_SERVICE, name=settings.suffix(GCS_REDIS_SERVICE),
         image=settings.gcs_redis_image, entrypoint=("sh", "-c"), command=(script,),
         env=((GCS_PASSWORD_ENV, password),), network=settings.network,
-        aliases=() if settings.network == "host" else (GCS_REDIS_SERVICE,),
         mounts=(s.Mount(settings.suffix("syntho-gcs-redis-data"), "/data"),),
         restart="always",
         health=s.Health(test=("CMD-SHELL", f"REDISCLI_AUTH=\"${GCS_PASSWORD_ENV}\" redis-cli "
