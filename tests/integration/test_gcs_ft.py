@@ -88,7 +88,7 @@ class Cluster:
             self.last_error = (exc.stderr or b"").decode(errors="replace")[-1500:]
             return None
 
-    def answer(self, timeout: float = 180) -> int | None:
+    def answer(self, timeout: float = 180) -> int:
         """The actor's next count, asked until it answers (the cluster may be settling: Ray's
         client server starts a server per driver, which fails while the head is coming up)."""
         found: list[int] = []
