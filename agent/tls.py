@@ -1,0 +1,278 @@
+"""HTTPS for the app's front door, pure: the operator's certificate and key checked before they
+are mounted, a host checked before Caddy asks a public CA for it, and the proxy's Caddyfile.
+
+Three modes: `cert` (the operator's chain and key, mounted read-only), `acme` (Caddy gets and
+renews a certificate for --frontend-host; its account and certificates live in the volume at
+/data) and `internal` (Caddy's own CA). No engine, no agent state: the role mounts what these
+functions accepted and writes the text `caddyfile` returns.
+
+Every refusal is a UsageError with one line that says what is wrong and what to do; none
+quotes the files' contents, so no key material reaches a terminal or a log.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import stat
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+
+from agent.errors import UsageError
+
+MODES = ("cert", "acme", "internal")
+# The vendor's ingress allows 512m bodies; nginx's m is a mebibyte, and so is Caddy's MiB
+# (Caddy reads sizes with go-humanize, where MB would be 10^6 bytes).
+MAX_BODY = "512MiB"
+TIMEOUT = "600s"  # the ingress's proxy read/send/connect timeouts
+HSTS = "max-age=31536000"
+ADMIN = "localhost:2019"  # the admin API answers inside the container only
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# Names no public CA will certify (RFC 6761, RFC 6762, RFC 8375, ICANN's .internal).
+_PRIVATE = ("localhost", "local", "test", "invalid", "example", "internal", "home.arpa")
+_SHOWN = 8  # at most this many of a certificate's names in a message
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    """What the agent keeps about an accepted certificate (its leaf)."""
+
+    subject: str  # RFC 4514
+    issuer: str  # RFC 4514
+    not_after: datetime  # aware, UTC
+    names: tuple[str, ...]  # the SubjectAlternativeName's DNS names, then its IP addresses
+    fingerprint: str  # SHA-256 of the leaf's DER, hex: changes when the certificate is replaced
+
+
+def _utc(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(timezone.utc)
+    return now.replace(tzinfo=timezone.utc) if now.tzinfo is None else now
+
+
+def _when(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"the {what} file {path} does not exist: give the path of the PEM "
+                         f"{what} file") from None
+    except IsADirectoryError:
+        raise UsageError(f"the {what} file {path} is a directory: give the path of the PEM "
+                         f"{what} file") from None
+    except OSError as e:
+        raise UsageError(f"cannot read the {what} file {path} ({e.strerror}): check its "
+                         f"path and permissions") from None
+
+
+def _spki(key: PublicKeyTypes) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER,
+                            serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _host_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def _covers(name: str, host: str) -> bool:
+    """Whether a SAN DNS name covers host: exactly, or a leading `*.` standing for one label."""
+    name, host = name.lower().rstrip("."), host.lower().rstrip(".")
+    if name == host:
+        return True
+    if not name.startswith("*."):
+        return False
+    label, _, rest = host.partition(".")
+    return bool(label) and label != "*" and rest == name[2:] and "*" not in rest
+
+
+def _names_of(leaf: x509.Certificate) -> tuple[list[str], list[ipaddress.IPv4Address
+                                                           | ipaddress.IPv6Address]]:
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [], []
+    ips = [ip for ip in san.get_values_for_type(x509.IPAddress)
+           if isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address))]
+    return list(san.get_values_for_type(x509.DNSName)), ips
+
+
+def load_pair(cert_path: Path, key_path: Path, host: str,
+              now: datetime | None = None) -> CertInfo:
+    """Read a PEM certificate chain (leaf first) and its PEM private key, and accept them only
+    if the key is private to its owner, matches the leaf, the leaf is valid now and its
+    SubjectAlternativeName covers host."""
+    cert_data = _read(cert_path, "certificate")
+    try:
+        mode = key_path.stat().st_mode
+    except FileNotFoundError:
+        raise UsageError(f"the key file {key_path} does not exist: give the path of the PEM "
+                         f"private key file") from None
+    except OSError as e:
+        raise UsageError(f"cannot read the key file {key_path} ({e.strerror}): check its path "
+                         f"and permissions") from None
+    if stat.S_ISREG(mode) and mode & 0o066:
+        raise UsageError(f"the key file {key_path} is readable or writable by others (mode "
+                         f"{stat.S_IMODE(mode):04o}): run chmod 600 {key_path}")
+    key_data = _read(key_path, "key")
+
+    try:
+        chain = x509.load_pem_x509_certificates(cert_data)
+    except ValueError:
+        hint = (" (it holds a private key: are the certificate and key files swapped?)"
+                if b"PRIVATE KEY-----" in cert_data else "")
+        raise UsageError(f"{cert_path} is not a PEM certificate{hint}: give the certificate "
+                         f"chain in PEM, leaf first") from None
+    try:
+        key = serialization.load_pem_private_key(key_data, password=None)
+    except TypeError:
+        raise UsageError(f"the key file {key_path} is protected by a passphrase: give it "
+                         f"unencrypted (openssl pkey -in {key_path} -out <new file>)") from None
+    except Exception:  # ValueError, UnsupportedAlgorithm: never echo what the parser saw
+        hint = (" (it holds a certificate: are the certificate and key files swapped?)"
+                if b"BEGIN CERTIFICATE" in key_data else "")
+        raise UsageError(f"{key_path} is not a PEM private key{hint}: give the unencrypted "
+                         f"private key in PEM") from None
+
+    leaf, mine = chain[0], _spki(key.public_key())
+    if _spki(leaf.public_key()) != mine:
+        if any(_spki(c.public_key()) == mine for c in chain[1:]):
+            raise UsageError(f"the chain in {cert_path} is not leaf first: put the server's "
+                             f"certificate first, then the intermediates")
+        raise UsageError(f"the key in {key_path} does not belong to the certificate in "
+                         f"{cert_path}: give the key the certificate was issued for")
+
+    t = _utc(now)
+    if t >= leaf.not_valid_after_utc:
+        raise UsageError(f"the certificate in {cert_path} expired on "
+                         f"{_when(leaf.not_valid_after_utc)}: renew it and give the new files")
+    if t < leaf.not_valid_before_utc:
+        raise UsageError(f"the certificate in {cert_path} is not valid before "
+                         f"{_when(leaf.not_valid_before_utc)}: check this machine's clock, "
+                         f"or wait until then")
+
+    dns, ips = _names_of(leaf)
+    names = (*dns, *(str(ip) for ip in ips))
+    ip = _host_ip(host)
+    covered = (ip in ips) if ip is not None else any(_covers(n, host) for n in dns)
+    if not covered:
+        if not names:
+            raise UsageError(f"the certificate in {cert_path} names no host in a "
+                             f"SubjectAlternativeName (browsers ignore the CN): give a "
+                             f"certificate issued for {host}")
+        shown = ", ".join(names[:_SHOWN]) + (
+            f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+        raise UsageError(f"the certificate in {cert_path} is for {shown}, not {host}: give "
+                         f"--frontend-host one of those names, or a certificate for {host}")
+
+    return CertInfo(
+        subject=leaf.subject.rfc4514_string(),
+        issuer=leaf.issuer.rfc4514_string(),
+        not_after=leaf.not_valid_after_utc,
+        names=names,
+        fingerprint=leaf.fingerprint(hashes.SHA256()).hex(),
+    )
+
+
+def expires_soon(info: CertInfo, now: datetime | None = None, days: int = 14) -> bool:
+    """Whether the certificate has expired or expires within `days`."""
+    return info.not_after - _utc(now) <= timedelta(days=days)
+
+
+def acme_host_ok(host: str) -> None:
+    """Refuse a host a public ACME CA cannot issue for: an IP address, or no dotted DNS name."""
+    if _host_ip(host) is not None:
+        raise UsageError(f"--frontend-host {host} is an IP address, and an IP address cannot "
+                         f"get a public certificate: give --frontend-host a domain name, or "
+                         f"use --tls cert/internal")
+    name = host.lower().rstrip(".")
+    labels = name.split(".")
+    if (len(labels) < 2 or len(name) > 253 or not all(_LABEL.match(x) for x in labels)
+            or labels[-1].isdigit()):
+        raise UsageError(f"--frontend-host {host!r} is not a dotted DNS name, which a public "
+                         f"certificate needs: give a domain name such as syntho.example.com, "
+                         f"or use --tls cert/internal")
+    for suffix in _PRIVATE:
+        if name == suffix or name.endswith("." + suffix):
+            raise UsageError(f"--frontend-host {host} is under .{suffix}, which no public CA "
+                             f"certifies: give a public domain name, or use --tls "
+                             f"cert/internal")
+
+
+def _token(value: str, what: str) -> str:
+    if not value or re.search(r"[\s{}\"'`#]", value):
+        raise ValueError(f"{what} {value!r} cannot go into a Caddyfile as one token")
+    return value
+
+
+def caddyfile(mode: str, host: str, *, email: str = "", acme_ca: str = "",
+              cert_file: str = "/etc/caddy/tls/cert.pem",
+              key_file: str = "/etc/caddy/tls/key.pem",
+              backend: str = "backend:8000", frontend: str = "frontend:3000") -> str:
+    """The proxy's Caddyfile: /api/* to the backend, everything else to the frontend, on
+    https://host, with the ingress's body limit and timeouts, HSTS, and the chosen TLS."""
+    if mode not in MODES:
+        raise ValueError(f"TLS mode {mode!r} is not one of {', '.join(MODES)}")
+    host = _token(host, "host")
+    options = [f"admin {ADMIN}"]
+    if email:
+        options.append(f"email {_token(email, 'email')}")
+    if acme_ca:
+        options.append(f"acme_ca {_token(acme_ca, 'ACME CA')}")
+    if mode == "internal":
+        options.append("skip_install_trust")  # no trust store to install into in a container
+    tls = {
+        "cert": [f"tls {_token(cert_file, 'cert file')} {_token(key_file, 'key file')}"],
+        "internal": ["tls internal"],
+        "acme": [],  # Caddy gets the certificate itself, from acme_ca or Let's Encrypt
+    }[mode]
+
+    def proxy(upstream: str) -> list[str]:
+        return [
+            f"reverse_proxy {_token(upstream, 'upstream')} {{",
+            "\ttransport http {",
+            f"\t\tdial_timeout {TIMEOUT}",
+            f"\t\tread_timeout {TIMEOUT}",
+            f"\t\twrite_timeout {TIMEOUT}",
+            "\t}",
+            "}",
+        ]
+
+    site = [
+        *tls,
+        "request_body {",
+        f"\tmax_size {MAX_BODY}",
+        "}",
+        f'header Strict-Transport-Security "{HSTS}"',
+        "handle /api/* {",
+        *("\t" + line for line in proxy(backend)),
+        "}",
+        "handle {",
+        *("\t" + line for line in proxy(frontend)),
+        "}",
+    ]
+    lines = [
+        "# Written by syntho-agent; it is rewritten on every deploy.",
+        "# Caddy redirects http:// to https:// by itself for a site with a host name, and",
+        "# answers ACME HTTP challenges on port 80, so no :80 site is needed.",
+        "# WebSocket upgrades pass through reverse_proxy as they are.",
+        "{",
+        *("\t" + o for o in options),
+        "}",
+        "",
+        f"{host} {{",
+        *("\t" + line for line in site),
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
