@@ -226,10 +226,16 @@ def wanted_ports(settings: RoleSettings, quick: bool) -> list[Wanted]:
     """The host ports the role takes: a Ray node's on the host network (the worker range too,
     unless quick), the app's published ones."""
     if isinstance(settings, AppSettings):
-        found = [Wanted(settings.frontend_port, settings.bind, "--frontend-port"),
-                 Wanted(settings.backend_port, settings.bind, "--backend-port")]
+        if settings.tls == "off":
+            found = [Wanted(settings.frontend_port, settings.bind, "--frontend-port"),
+                     Wanted(settings.backend_port, settings.bind, "--backend-port")]
+        else:  # only the proxy, unless asked
+            found = [Wanted(settings.https_port, settings.bind, "--https-port"),
+                     Wanted(settings.http_port, settings.bind, "--http-port")]
         for published, what in ((settings.publish_postgres, "--publish-postgres"),
-                                (settings.publish_redis, "--publish-redis")):
+                                (settings.publish_redis, "--publish-redis"),
+                                (settings.publish_frontend, "--publish-frontend"),
+                                (settings.publish_backend, "--publish-backend")):
             if published is not None:
                 found.append(Wanted(published[1], published[0], what))
         return found

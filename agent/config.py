@@ -351,6 +351,38 @@ class AppOptions(Settings):
 
 
 @dataclass(frozen=True)
+class ProxyOptions(Settings):
+    """The HTTPS front door: a Caddy proxy before the frontend and the backend (README
+    "HTTPS")."""
+
+    tls: str = option("HTTPS through a proxy in front of the UI and API: off, cert (your "
+                      "certificate: --tls-cert, --tls-key), acme (Let's Encrypt or --acme-ca for "
+                      "--frontend-host) or internal (Caddy's own CA, for trials)",
+                      validate.tls_mode, "off")
+    tls_cert: Path | None = option("--tls cert: the certificate chain, PEM, leaf first",
+                                   validate.existing_file)
+    tls_key: Path | None = option("--tls cert: its private key, PEM, unencrypted, mode 0600",
+                                  validate.existing_file)
+    acme_email: str | None = option("--tls acme: the e-mail of the CA account (expiry notices)",
+                                    validate.email)
+    acme_ca: str | None = option("--tls acme: the ACME directory of a private CA [default: "
+                                 "Let's Encrypt]", validate.https_url)
+    acme_ca_root: Path | None = option("--tls acme: the root certificate (PEM) that --acme-ca's "
+                                       "HTTPS is signed by, when no public CA signs it",
+                                       validate.existing_file)
+    proxy_image: str = option("the HTTPS proxy's image (Caddy 2)", validate.image, "caddy:2")
+    https_port: int = option("with --tls: the host port of HTTPS", validate.port, 443)
+    http_port: int = option("with --tls: the host port of plain HTTP (it redirects to HTTPS "
+                            "and answers ACME challenges)", validate.port, 80)
+    publish_frontend: tuple[str, int] | None = option(
+        "with --tls: also publish the frontend's own HTTP on ADDRESS:PORT (off: only the proxy "
+        "is reachable)", validate.address_port)
+    publish_backend: tuple[str, int] | None = option(
+        "with --tls: also publish the backend's own HTTP on ADDRESS:PORT (off: only the proxy "
+        "is reachable)", validate.address_port)
+
+
+@dataclass(frozen=True)
 class LauncherOptions(Settings):
     """Ray's cluster launcher (`ray up`): the machines and their sizes."""
 
@@ -418,8 +450,8 @@ class WorkerSettings(Common, JoinOptions, RayOptions, ClusterOptions, ImageSourc
 
 
 @dataclass(frozen=True)
-class AppSettings(Common, JoinOptions, ClusterOptions, AppOptions, ImageSources, ReleaseOptions,
-                  WatchOption, CheckOption):
+class AppSettings(Common, JoinOptions, ClusterOptions, AppOptions, ProxyOptions, ImageSources,
+                  ReleaseOptions, WatchOption, CheckOption):
     command: ClassVar[str] = "app"
 
 

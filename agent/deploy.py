@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from agent import cluster, history, images, ray_release, release, store
+from agent import cluster, history, images, proxy, ray_release, release, store, tls
 from agent.app_setup import (
     ADMIN_PASSWORD,
     BACKEND_KEY,
@@ -489,6 +489,8 @@ def app_images(settings: AppSettings) -> dict[str, str]:
         wanted[settings.postgres_image] = "postgres"
     if settings.redis_url is None:
         wanted[settings.redis_image] = "redis"
+    if settings.tls != "off":
+        wanted[settings.proxy_image] = "proxy"
     return wanted
 
 
@@ -534,6 +536,7 @@ class AppInputs:
     secrets: app.Secrets  # as the containers get them (a pending rotation's new password)
     rotate_to: str | None  # the new database password, when a rotation is pending
     ray_host: str
+    site: tls.Site | None  # the HTTPS proxy's site (--tls), checked
 
 
 def app_secret_files(settings: AppSettings) -> list[SecretFile]:
@@ -560,6 +563,7 @@ def resolve_app(engine: Engine, settings: AppSettings, say: Say,
                 preview: Preview | None = None) -> tuple[AppSettings, AppInputs]:
     """The app's inputs, and its settings as resolved (the head's release when the app has
     none of its own)."""
+    site = tls.site(settings)  # the operator's certificate and TLS options: bad input, exit 2
     volume = settings.suffix("syntho-database-data") if settings.postgres_url is None else None
     recover(engine, settings.instance, "app", app_secret_files(settings), volume, say)
     own = bool(settings.given & OWN_APP_RELEASE)
@@ -594,7 +598,7 @@ def resolve_app(engine: Engine, settings: AppSettings, say: Say,
         ray_release.check(engine, "the core's Ray client: the", settings.core_image,
                           ids[settings.core_image], settings.data_dir, settings.head, token)
     return settings, AppInputs(ids, secrets, rotate_to,
-                               app_ray_host(settings, token, say, preview))
+                               app_ray_host(settings, token, say, preview), site)
 
 
 def run_app(engine: Engine, settings: AppSettings, say: Say) -> Spec:
@@ -620,9 +624,15 @@ def converge_app(engine: Engine, settings: AppSettings, say: Say,
     back = None if restore is not None else went_back(engine, settings, found, say)
     if back is not None:
         return converge_app(engine, back, say)
-    values = app.app_values(settings, inputs.secrets, inputs.ray_host)
+    site = inputs.site
+    values = app.app_values(settings, inputs.secrets, inputs.ray_host, site)
     spec = app.app_spec(settings, values)
     postgres = next((c for c in spec.containers if c.service == "postgres"), None)
+    front = next((c for c in spec.containers if c.service == "proxy"), None)
+    if site is not None:
+        proxy.write_files(settings, site)
+        if site.cert is not None:
+            say(f"HTTPS with the certificate in {settings.tls_cert}: {tls.describe(site.cert)}")
 
     def db_password(plan: Plan) -> int:
         """Prove the database takes the password before anything uses it (rotate first,
@@ -654,12 +664,22 @@ def converge_app(engine: Engine, settings: AppSettings, say: Say,
         plan = plan.with_step("db-password", "prove the database password", after=INFRA)
     plan = plan.with_step("env-file", "write app.env", after={*INFRA, "db-password"})
     steps: dict[str, Step] = {"db-password": db_password, "env-file": env_file}
+    if front is not None:
+        plan = plan.with_step("proxy-reload", "reload the HTTPS proxy's configuration",
+                              after={"proxy"})
+        steps["proxy-reload"] = lambda plan: proxy.reload(
+            engine, settings, front.name, plan.verb(front.name) != "unchanged", say)
     if restore is not None:
         plan = plan.with_step("restore-databases", "restore the backup's databases",
                               after={*INFRA, "db-password"})
         steps["restore-databases"] = lambda plan: restore()
+    router = None
+    if front is not None and site is not None:  # a running proxy: upgrades drop no request
+        o = plan.observed.get(front.name)
+        router = proxy.Router(engine, settings, site, front.name, running=(
+            o is not None and o.status == "running" and plan.verb(front.name) == "unchanged"))
     try:
-        _app_up(engine, settings, spec, plan, steps, say)
+        _app_up(engine, settings, spec, plan, steps, say, site, router)
     except ConvergeError as exc:
         if record is None:
             raise
@@ -684,8 +704,19 @@ def converge_app(engine: Engine, settings: AppSettings, say: Say,
     if moving or plan.kept:  # before the record says healthy: killed between, a re-run prunes
         prune_kept(engine, spec, say)
     end_record(settings, record, "healthy")
-    say(f"the app is up: open {settings.frontend_protocol}://{app.frontend_host(settings)}/ "
-        f"(this VM, port {settings.frontend_port})")
+    if site is not None and front is not None:
+        say(f"the app is up: open {site.url} (the HTTPS proxy, this VM's port "
+            f"{site.https_port}; port {site.http_port} redirects to it)")
+        if site.mode == "internal":
+            root = proxy.copy_internal_root(engine, settings, front.name,
+                                            settings.ready_timeout, say)
+            say(f"HTTPS by Caddy's internal CA: trust its root certificate, {root}, in the "
+                "browsers and systems that open the app" if root else
+                "HTTPS by Caddy's internal CA: its root certificate is not made yet; run "
+                "again to copy it")
+    else:
+        say(f"the app is up: open {values.frontend_url}/ (this VM, port "
+            f"{settings.frontend_port})")
     say(f"admin account: {settings.admin_username}, password in "
         f"{settings.data_dir / 'secrets' / ADMIN_PASSWORD}")
     return spec
@@ -715,15 +746,24 @@ def unhealthy(engine: Engine, spec: Spec) -> str:
 
 
 def _app_up(engine: Engine, settings: AppSettings, spec: Spec, plan: Plan,
-            steps: dict[str, Step], say: Say) -> None:
+            steps: dict[str, Step], say: Say, site: tls.Site | None = None,
+            router: proxy.Router | None = None) -> None:
     """Apply the plan, then wait until every container is healthy and the frontend answers."""
-    changes = apply(engine, spec, plan, say, settings.ready_timeout, steps)
+    changes = apply(engine, spec, plan, say, settings.ready_timeout, steps, router)
     report(changes, spec, say)
     wait_all_ready(engine, spec, plan, settings.ready_timeout, say)
     # Every container left alone and ready when read (the frontend's own health check is
     # an HTTP request): the app is up as it was. Anything else is proven from the host.
     if changes or not all(plan.ready(c) for c in spec.containers):
         host = "127.0.0.1" if settings.bind == "0.0.0.0" else settings.bind
+        if site is not None:  # through the proxy: its frontend port is not published
+            if not poll(lambda: proxy.https_ok(host, site), settings.ready_timeout,
+                        f"the app through the HTTPS proxy ({site.url})", say):
+                raise ConvergeError(f"the app did not answer through the HTTPS proxy at "
+                                    f"{host}:{site.https_port} (for {site.url}) within "
+                                    f"{settings.ready_timeout:.0f}s; see `syntho-agent logs "
+                                    "--service proxy`")
+            return
         url = f"http://{host}:{settings.frontend_port}/"
         if not poll(lambda: http_ok(url), settings.ready_timeout, f"the frontend at {url}",
                     say):
@@ -806,6 +846,17 @@ def follows_head(settings: RoleSettings) -> bool:
     return isinstance(settings, WorkerSettings) and not settings.given & OWN_RAY_IMAGE
 
 
+def certificate_files(settings: RoleSettings) -> bytes:
+    """--tls cert's files as they are now (b"" without them, or while one is unreadable: the
+    run that follows says why)."""
+    if not isinstance(settings, AppSettings) or settings.tls != "cert":
+        return b""
+    try:
+        return b"".join(p.read_bytes() for p in (settings.tls_cert, settings.tls_key) if p)
+    except OSError:
+        return b""
+
+
 def refresher(engine: Engine, settings: RoleSettings, spec: Spec,
               say: Say) -> Callable[[], Spec | None]:
     """What the watcher asks before each look (agent/watch.py): a new spec when the whole
@@ -816,9 +867,14 @@ def refresher(engine: Engine, settings: RoleSettings, spec: Spec,
         return found.number if found is not None else 0
 
     seen, current = [newest()], [spec]
+    certificate = [certificate_files(settings)]
 
     def refresh() -> Spec | None:
         again = newest() != seen[0]
+        if not again and certificate[0] != (now := certificate_files(settings)):
+            certificate[0] = now
+            again = True
+            say("the certificate files changed: running again to reload the HTTPS proxy")
         if not again and isinstance(settings, WorkerSettings) and follows_head(settings):
             token = cluster.joining_token(settings, settings.data_dir)
             found = ray_release.published(cluster.alive_nodes(settings.head or "", token))
@@ -866,7 +922,7 @@ class Forecast:
 @contextmanager
 def scratch_data_dir(data_dir: Path) -> Iterator[Path]:
     """A private copy (0700, in memory where /dev/shm allows) of what resolution reads in the
-    data dir: its files, secrets/ and postgres-init/ (not backups/). A plan resolves into it
+    data dir: its files, secrets/, postgres-init/ and proxy/ (not backups/). A plan resolves into it
     with the run's own functions, so what they would write lands here, never in data_dir;
     it is deleted when the plan ends."""
     shm = Path("/dev/shm")
@@ -890,7 +946,7 @@ def _resolution_files(data_dir: Path) -> list[Path]:
     if not data_dir.is_dir():
         return []
     found = [p for p in data_dir.iterdir() if p.is_file()]
-    for sub in ("secrets", "postgres-init"):
+    for sub in ("secrets", "postgres-init", app.PROXY_DIR):
         if (data_dir / sub).is_dir():
             found += [p for p in (data_dir / sub).iterdir() if p.is_file()]
     return sorted(found)
@@ -906,7 +962,8 @@ def _file_changes(scratch: Path, data_dir: Path, said: list[str]) -> list[tuple[
         real = data_dir / name
         if real.is_file() and real.read_bytes() == path.read_bytes():
             continue
-        secret = name.startswith("secrets/") or name in secret_names
+        secret = (name.startswith(("secrets/", f"{app.PROXY_DIR}/key-"))
+                  or name in secret_names)
         restored = next((line for line in said
                          if line.startswith(f"restored {path} from the container ")), None)
         if restored is not None:
@@ -946,9 +1003,11 @@ def forecast(engine: Engine, settings: RoleSettings) -> Forecast:
             dry = replace(settings, data_dir=scratch)
             resolved, inputs = resolve_app(engine, dry, said.append, preview)
             settings = replace(resolved, data_dir=settings.data_dir)
-            values = app.app_values(settings, inputs.secrets, inputs.ray_host)
+            values = app.app_values(settings, inputs.secrets, inputs.ray_host, inputs.site)
             spec = app.app_spec(settings, values)
             write_env_file(dry, app.env_file(settings, values), said.append)
+            if inputs.site is not None:
+                proxy.write_files(dry, inputs.site)
             if inputs.rotate_to is not None:
                 preview.notes.append("the database password would be rotated "
                                      "(--rotate-db-password): in Postgres, then in secrets/")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from agent import cluster, history, ray_release, store, validate
+from agent import cluster, history, proxy, ray_release, store, tls, validate
 from agent import spec as s
 from agent.engine import Engine, Observed
 from agent.errors import UsageError
@@ -230,7 +230,7 @@ def status_report(observed: list[Observed], data_dir: Path, instance: str) -> di
             roles.append(o.role)
     return {"schema": SCHEMA, "instance": instance, "roles": roles, "ready": not not_ready,
             "not_ready": not_ready, "containers": containers, "ray": ray,
-            "releases": _releases(roles, data_dir)}
+            "releases": _releases(roles, data_dir), "https": _https(observed, data_dir)}
 
 
 def _age(seconds: int | None) -> str:
@@ -302,7 +302,8 @@ def status(engine: Engine, data_dir: Path, instance: str, say: Say) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         say("  ".join(f"{v:<{w}}" for v, w in zip(r, widths)) + "  " + r[-1])
-    for line in [*_ray_lines(report["ray"]), *_release_lines(report), *app_urls(observed)]:
+    for line in [*_ray_lines(report["ray"]), *_release_lines(report),
+                 *(_https_lines(report["https"]) or app_urls(observed))]:
         say(line)
     return len(report["not_ready"])
 
@@ -339,6 +340,35 @@ def app_urls(observed: list[Observed]) -> list[str]:
                 host = "<this VM>" if host in ("0.0.0.0", "::") else host
                 return [f"open the app at http://{host}:{p.host_port}"]
     return []
+
+
+def _https(observed: list[Observed], data_dir: Path) -> dict[str, Any] | None:
+    """The HTTPS proxy's URL and the certificate it serves now (read from it, whatever the
+    mode: the operator's, an ACME CA's or Caddy's own)."""
+    front = next((o for o in observed if o.service == "proxy"), None)
+    site = proxy.site_record(data_dir) if front is not None else None
+    if front is None or site is None:
+        return None
+    port = int(str(site.get("https_port", 443)))
+    bound = [p.host_ip for p in front.published if p.host_port == port]
+    address = bound[0] if bound and bound[0] not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    served = (proxy.served(address, port, str(site.get("host")))
+              if front.status == "running" else None)
+    cert = None if served is None else {
+        "names": list(served.names), "issuer": served.issuer,
+        "not_after": served.not_after.isoformat(), "expires_soon": tls.expires_soon(served),
+        "summary": tls.describe(served)}
+    return {"url": f"https://{site.get('address')}/", "mode": site.get("mode"), "port": port,
+            "certificate": cert}
+
+
+def _https_lines(https: dict[str, Any] | None) -> list[str]:
+    if https is None:
+        return []
+    cert = https["certificate"]
+    return [f"open the app at {https['url']} (HTTPS, --tls {https['mode']})",
+            f"  {cert['summary']}" if cert else
+            f"  no certificate is served on port {https['port']} now"]
 
 
 def down(engine: Engine, data_dir: Path, instance: str, purge: bool, say: Say,

@@ -16,12 +16,12 @@ import hashlib
 import json
 import socket
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 from agent import spec as s
 from agent.engine import Engine, Observed
 from agent.errors import ConvergeError, EnvironmentProblem
-from agent.waits import poll
+from agent.waits import poll, tcp_open
 
 Say = Callable[[str], None]
 READY_POLL = 0.25  # seconds between looks at a container that is becoming ready (one inspect)
@@ -225,8 +225,9 @@ def wait_ready(engine: Engine, c: s.Container, timeout: float, say: Say) -> None
 
 
 def apply(engine: Engine, spec: s.Spec, plan: Plan, say: Say, ready_timeout: float,
-          steps: dict[str, Step] | None = None) -> int:
-    """Carry out the plan; returns how many changes were made."""
+          steps: dict[str, Step] | None = None, router: Router | None = None) -> int:
+    """Carry out the plan; returns how many changes were made. A running container that a
+    `router` serves is replaced by handover (no request dropped), any other by replace."""
     actions = plan.actions
     changes = 0
     by_service = {c.service: c for c in spec.containers}
@@ -285,8 +286,17 @@ def apply(engine: Engine, spec: s.Spec, plan: Plan, say: Say, ready_timeout: flo
             own = spec.labels(c, action.config_hash)
             if action.fields:
                 own[LABEL_FIELDS] = action.fields
-            replace(engine, c, own, old, keep=c.service in plan.keep)
-            say(f"{action.verb}d {c.name}" + (f" ({action.reason})" if action.reason else ""))
+            keep = c.service in plan.keep
+            if (router is not None and old is not None and old.status == "running"
+                    and old.ip_on(c.network) is not None and router.handles(c)):
+                handover(engine, c, own, old, keep, router, ready_timeout, say)
+                ready.add(c.name)
+                say(f"{action.verb}d {c.name} with no request dropped (the proxy moved to "
+                    "it once it was ready)" + (f"; {action.reason}" if action.reason else ""))
+            else:
+                replace(engine, c, own, old, keep=keep)
+                say(f"{action.verb}d {c.name}" + (f" ({action.reason})" if action.reason
+                                                   else ""))
         changes += 1
     return changes
 
@@ -333,6 +343,77 @@ def replace(engine: Engine, c: s.Container, labels: dict[str, str],
         raise
     if old is not None and not keep:
         engine.remove(old.id)
+
+
+class Router(Protocol):
+    """A proxy in front of some services, which can send a service's traffic to one address
+    (agent/proxy.py): what lets a running container be replaced with no request dropped."""
+
+    def handles(self, c: s.Container) -> bool:
+        """Whether c's traffic goes through this router now (the proxy runs)."""
+
+    def port(self, c: s.Container) -> int:
+        """The port c serves on, on its network."""
+
+    def route(self, c: s.Container, address: str | None) -> None:
+        """Send c's traffic to address (ip:port), or (None) back to c's service name."""
+
+    def idle(self, address: str) -> bool:
+        """Whether no request to address is in flight."""
+
+
+NEXT_SUFFIX = "-next"  # the new container's name while the old one still serves
+DRAIN = 30.0  # seconds at most for the old container's requests in flight to finish
+
+
+def handover(engine: Engine, c: s.Container, labels: dict[str, str], old: Observed,
+             keep: bool, router: Router, timeout: float, say: Say) -> None:
+    """Replace the running `old` with c and drop no request (kamal-proxy's deploys): pin the
+    router to the old container; start c beside it under a temporary name; once c is ready,
+    route to it, let the old one's requests finish, stop it (kept as <name>-previous with
+    `keep`, else removed), give c its name, and route to the service's name again.
+
+    If c never gets ready, it is removed and the old container serves on as if nothing had
+    happened (ConvergeError). Killed midway, the next run removes the temporary container
+    (no longer wanted) and puts the proxy's configuration back."""
+    port = router.port(c)
+    old_address = f"{old.ip_on(c.network)}:{port}"
+    router.route(c, old_address)
+    temp = dataclasses.replace(c, name=c.name + NEXT_SUFFIX)
+    stale = engine.observe(temp.name)
+    if stale is not None:
+        engine.remove(stale.id)
+    new = None
+    try:
+        new = engine.create(temp, labels)
+        engine.start(new, temp.name)
+        wait_ready(engine, temp, timeout, say)
+        started = engine.observe(new)
+        ip = started.ip_on(c.network) if started is not None else None
+        # Its health check may have reached the old container (they share the service's
+        # name): the new one must also take connections itself.
+        if ip is None or not poll(lambda: tcp_open(ip, port), timeout,
+                                  f"{temp.name} to take connections on {port}", say):
+            raise ConvergeError(f"{temp.name} took no connection on {ip}:{port} within "
+                                f"{timeout:.0f}s")
+        router.route(c, f"{ip}:{port}")
+    except BaseException:
+        router.route(c, None)
+        if new is not None:
+            engine.remove(new)
+        raise
+    poll(lambda: router.idle(old_address), DRAIN, f"the requests to the old {c.name}", say)
+    engine.stop(old.id)
+    if keep:
+        aside = c.name + s.KEPT_SUFFIX
+        previous = engine.observe(aside)
+        if previous is not None and previous.id != old.id:
+            engine.remove(previous.id)
+        engine.rename(old.id, aside)
+    else:
+        engine.remove(old.id)
+    engine.rename(new, c.name)
+    router.route(c, None)
 
 
 def revert(engine: Engine, name: str, kept: Observed) -> None:

@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from agent.config import AppSettings
 from agent.errors import UsageError
 
 MODES = ("cert", "acme", "internal")
@@ -176,13 +177,29 @@ def load_pair(cert_path: Path, key_path: Path, host: str,
         raise UsageError(f"the certificate in {cert_path} is for {shown}, not {host}: give "
                          f"--frontend-host one of those names, or a certificate for {host}")
 
+    return info_of(leaf)
+
+
+def info_of(leaf: x509.Certificate) -> CertInfo:
+    dns, ips = _names_of(leaf)
     return CertInfo(
         subject=leaf.subject.rfc4514_string(),
         issuer=leaf.issuer.rfc4514_string(),
         not_after=leaf.not_valid_after_utc,
-        names=names,
+        names=(*dns, *(str(ip) for ip in ips)),
         fingerprint=leaf.fingerprint(hashes.SHA256()).hex(),
     )
+
+
+def describe(info: CertInfo, now: datetime | None = None) -> str:
+    """One line on a certificate: its names, issuer and expiry, and a warning when near."""
+    names = ", ".join(info.names[:_SHOWN]) or info.subject
+    line = f"certificate for {names}, issued by {info.issuer}, valid until {_when(info.not_after)}"
+    if expires_soon(info, now):
+        left = (info.not_after - _utc(now)).days
+        line += (f"; WARNING: it expires in {max(left, 0)} day(s): renew it"
+                 if info.not_after > _utc(now) else "; WARNING: it has EXPIRED: renew it")
+    return line
 
 
 def expires_soon(info: CertInfo, now: datetime | None = None, days: int = 14) -> bool:
@@ -190,8 +207,9 @@ def expires_soon(info: CertInfo, now: datetime | None = None, days: int = 14) ->
     return info.not_after - _utc(now) <= timedelta(days=days)
 
 
-def acme_host_ok(host: str) -> None:
-    """Refuse a host a public ACME CA cannot issue for: an IP address, or no dotted DNS name."""
+def acme_host_ok(host: str, public: bool = True) -> None:
+    """Refuse a host an ACME CA cannot issue for: an IP address, or no dotted DNS name; and,
+    for a public CA (public=True), a name under a suffix reserved for private use."""
     if _host_ip(host) is not None:
         raise UsageError(f"--frontend-host {host} is an IP address, and an IP address cannot "
                          f"get a public certificate: give --frontend-host a domain name, or "
@@ -203,7 +221,7 @@ def acme_host_ok(host: str) -> None:
         raise UsageError(f"--frontend-host {host!r} is not a dotted DNS name, which a public "
                          f"certificate needs: give a domain name such as syntho.example.com, "
                          f"or use --tls cert/internal")
-    for suffix in _PRIVATE:
+    for suffix in _PRIVATE if public else ():
         if name == suffix or name.endswith("." + suffix):
             raise UsageError(f"--frontend-host {host} is under .{suffix}, which no public CA "
                              f"certifies: give a public domain name, or use --tls "
@@ -219,19 +237,32 @@ def _token(value: str, what: str) -> str:
 def caddyfile(mode: str, host: str, *, email: str = "", acme_ca: str = "",
               cert_file: str = "/etc/caddy/tls/cert.pem",
               key_file: str = "/etc/caddy/tls/key.pem",
-              backend: str = "backend:8000", frontend: str = "frontend:3000") -> str:
+              backend: str = "backend:8000", frontend: str = "frontend:3000",
+              https_port: int = 443, http_port: int = 80, ca_root: str = "") -> str:
     """The proxy's Caddyfile: /api/* to the backend, everything else to the frontend, on
     https://host, with the ingress's body limit and timeouts, HSTS, and the chosen TLS."""
     if mode not in MODES:
         raise ValueError(f"TLS mode {mode!r} is not one of {', '.join(MODES)}")
     host = _token(host, "host")
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
     options = [f"admin {ADMIN}"]
     if email:
         options.append(f"email {_token(email, 'email')}")
     if acme_ca:
         options.append(f"acme_ca {_token(acme_ca, 'ACME CA')}")
+    if ca_root:
+        options.append(f"acme_ca_root {_token(ca_root, 'ACME CA root')}")
+    # Caddy listens on the host's port numbers (the container publishes them as they are), so
+    # that its redirects name the ports users reach. HTTPS's is in the site's address, not in
+    # `https_port`: Caddy leaves the port its https_port names out of a redirect.
+    if http_port != 80:
+        options.append(f"http_port {http_port}")
     if mode == "internal":
         options.append("skip_install_trust")  # no trust store to install into in a container
+    # HTTP/3 would need UDP published as well: HTTP/1.1 and HTTP/2 only, so that Caddy does not
+    # advertise a port nothing reaches.
+    options += ["servers {", "\tprotocols h1 h2", "}"]
     tls = {
         "cert": [f"tls {_token(cert_file, 'cert file')} {_token(key_file, 'key file')}"],
         "internal": ["tls internal"],
@@ -271,8 +302,93 @@ def caddyfile(mode: str, host: str, *, email: str = "", acme_ca: str = "",
         *("\t" + o for o in options),
         "}",
         "",
-        f"{host} {{",
+        f"{host}{'' if https_port == 443 else f':{https_port}'} {{",
         *("\t" + line for line in site),
         "}",
     ]
     return "\n".join(lines) + "\n"
+
+
+# ---- the site: what --tls and its options resolve to -------------------------------------------
+
+# Options that belong to one mode, and options that mean something only with a proxy.
+_MODE_OF = {"tls_cert": "cert", "tls_key": "cert", "acme_email": "acme", "acme_ca": "acme",
+            "acme_ca_root": "acme"}
+_PROXY_ONLY = ("proxy_image", "https_port", "http_port", "publish_frontend", "publish_backend")
+
+
+@dataclass(frozen=True)
+class Site:
+    """The HTTPS site the proxy serves, checked."""
+
+    mode: str  # cert | acme | internal
+    host: str  # the name users open, without a port: the certificate's name
+    https_port: int
+    http_port: int
+    cert: CertInfo | None = None  # --tls cert: the operator's certificate
+
+    @property
+    def address(self) -> str:
+        """host[:port] as users type it (FRONTEND_HOST)."""
+        return self.host if self.https_port == 443 else f"{self.host}:{self.https_port}"
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.address}/"
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _split_host(value: str) -> tuple[str, int | None]:
+    """host[:port] -> (host, port); [v6]:port too."""
+    if value.startswith("["):
+        inside, _, rest = value[1:].partition("]")
+        return inside, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    name, sep, number = value.rpartition(":")
+    if sep and number.isdigit() and ":" not in name:
+        return name, int(number)
+    return value, None
+
+
+def site(settings: AppSettings, now: datetime | None = None) -> Site | None:
+    """The site --tls asks for, or None (off); every inconsistency is a UsageError, raised
+    before anything is written or started."""
+    mode = settings.tls
+    for key, needs in _MODE_OF.items():
+        if key in settings.given and mode != needs:
+            raise UsageError(f"{_flag(key)} is for --tls {needs}, and this run has --tls {mode}: "
+                             f"add --tls {needs}, or drop {_flag(key)}")
+    if mode == "off":
+        for key in _PROXY_ONLY:
+            if key in settings.given:
+                raise UsageError(f"{_flag(key)} is for the HTTPS proxy, which is off: add --tls "
+                                 f"cert, acme or internal, or drop {_flag(key)}")
+        return None
+    if settings.https_port == settings.http_port:
+        raise UsageError(f"--https-port and --http-port are both {settings.https_port}: give "
+                         "them different ports")
+    if settings.frontend_host is None:
+        if mode != "internal":
+            raise UsageError(f"--tls {mode} needs --frontend-host: the name users open, which "
+                             "the certificate is for")
+        host, port = "localhost", None
+    else:
+        host, port = _split_host(settings.frontend_host)
+    if port is not None and port != settings.https_port:
+        raise UsageError(f"--frontend-host {settings.frontend_host} names port {port}, and HTTPS "
+                         f"is on --https-port {settings.https_port}: give --frontend-host {host} "
+                         f"--https-port {port}")
+    cert = None
+    if mode == "cert":
+        if settings.tls_cert is None or settings.tls_key is None:
+            raise UsageError("--tls cert needs --tls-cert FILE and --tls-key FILE: the "
+                             "certificate chain and its private key, in PEM")
+        cert = load_pair(settings.tls_cert, settings.tls_key, host, now)
+    if mode == "acme":
+        if settings.acme_ca_root is not None and settings.acme_ca is None:
+            raise UsageError("--acme-ca-root is the root of --acme-ca's HTTPS: give --acme-ca "
+                             "too, or drop --acme-ca-root")
+        acme_host_ok(host, public=settings.acme_ca is None)
+    return Site(mode, host, settings.https_port, settings.http_port, cert)

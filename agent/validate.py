@@ -295,6 +295,19 @@ def _url(v: str, schemes: tuple[str, ...], example: str) -> str:
     return str(v)
 
 
+def https_url(v: str) -> str:
+    return _url(v, ("https",), "https://HOST[:PORT]/PATH")
+
+
+TLS_MODES = ("off", "cert", "acme", "internal")
+
+
+def tls_mode(v: str) -> str:
+    if str(v) not in TLS_MODES:
+        raise ValueError(f"{v!r} must be one of {', '.join(TLS_MODES)}")
+    return str(v)
+
+
 def postgres_url(v: str) -> str:
     return _url(v, ("postgresql", "postgres"), "postgresql://USER:PASSWORD@HOST[:PORT]")
 

@@ -23,7 +23,7 @@ from tests.support.constants import REPO
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ("noop_rerun", "cold_converge", "heal_latency", "join_latency", "zipapp_start",
-           "scale", "backup_restore")
+           "scale", "backup_restore", "https")
 
 
 def main() -> int:

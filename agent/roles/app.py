@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 from agent import spec as s
+from agent import tls
 from agent.config import AppSettings
 from agent.roles.ray import DASHBOARD_PORT, LICENSE_ENV, auth_env
 
@@ -96,17 +97,22 @@ class AppValues:
     frontend_domain: str  # the frontend host without its port (the backend's allowed host)
     backend_host: str
     frontend_url: str
+    protocol: str  # FRONTEND_PROTOCOL: https with the proxy (it forces it) or as configured
+    site: tls.Site | None  # the HTTPS proxy's site, when --tls is on
 
 
-def app_values(settings: AppSettings, secrets: Secrets, ray_host: str) -> AppValues:
+def app_values(settings: AppSettings, secrets: Secrets, ray_host: str,
+               site: tls.Site | None = None) -> AppValues:
     rd = redis(settings)
+    host = site.address if site else frontend_host(settings)
+    protocol = "https" if site else settings.frontend_protocol
     return AppValues(
         secrets=secrets, db=database(settings, secrets), redis=rd, ray_host=ray_host,
         broker_url=rd.url(0), backend_redis_db="1",
-        frontend_host=frontend_host(settings),
-        frontend_domain=frontend_host(settings).rsplit(":", 1)[0],
+        frontend_host=host,
+        frontend_domain=site.host if site else host.rsplit(":", 1)[0],
         backend_host=backend_host(settings),
-        frontend_url=f"{settings.frontend_protocol}://{frontend_host(settings)}",
+        frontend_url=f"{protocol}://{host}", protocol=protocol, site=site,
     )
 
 
@@ -137,7 +143,8 @@ def app_spec(settings: AppSettings, values: AppValues) -> s.Spec:
     bundled_redis = settings.redis_url is None
     infra = tuple(x for x, bundled in (("postgres", bundled_db), ("redis", bundled_redis))
                   if bundled)
-    https = settings.frontend_protocol == "https"
+    https = values.protocol == "https"
+    site = values.site
 
     def box(service: str, image: str, **kw: object) -> s.Container:
         return s.Container(service=service, name=settings.suffix(f"syntho-{service}"),
@@ -197,7 +204,7 @@ def app_spec(settings: AppSettings, values: AppValues) -> s.Spec:
             env=s.env_pairs(**core_env)),
         box("backend", settings.backend_image, restart="on-failure", after=infra,
             env=s.env_pairs(**backend_env),
-            ports=(s.Port(8000, settings.backend_port, settings.bind),),
+            ports=_app_port(settings, site, 8000, "backend"),
             health=_http_probe("http://backend:8000/api/docs/")),
         box("worker", settings.backend_image, restart="on-failure", after=infra,
             entrypoint=("python", "manage.py", "subscriber"), env=s.env_pairs(**worker_env)),
@@ -208,18 +215,56 @@ def app_spec(settings: AppSettings, values: AppValues) -> s.Spec:
             env=s.env_pairs(NODE_ENV="production", PORT=str(settings.frontend_port),
                             OPEN_API_URL="http://backend:8000/api/playground/?format=openapi",
                             BACKEND_HOST="backend:8000"),
-            ports=(s.Port(settings.frontend_port, settings.frontend_port, settings.bind),),
+            ports=_app_port(settings, site, settings.frontend_port, "frontend"),
             health=_http_probe(f"http://localhost:{settings.frontend_port}")),
     ]
+    if site is not None:
+        containers.append(proxy(settings, site))
     secret_values = [secrets.db_password, secrets.core_secret_key, secrets.backend_secret_key,
                      secrets.admin_password, secrets.ray_token, settings.license_key,
                      db.password, rd.password]
     return s.Spec(
         role="app", instance=settings.instance, containers=tuple(containers),
         networks=(s.Network(net),),
-        volumes=(s.Volume(settings.suffix("syntho-database-data")),) if bundled_db else (),
+        volumes=tuple(s.Volume(settings.suffix(v)) for v, wanted in (
+            ("syntho-database-data", bundled_db), (PROXY_DATA, site is not None),
+            (PROXY_CONFIG, site is not None)) if wanted),
         secrets=tuple(v for v in secret_values if v),
     )
+
+
+PROXY_DIR = "proxy"  # in the data dir: the Caddyfile and the files it names (/etc/caddy)
+PROXY_DATA = "syntho-proxy-data"  # Caddy's /data: the ACME account, certificates, its CA
+PROXY_CONFIG = "syntho-proxy-config"  # Caddy's /config: its last configuration
+
+
+def proxy(settings: AppSettings, site: tls.Site) -> s.Container:
+    """Caddy before the frontend and the backend (tls.caddyfile), on the app's network,
+    publishing HTTPS and HTTP on the same port numbers inside and out."""
+    return s.Container(
+        service="proxy", name=settings.suffix("syntho-proxy"), image=settings.proxy_image,
+        network=settings.suffix("syntho"), aliases=("proxy",), restart="always",
+        after=("frontend", "backend"),
+        command=("caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"),
+        env=s.env_pairs(XDG_DATA_HOME="/data", XDG_CONFIG_HOME="/config"),
+        ports=(s.Port(site.https_port, site.https_port, settings.bind),
+               s.Port(site.http_port, site.http_port, settings.bind)),
+        mounts=(s.Mount(str(settings.data_dir / PROXY_DIR), "/etc/caddy", read_only=True),
+                s.Mount(settings.suffix(PROXY_DATA), "/data"),
+                s.Mount(settings.suffix(PROXY_CONFIG), "/config")),
+        health=_http_probe(f"http://{tls.ADMIN}/config/"),
+    )
+
+
+def _app_port(settings: AppSettings, site: tls.Site | None, container: int,
+              service: str) -> tuple[s.Port, ...]:
+    """The frontend's or the backend's host port: --frontend-port/--backend-port on --bind
+    without the proxy; with it, none unless --publish-frontend/--publish-backend."""
+    if site is None:
+        host = settings.frontend_port if service == "frontend" else settings.backend_port
+        return (s.Port(container, host, settings.bind),)
+    return _published(settings.publish_frontend if service == "frontend"
+                      else settings.publish_backend, container)
 
 
 def _published(address_port: tuple[str, int] | None, container_port: int) -> tuple[s.Port, ...]:
@@ -249,8 +294,8 @@ def env_file(settings: AppSettings, values: AppValues) -> EnvFile:
     read_by_compose = {
         "FRONTEND_HOST": values.frontend_host,
         "FRONTEND_DOMAIN": values.frontend_domain,
-        "FRONTEND_PROTOCOL": settings.frontend_protocol,
-        "SECURED_COOKIES": str(settings.frontend_protocol == "https"),
+        "FRONTEND_PROTOCOL": values.protocol,
+        "SECURED_COOKIES": str(values.protocol == "https"),
         "LICENSE_KEY": settings.license_key,
         "CORE_IMAGE": settings.core_image,
         "BACKEND_IMAGE": settings.backend_image,
@@ -327,7 +372,17 @@ def _differences(settings: AppSettings, values: AppValues) -> list[str]:
     if hidden:
         notes.append(f"{' and '.join(hidden)} not published on the host (the vendor's file "
                      "publishes 5432 and 6379)")
-    if settings.bind != "0.0.0.0":
+    site = values.site
+    if site is not None:
+        notes.append(f"proxy: Caddy serves {site.url} (--tls {site.mode}), /api/* to the "
+                     "backend and the rest to the frontend; the vendor's file has no proxy")
+        hidden = [name for name, published in (("frontend", settings.publish_frontend),
+                                               ("backend", settings.publish_backend))
+                  if published is None]
+        if hidden:
+            notes.append(f"{' and '.join(hidden)} not published on the host (the proxy is "
+                         "the way in)")
+    elif settings.bind != "0.0.0.0":
         notes.append(f"the backend and frontend ports are published on {settings.bind} only")
     return notes
 

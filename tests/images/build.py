@@ -52,7 +52,7 @@ PACKAGES = [
     "openssh-server",
 ]
 # Images built on the base, each from the folder of the same name (a Dockerfile with ARG BASE).
-DERIVED = ["ray", "postgres", "redis", "core", "backend", "frontend", "vm"]
+DERIVED = ["ray", "postgres", "redis", "core", "backend", "frontend", "vm", "proxy", "pebble"]
 # The stand-in program, copied into the build context of the images that run it.
 SHARED_FILES = [HERE / "standin" / "standin.py"]
 USES_STANDIN = {"core", "backend", "frontend"}

@@ -32,7 +32,8 @@ from tests.support.sandbox import Sandbox
 pytestmark = pytest.mark.integration
 
 # The keys README "status --json" documents (schema 1).
-TOP = {"schema", "instance", "roles", "ready", "not_ready", "containers", "ray", "releases"}
+TOP = {"schema", "instance", "roles", "ready", "not_ready", "containers", "ray", "releases",
+       "https"}
 CONTAINER = {"name", "role", "service", "image", "image_id", "state", "health", "started_at",
              "uptime_seconds", "restart_count", "ports", "ready"}
 HEAD = {"address", "answers", "error", "alive", "nodes", "publishes"}

@@ -144,6 +144,14 @@ def make_release(client: docker.DockerClient, images: dict[str, str], registry: 
     return refs
 
 
+def build_local(client: docker.DockerClient, image: str, tag: str) -> str:
+    """A stand-in image of release `tag` on this engine only (no registry): its reference."""
+    repo = image.split(":", 1)[0] + "-release"
+    ref = f"{repo}:{tag}"
+    _build(client, _dockerfile(image, {"STANDIN_VERSION": tag}, tag, None), ref)
+    return ref
+
+
 def health_version(url: str) -> str:
     """The "version" of a stand-in's health answer at url, whatever its status (a 503's body
     is read too)."""

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from agent import spec as s
+from agent import tls
 from agent.config import AppSettings, HeadSettings, WorkerSettings
 from agent.engine import create_args
 from agent.roles import app, ray
@@ -36,6 +37,11 @@ CASES: dict[str, dict[str, Any]] = {
     "https": {
         "app": {"frontend_protocol": "https", "frontend_host": "syntho.example.com",
                 "backend_protocol": "https", "backend_host": "api.example.com"}},
+    # The HTTPS proxy (Caddy's internal CA: no files to read), on a port other than 443, the
+    # backend also published on loopback.
+    "https-proxy": {
+        "app": {"tls": "internal", "frontend_host": "syntho.example.com", "https_port": 8443,
+                "publish_backend": ("127.0.0.1", 8000)}},
     "instance": {
         "all": {"instance": "blue"},
         "ray": {"network": "syntho-net", "shm_size": 1024**3, "nofile": 20000, "cpus": 2.0,
@@ -76,7 +82,7 @@ def described(spec: s.Spec) -> dict[str, Any]:
 
 def produced(case: str) -> tuple[str, str]:
     head, worker, app_settings = settings(case)
-    values = app.app_values(app_settings, SECRETS, HEAD_IP)
+    values = app.app_values(app_settings, SECRETS, HEAD_IP, tls.site(app_settings))
     roles = {"head": described(ray.head_spec(head, TOKEN, gcs_password(head))),
              "worker": described(ray.worker_spec(worker, TOKEN)),
              "app": described(app.app_spec(app_settings, values))}

@@ -3,10 +3,7 @@ refused in one line that holds no key material), ACME hosts, and the proxy's Cad
 
 from __future__ import annotations
 
-import ipaddress
-import os
 import re
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -14,73 +11,27 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
 from agent import tls
+from agent.config import AppSettings
 from agent.errors import UsageError
+from tests.support import certs
+from tests.support.certs import CA, Key, key_pem, pem, write
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc)
 HOST = "syntho.example.com"
-Key = ec.EllipticCurvePrivateKey
-
-
-@dataclass
-class CA:
-    key: Key
-    cert: x509.Certificate
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Syntho test"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
 @pytest.fixture(scope="module")
 def ca() -> CA:
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(_name("Test CA")).issuer_name(_name("Test CA"))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(NOW - timedelta(days=365)).not_valid_after(NOW + timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    return CA(key, cert)
+    return certs.make_ca(now=NOW)
 
 
 def leaf(ca: CA, names: tuple[str, ...] = (HOST,), ips: tuple[str, ...] = (),
          key: Key | None = None, start: datetime = NOW - timedelta(days=1),
          end: datetime = NOW + timedelta(days=90), san: bool = True,
          ) -> tuple[x509.Certificate, Key]:
-    key = key or ec.generate_private_key(ec.SECP256R1())
-    b = (x509.CertificateBuilder().subject_name(_name(names[0] if names else "no-san"))
-         .issuer_name(ca.cert.subject).public_key(key.public_key())
-         .serial_number(x509.random_serial_number()).not_valid_before(start)
-         .not_valid_after(end))
-    if san:
-        general: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
-        general += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-        b = b.add_extension(x509.SubjectAlternativeName(general), critical=False)
-    return b.sign(ca.key, hashes.SHA256()), key
-
-
-def pem(*certs: x509.Certificate) -> bytes:
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
-
-
-def key_pem(key: Key, password: bytes | None = None) -> bytes:
-    enc: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(password) if password
-        else serialization.NoEncryption())
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
-
-
-def write(tmp_path: Path, cert_data: bytes, key_data: bytes,
-          key_mode: int = 0o600) -> tuple[Path, Path]:
-    c, k = tmp_path / "cert.pem", tmp_path / "key.pem"
-    c.write_bytes(cert_data)
-    k.write_bytes(key_data)
-    os.chmod(c, 0o644)
-    os.chmod(k, key_mode)
-    return c, k
+    return certs.leaf(ca, names, ips, key, start, end, san, now=NOW)
 
 
 def refused(c: Path, k: Path, host: str = HOST, now: datetime = NOW) -> str:
@@ -126,7 +77,7 @@ def test_the_fingerprint_is_stable_and_changes_with_the_certificate(tmp_path: Pa
 
 def test_an_rsa_key_and_a_traditional_pem_are_read(tmp_path: Path, ca: CA) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    cert = (x509.CertificateBuilder().subject_name(_name(HOST)).issuer_name(ca.cert.subject)
+    cert = (x509.CertificateBuilder().subject_name(certs.name(HOST)).issuer_name(ca.cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(NOW - timedelta(days=1)).not_valid_after(NOW + timedelta(days=9))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOST)]), critical=False)
@@ -223,12 +174,13 @@ def test_a_directory_is_not_a_certificate(tmp_path: Path, ca: CA) -> None:
     assert f"key file {d}" in refused(c, d)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
 def test_an_unreadable_certificate_is_named(tmp_path: Path, ca: CA) -> None:
+    # A path through a regular file fails to open as any user, root included (ENOTDIR).
     cert, key = leaf(ca)
     c, k = write(tmp_path, pem(cert), key_pem(key))
-    os.chmod(c, 0)
-    assert f"cannot read the certificate file {c}" in refused(c, k)
+    inside = c / "cert.pem"
+    msg = refused(inside, k)
+    assert f"cannot read the certificate file {inside} (Not a directory)" in msg
 
 
 @pytest.mark.parametrize("data, says", [
@@ -374,6 +326,9 @@ CERT_CADDYFILE = """\
 # WebSocket upgrades pass through reverse_proxy as they are.
 {
 \tadmin localhost:2019
+\tservers {
+\t\tprotocols h1 h2
+\t}
 }
 
 syntho.example.com {
@@ -468,4 +423,76 @@ def test_values_that_would_break_out_of_their_token_are_refused(kwargs: dict[str
     args = {"host": HOST, **kwargs}
     host = args.pop("host")
     with pytest.raises(ValueError, match="one token"):
-        tls.caddyfile("acme", host, **args)
+        tls.caddyfile("acme", host, email=args.get("email", ""), acme_ca=args.get("acme_ca", ""))
+
+
+# -- the site: --tls and its options together -------------------------------------------------
+
+def app_settings(**values: object) -> AppSettings:
+    """AppSettings as the CLI makes them: every value given counts as given."""
+    return AppSettings(head="10.0.0.4", **values,  # type: ignore[arg-type]
+                       given=frozenset(values))
+
+
+def site_refused(**values: object) -> str:
+    with pytest.raises(UsageError) as e:
+        tls.site(app_settings(**values), NOW)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_off_is_no_site() -> None:
+    assert tls.site(app_settings()) is None
+
+
+def test_internal_needs_no_name_and_defaults_to_localhost() -> None:
+    site = tls.site(app_settings(tls="internal"), NOW)
+    assert site is not None and site.host == "localhost" and site.url == "https://localhost/"
+
+
+def test_the_port_of_the_url_is_the_https_port() -> None:
+    site = tls.site(app_settings(tls="internal", frontend_host=HOST, https_port=8443), NOW)
+    assert site is not None and site.address == f"{HOST}:8443" and site.http_port == 80
+    same = tls.site(app_settings(tls="internal", frontend_host=f"{HOST}:8443", https_port=8443))
+    assert same is not None and same.host == HOST
+
+
+def test_cert_mode_reads_and_checks_the_pair(tmp_path: Path, ca: CA) -> None:
+    cert, key = leaf(ca)
+    c, k = write(tmp_path, pem(cert, ca.cert), key_pem(key))
+    site = tls.site(app_settings(tls="cert", tls_cert=c, tls_key=k, frontend_host=HOST), NOW)
+    assert site is not None and site.cert is not None and site.cert.names == (HOST,)
+
+
+@pytest.mark.parametrize("values, says", [
+    ({"tls_cert": Path("/x.pem")}, "--tls-cert is for --tls cert, and this run has --tls off"),
+    ({"tls": "internal", "acme_email": "a@example.com"}, "--acme-email is for --tls acme"),
+    ({"https_port": 8443}, "--https-port is for the HTTPS proxy, which is off"),
+    ({"publish_frontend": ("127.0.0.1", 3000)}, "--publish-frontend is for the HTTPS proxy"),
+    ({"tls": "cert", "frontend_host": HOST}, "--tls cert needs --tls-cert FILE and --tls-key"),
+    ({"tls": "acme"}, "--tls acme needs --frontend-host"),
+    ({"tls": "acme", "frontend_host": "10.0.0.5"}, "an IP address cannot get a public"),
+    ({"tls": "acme", "frontend_host": "syntho.test"}, "under .test, which no public CA"),
+    ({"tls": "acme", "frontend_host": HOST, "acme_ca_root": Path("/r.pem")},
+     "--acme-ca-root is the root of --acme-ca's HTTPS"),
+    ({"tls": "internal", "https_port": 8080, "http_port": 8080}, "both 8080"),
+    ({"tls": "internal", "frontend_host": f"{HOST}:9443"},
+     f"give --frontend-host {HOST} --https-port 9443"),
+])
+def test_inconsistent_options_are_refused(values: dict[str, object], says: str) -> None:
+    assert says in site_refused(**values)
+
+
+def test_a_private_acme_ca_may_certify_private_names() -> None:
+    site = tls.site(app_settings(tls="acme", frontend_host="syntho.test",
+                                 acme_ca="https://pebble:14000/dir"), NOW)
+    assert site is not None and site.mode == "acme"
+
+
+def test_describe_warns_within_14_days(ca: CA) -> None:
+    cert, _ = leaf(ca, end=NOW + timedelta(days=10))
+    text = tls.describe(tls.info_of(cert), NOW)
+    assert text.startswith(f"certificate for {HOST}, issued by ") and "Test CA" in text
+    assert "WARNING: it expires in 9 day(s)" in text or "WARNING: it expires in 10 day(s)" in text
+    fine, _ = leaf(ca)
+    assert "WARNING" not in tls.describe(tls.info_of(fine), NOW)

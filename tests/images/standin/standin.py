@@ -169,6 +169,13 @@ def health_route(role: str, checks: dict[str, Check],
     return route
 
 
+def version_route(role: str) -> Callable[[Any], tuple[int, Any]]:
+    """Which release answers, and nothing else (no dependency checked): what a client polling
+    through a proxy during an upgrade reads."""
+    answer = {"role": role, "version": release_version()}
+    return lambda _: (200, answer)
+
+
 # ---- core-api ----
 
 class RayProbe:
@@ -325,8 +332,22 @@ def backend() -> None:
         conn.close()
         return (200, {"login": "ok"}) if ok else (401, {"login": "refused"})
 
+    def upload(handler: Any) -> tuple[int, Any]:
+        """A dataset upload: the body's size and SHA-256, read as it streams in."""
+        left = int(handler.headers.get("Content-Length") or 0)
+        digest, size = hashlib.sha256(), 0
+        while left:
+            chunk = handler.rfile.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            digest.update(chunk)
+            size += len(chunk)
+            left -= len(chunk)
+        return 200, {"bytes": size, "sha256": digest.hexdigest()}
+
     serve(8000, {"/api/docs/": health_route("backend", checks, admin_ready),
-                 "/api/login/": login},
+                 "/api/login/": login, "/api/upload/": upload,
+                 "/api/version/": version_route("backend")},
           allowed_hosts=allowed)
 
 
@@ -341,7 +362,8 @@ def frontend() -> None:
     backend_host = env("BACKEND_HOST")
     env("OPEN_API_URL")
     checks = {"backend": http_check(f"http://{backend_host}/api/docs/")}
-    serve(int(env("PORT", "3000")), {"/": health_route("frontend", checks)})
+    serve(int(env("PORT", "3000")), {"/": health_route("frontend", checks),
+                                     "/version": version_route("frontend")})
 
 
 def main(argv: list[str]) -> None:
