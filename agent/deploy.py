@@ -922,9 +922,9 @@ class Forecast:
 @contextmanager
 def scratch_data_dir(data_dir: Path) -> Iterator[Path]:
     """A private copy (0700, in memory where /dev/shm allows) of what resolution reads in the
-    data dir: its files, secrets/, postgres-init/ and proxy/ (not backups/). A plan resolves into it
-    with the run's own functions, so what they would write lands here, never in data_dir;
-    it is deleted when the plan ends."""
+    data dir: its files, secrets/, postgres-init/ and proxy/ (not backups/). A plan resolves
+    into it with the run's own functions, so what they would write lands here, never in
+    data_dir; it is deleted when the plan ends."""
     shm = Path("/dev/shm")
     where = str(shm) if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
     with tempfile.TemporaryDirectory(prefix="syntho-agent-plan.", dir=where) as tmp:

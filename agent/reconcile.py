@@ -288,7 +288,8 @@ def apply(engine: Engine, spec: s.Spec, plan: Plan, say: Say, ready_timeout: flo
                 own[LABEL_FIELDS] = action.fields
             keep = c.service in plan.keep
             if (router is not None and old is not None and old.status == "running"
-                    and old.ip_on(c.network) is not None and router.handles(c)):
+                    and old.ip_on(c.network) is not None and router.handles(c)
+                    and not side_by_side_clash(c, old)):
                 handover(engine, c, own, old, keep, router, ready_timeout, say)
                 ready.add(c.name)
                 say(f"{action.verb}d {c.name} with no request dropped (the proxy moved to "
@@ -322,13 +323,7 @@ def replace(engine: Engine, c: s.Container, labels: dict[str, str],
     if old is not None:  # apply has just read it again
         was_running = old.status == "running"
         engine.stop(old.id)
-        aside = f"{c.name}-replaced-{old.id[:12]}"
-        if keep:
-            aside = c.name + s.KEPT_SUFFIX
-            stale = engine.observe(aside)
-            if stale is not None and stale.id != old.id:
-                engine.remove(stale.id)
-        engine.rename(old.id, aside)
+        move_aside(engine, c.name, old, keep)
     new = None
     try:
         new = engine.create(c, labels)
@@ -360,6 +355,11 @@ class Router(Protocol):
 
     def idle(self, address: str) -> bool:
         """Whether no request to address is in flight."""
+
+
+def side_by_side_clash(c: s.Container, old: Observed) -> bool:
+    """Whether c publishes a host port the old container holds: they cannot run side by side."""
+    return bool({p.host for p in c.ports} & {p.host_port for p in old.published})
 
 
 NEXT_SUFFIX = "-next"  # the new container's name while the old one still serves
@@ -404,16 +404,23 @@ def handover(engine: Engine, c: s.Container, labels: dict[str, str], old: Observ
         raise
     poll(lambda: router.idle(old_address), DRAIN, f"the requests to the old {c.name}", say)
     engine.stop(old.id)
-    if keep:
-        aside = c.name + s.KEPT_SUFFIX
-        previous = engine.observe(aside)
-        if previous is not None and previous.id != old.id:
-            engine.remove(previous.id)
-        engine.rename(old.id, aside)
-    else:
+    move_aside(engine, c.name, old, keep)
+    if not keep:
         engine.remove(old.id)
     engine.rename(new, c.name)
     router.route(c, None)
+
+
+def move_aside(engine: Engine, name: str, old: Observed, keep: bool) -> None:
+    """Free the name of a replaced (stopped) container: as <name>-previous with `keep` (an
+    older one there is removed), else under a name of its own until it is removed."""
+    aside = f"{name}-replaced-{old.id[:12]}"
+    if keep:
+        aside = name + s.KEPT_SUFFIX
+        stale = engine.observe(aside)
+        if stale is not None and stale.id != old.id:
+            engine.remove(stale.id)
+    engine.rename(old.id, aside)
 
 
 def revert(engine: Engine, name: str, kept: Observed) -> None:

@@ -17,14 +17,12 @@ import errno
 import grp
 import hashlib
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,7 +35,7 @@ import yaml
 from agent import failures, store, systemd
 from agent.lock import data_dir_lock
 from agent.spec import LABEL_MANAGED
-from tests.support.agent_cli import agent_cmd, agent_env
+from tests.support.agent_cli import Agent, agent_cmd, agent_env
 from tests.support.constants import AGENT_INSTANCE_LABEL, NOFILE, REPO, TEST_LABEL
 from tests.support.sandbox import Sandbox
 
@@ -498,53 +496,6 @@ def test_the_lock_on_a_full_disk_names_its_file(base: Path) -> None:
 
 
 # ---- signals ---------------------------------------------------------------------------------
-
-class Agent:
-    """The agent in a subprocess, its output read line by line as it comes."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(agent_cmd(*args), cwd=REPO, env=agent_env(),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def wait_for(self, text: str, timeout: float) -> None:
-        """Until a line of its standard output holds text (its output so far on failure)."""
-        while True:
-            try:
-                line = self.lines.get(timeout=timeout)
-            except queue.Empty:
-                self.stop()
-                pytest.fail(f"no {text!r} within {timeout}s: {self.seen}")
-            if line is None:
-                pytest.fail(f"exited {self.proc.wait()} before {text!r}: {self.seen}\n"
-                            f"{self.proc.stderr.read() if self.proc.stderr else ''}")
-            self.seen.append(line)
-            if text in line:
-                return
-
-    def signal(self, sig: int) -> tuple[int, str, str]:
-        """Send sig; (exit code, the rest of stdout, stderr)."""
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=60)
-        rest = []
-        while (line := self.lines.get(timeout=10)) is not None:
-            rest.append(line)
-        assert self.proc.stderr is not None
-        return code, "".join(rest), self.proc.stderr.read()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
 
 def test_sigterm_and_sigint_stop_a_run_in_one_line_and_release_the_lock(
         sandbox: Sandbox, images: dict[str, str], tmp_path: Path) -> None:

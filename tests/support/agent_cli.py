@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import functools
 import os
+import queue
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping
+
+import pytest
 
 from tests.support.constants import REPO
 
@@ -68,3 +72,51 @@ def run_agent(*args: str, env: Mapping[str, str] | None = None, timeout: float =
     if check and done.returncode != 0:
         raise AgentFailed(args, done)
     return done
+
+
+class Agent:
+    """The agent in a subprocess (a watcher, a run to interrupt), its output read line by line
+    as it comes."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(agent_cmd(*args), cwd=REPO, env=agent_env(),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        """Until a line of its standard output holds text (its output so far on failure)."""
+        while True:
+            try:
+                line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                self.stop()
+                pytest.fail(f"no {text!r} within {timeout}s: {self.seen}")
+            if line is None:
+                pytest.fail(f"exited {self.proc.wait()} before {text!r}: {self.seen}\n"
+                            f"{self.proc.stderr.read() if self.proc.stderr else ''}")
+            self.seen.append(line)
+            if text in line:
+                return
+
+    def signal(self, sig: int) -> tuple[int, str, str]:
+        """Send sig; (exit code, the rest of stdout, stderr)."""
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=60)
+        rest = []
+        while (line := self.lines.get(timeout=10)) is not None:
+            rest.append(line)
+        assert self.proc.stderr is not None
+        return code, "".join(rest), self.proc.stderr.read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

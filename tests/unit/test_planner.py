@@ -10,7 +10,7 @@ import pytest
 
 from agent import spec as s
 from agent.engine import Endpoint, Observed, Published, observe_attrs
-from agent.reconcile import Action, Plan, drift, plan
+from agent.reconcile import Action, Plan, drift, plan, side_by_side_clash
 
 IMAGE_ID = "sha256:1"
 IDS = {"img": IMAGE_ID}
@@ -131,3 +131,13 @@ def test_observe_attrs_reads_an_inspect() -> None:
     assert o.published == (Published(80, "127.0.0.1", 8080),)
     assert o.ip_on("net") == "172.18.0.2" and o.ip_on("other") is None
     assert o.env_value("A") == "1" and o.command == ("run",)
+
+
+def test_a_container_that_publishes_the_old_ones_port_cannot_run_beside_it() -> None:
+    """A handover (reconcile.handover) starts the new container before the old one stops:
+    not when both would publish the same host port; then it is a plain replace."""
+    web = c("web", network="net", aliases=("web",))
+    published = replace(web, ports=(s.Port(3000, 8080, "127.0.0.1"),))
+    assert not side_by_side_clash(web, seen(web))
+    assert side_by_side_clash(published, seen(published))
+    assert not side_by_side_clash(published, seen(web))  # newly published: no clash
