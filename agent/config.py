@@ -424,6 +424,9 @@ class LauncherOptions(Settings):
                                           "local: every --worker-ip]", validate.count)
     spot: bool = option("run the workers on spot (preemptible) VMs: cheaper, but the cloud may "
                         "take them back", None, False)
+    idle_timeout_minutes: int | None = option(
+        "the autoscaler removes a worker VM idle this many minutes (never below "
+        "--min-worker-nodes) [default: 5, Ray's]", validate.positive_int)
     disk_size: int = option("boot disk of each cloud VM, in GB", validate.positive_int, 100)
     vm_image: str | None = option(
         "the VM image, with Docker: aws AMI id, gcp sourceImage, azure "

@@ -63,6 +63,7 @@ DEFAULTS = {
     "azure": Cloud("westeurope", "Standard_D4s_v4", "Standard_D32s_v4",
                    "microsoft-dsvm:ubuntu-2204:2204-gen2:latest"),
 }
+IDLE_MINUTES = 5  # Ray's own default, written out so the file says it
 # Options that mean something for some providers only: set for another, they are a mistake.
 ONLY_FOR: dict[str, tuple[str, ...]] = {
     "region": CLOUDS, "availability_zone": ("aws", "gcp"), "project_id": ("gcp",),
@@ -70,6 +71,7 @@ ONLY_FOR: dict[str, tuple[str, ...]] = {
     "head_ip": ("local",), "worker_ip": ("local",), "head_instance_type": CLOUDS,
     "worker_instance_type": CLOUDS, "head_cpus": CLOUDS, "worker_cpus": CLOUDS,
     "min_worker_nodes": CLOUDS, "max_worker_nodes": CLOUDS, "spot": CLOUDS, "vm_image": CLOUDS,
+    "idle_timeout_minutes": CLOUDS,
 }
 
 
@@ -181,6 +183,7 @@ def cluster_config(settings: LauncherSettings, token_file: Path | None,
                           **_node_type(settings, provider, "worker")},
         }
         config["head_node_type"] = HEAD_TYPE
+        config["idle_timeout_minutes"] = settings.idle_timeout_minutes or IDLE_MINUTES
     config["file_mounts"] = _file_mounts(settings, token_file, license_file)
     config["initialization_commands"] = _initialization(settings)
     # Explicit, so Ray's provider defaults (conda, a nightly Ray) never run in our image.

@@ -140,6 +140,9 @@ def test_cloud_defaults(files: Files, capsys: pytest.CaptureFixture[str], provid
     assert head in str(types["ray.head.default"]["node_config"])
     assert worker in str(types["ray.worker.default"]["node_config"])
     assert "ssh_private_key" not in config["auth"]  # the cloud provider makes a key
+    assert config["idle_timeout_minutes"] == 5  # Ray's default, said in the file
+    assert generate(files, capsys, provider, "--idle-timeout-minutes", "12")[
+        "idle_timeout_minutes"] == 12
 
 
 def test_azure_uses_the_guides_sizes_and_dsvm_image(
@@ -386,6 +389,9 @@ INVALID = [
     (["--provider", "local", *PROVIDER_ARGS["local"]], "local needs --ssh-private-key"),
     (["--provider", "local", *PROVIDER_ARGS["local"], "--max-worker-nodes", "1"],
      "--max-worker-nodes does not apply to --provider local"),
+    (["--provider", "local", *PROVIDER_ARGS["local"], "--idle-timeout-minutes", "3"],
+     "--idle-timeout-minutes does not apply to --provider local"),
+    (["--provider", "aws", "--idle-timeout-minutes", "0"], "--idle-timeout-minutes"),
     (["--provider", "aws", "--project-id", "p"], "--project-id does not apply"),
     (["--provider", "aws", "--key-name", "ops"], "--ssh-private-key and --key-name"),
     (["--provider", "aws", "--registry", "reg.example.com", "--registry-password-file",

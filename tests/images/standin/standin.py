@@ -110,6 +110,10 @@ def run_checks(checks: dict[str, Check]) -> tuple[bool, dict[str, Any]]:
 def serve(port: int, routes: dict[str, Callable[[Any], tuple[int, Any]]],
           allowed_hosts: list[str] | None = None) -> None:
     class Handler(BaseHTTPRequestHandler):
+        # Keep connections alive, as the real frontend and backend do (a proxy reuses its
+        # upstream connections): every reply carries a Content-Length.
+        protocol_version = "HTTP/1.1"
+
         def _reply(self, code: int, body: Any) -> None:
             data = json.dumps(body).encode()
             self.send_response(code)
@@ -121,11 +125,13 @@ def serve(port: int, routes: dict[str, Callable[[Any], tuple[int, Any]]],
         def _route(self) -> None:
             host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
             if allowed_hosts is not None and host not in allowed_hosts:
+                self.close_connection = True  # its body, if any, is left unread
                 self._reply(400, {"error": f"host {host!r} not in ALLOWED_HOSTS"})
                 return
             path = urllib.parse.urlsplit(self.path).path
             handler = routes.get(path)
             if handler is None:
+                self.close_connection = True
                 self._reply(404, {"error": f"no route {path}"})
                 return
             code, body = handler(self)
