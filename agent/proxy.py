@@ -66,8 +66,8 @@ def write_files(settings: AppSettings, site: tls.Site,
     keep = {CADDYFILE, SITE, LOADED}
     cert_file = key_file = ca_root = ""
     if site.mode == "cert":
-        assert settings.tls_cert is not None and settings.tls_key is not None
-        cert, key = settings.tls_cert.read_bytes(), settings.tls_key.read_bytes()
+        assert site.pem is not None  # tls.site kept what it checked
+        cert, key = site.pem
         tag = hashlib.sha256(cert + key).hexdigest()[:16]
         names = (f"cert-{tag}.pem", f"key-{tag}.pem")
         _put(here / names[0], cert, 0o644)

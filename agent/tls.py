@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -114,6 +114,12 @@ def load_pair(cert_path: Path, key_path: Path, host: str,
     """Read a PEM certificate chain (leaf first) and its PEM private key, and accept them only
     if the key is private to its owner, matches the leaf, the leaf is valid now and its
     SubjectAlternativeName covers host."""
+    return _checked_pair(cert_path, key_path, host, now)[0]
+
+
+def _checked_pair(cert_path: Path, key_path: Path, host: str,
+                  now: datetime | None) -> tuple[CertInfo, bytes, bytes]:
+    """load_pair, and the bytes it accepted."""
     cert_data = _read(cert_path, "certificate")
     try:
         mode = key_path.stat().st_mode
@@ -177,7 +183,7 @@ def load_pair(cert_path: Path, key_path: Path, host: str,
         raise UsageError(f"the certificate in {cert_path} is for {shown}, not {host}: give "
                          f"--frontend-host one of those names, or a certificate for {host}")
 
-    return info_of(leaf)
+    return info_of(leaf), cert_data, key_data
 
 
 def info_of(leaf: x509.Certificate) -> CertInfo:
@@ -326,6 +332,9 @@ class Site:
     https_port: int
     http_port: int
     cert: CertInfo | None = None  # --tls cert: the operator's certificate
+    # ... and its chain and key as they were checked: what the proxy is given, never read
+    # again (a file replaced meanwhile waits for the next run's checks). Kept out of repr.
+    pem: tuple[bytes, bytes] | None = field(default=None, repr=False, compare=False)
 
     @property
     def address(self) -> str:
@@ -380,15 +389,16 @@ def site(settings: AppSettings, now: datetime | None = None) -> Site | None:
         raise UsageError(f"--frontend-host {settings.frontend_host} names port {port}, and HTTPS "
                          f"is on --https-port {settings.https_port}: give --frontend-host {host} "
                          f"--https-port {port}")
-    cert = None
+    cert, pem = None, None
     if mode == "cert":
         if settings.tls_cert is None or settings.tls_key is None:
             raise UsageError("--tls cert needs --tls-cert FILE and --tls-key FILE: the "
                              "certificate chain and its private key, in PEM")
-        cert = load_pair(settings.tls_cert, settings.tls_key, host, now)
+        cert, chain, key_pem = _checked_pair(settings.tls_cert, settings.tls_key, host, now)
+        pem = (chain, key_pem)
     if mode == "acme":
         if settings.acme_ca_root is not None and settings.acme_ca is None:
             raise UsageError("--acme-ca-root is the root of --acme-ca's HTTPS: give --acme-ca "
                              "too, or drop --acme-ca-root")
         acme_host_ok(host, public=settings.acme_ca is None)
-    return Site(mode, host, settings.https_port, settings.http_port, cert)
+    return Site(mode, host, settings.https_port, settings.http_port, cert, pem)

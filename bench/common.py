@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -221,6 +222,53 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str,
         if time.perf_counter() > deadline:
             raise TimeoutError(f"{what} did not happen within {timeout:.0f}s")
         time.sleep(interval)
+
+
+class Poller:
+    """A client in a thread that asks every 20 ms and records (start, answer), the answer None
+    for a failed request: what a user sees during an upgrade."""
+
+    def __init__(self, probe: Callable[[], object | None]) -> None:
+        self.probe = probe
+        self.samples: list[tuple[float, object | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            self.samples.append((started, self.probe()))
+            time.sleep(max(0.0, 0.02 - (time.perf_counter() - started)))
+
+    def __enter__(self) -> Poller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def wait_more(self, n: int = 10) -> None:
+        """Until n more requests have been made (before a change, and after it)."""
+        seen = len(self.samples)
+        wait_for(lambda: len(self.samples) >= seen + n, 30, f"{n} more requests")
+
+    def failed(self) -> int:
+        return sum(1 for _, answer in self.samples if answer is None)
+
+    def gaps(self) -> list[float]:
+        """Each stretch of failed requests: from the first failure's start to the start of the
+        next request that succeeded (or the last request's start, if none did)."""
+        found, begun = [], None
+        for started, answer in self.samples:
+            if answer is None and begun is None:
+                begun = started
+            elif answer is not None and begun is not None:
+                found.append(started - begun)
+                begun = None
+        if begun is not None:
+            found.append(self.samples[-1][0] - begun)
+        return found
 
 
 def stamp(rfc3339: str) -> float:

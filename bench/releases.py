@@ -32,11 +32,10 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -133,47 +132,6 @@ class RegistryCount:
 
 
 # ---- the frontend's client ----
-
-@dataclass
-class Poller:
-    """A client that GETs url every 20 ms (1 s timeout) and records (start, ok) per request."""
-
-    url: str
-    samples: list[tuple[float, bool]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.perf_counter()
-            ok = common.http_status(self.url, timeout=1.0) == 200
-            self.samples.append((started, ok))
-            time.sleep(max(0.0, 0.02 - (time.perf_counter() - started)))
-
-    def __enter__(self) -> Poller:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def gaps(self) -> list[float]:
-        """Each stretch of failed requests: from the first failure's start to the start of the
-        next request that succeeded (or the last request's start, if none did)."""
-        found, begun = [], None
-        for started, ok in self.samples:
-            if not ok and begun is None:
-                begun = started
-            elif ok and begun is not None:
-                found.append(started - begun)
-                begun = None
-        if begun is not None:
-            found.append(self.samples[-1][0] - begun)
-        return found
-
 
 def serving(url: str, tag: str) -> bool:
     try:
@@ -279,14 +237,14 @@ def guarded(flake: stacks.RayFlake, what: str, notes: list[str],
 
 def upgrade(url: str, go: Any, tag: str) -> tuple[float, float, float]:
     """(failed seconds, longest gap, command seconds) of go() moving the frontend to `tag`."""
-    with Poller(url) as poller:
-        time.sleep(0.3)
+    with common.Poller(lambda: common.http_status(url, timeout=1.0) == 200 or None) as poller:
+        poller.wait_more()
         started = time.perf_counter()
         go()
         elapsed = time.perf_counter() - started
         common.wait_for(lambda: serving(url, tag), 300, f"the frontend serving {tag}",
                         interval=0.05)
-        time.sleep(0.5)
+        poller.wait_more()
     gaps = poller.gaps()
     return sum(gaps), max(gaps, default=0.0), elapsed
 

@@ -462,6 +462,9 @@ def test_cert_mode_reads_and_checks_the_pair(tmp_path: Path, ca: CA) -> None:
     c, k = write(tmp_path, pem(cert, ca.cert), key_pem(key))
     site = tls.site(app_settings(tls="cert", tls_cert=c, tls_key=k, frontend_host=HOST), NOW)
     assert site is not None and site.cert is not None and site.cert.names == (HOST,)
+    # What was checked is what the proxy gets (no second read), and the key stays out of repr.
+    assert site.pem == (c.read_bytes(), k.read_bytes())
+    assert "PRIVATE" not in repr(site) and k.read_text().splitlines()[1] not in repr(site)
 
 
 @pytest.mark.parametrize("values, says", [

@@ -113,6 +113,9 @@ def serve(port: int, routes: dict[str, Callable[[Any], tuple[int, Any]]],
         # Keep connections alive, as the real frontend and backend do (a proxy reuses its
         # upstream connections): every reply carries a Content-Length.
         protocol_version = "HTTP/1.1"
+        # The headers and the body go out in two writes: with Nagle's algorithm the second
+        # waits for the client's delayed ACK (40 ms) on a kept-alive connection.
+        disable_nagle_algorithm = True
 
         def _reply(self, code: int, body: Any) -> None:
             data = json.dumps(body).encode()
