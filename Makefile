@@ -4,10 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv engine images lint test unit build demo faults release-faults soak soak-short bench clean
+.PHONY: help venv engine images lint test unit build demo faults release-faults soak soak-short launcher-e2e bench clean
 
 help:
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(VENV)/.done: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ soak: build venv engine images ## the full chaos soak across the simulated VMs (
 
 soak-short: build venv engine images ## the 5-minute chaos soak alone (seed 1717; make test runs it too)
 	$(PY) -m pytest -q -s tests/soak/test_soak_short.py $(PYTEST_ARGS)
+
+launcher-e2e: build venv engine images ## Ray's cluster launcher alone: live `ray up` on simulated VMs, the autoscaler, the schema (make test runs them too)
+	$(PY) -m pytest -q -s tests/integration/test_ray_up.py tests/integration/test_autoscaling.py tests/integration/test_launcher_schema.py $(PYTEST_ARGS)
 
 bench: venv engine images ## the benchmarks (bench/RESULTS.md)
 	$(PY) bench/run_all.py

@@ -41,7 +41,13 @@ PUBLIC_KEY_ON_NODE = "~/.ssh/id_rsa.pub"  # as in the guide
 # container (ray.autoscaler.sdk.get_docker_host_mount_location); initialization commands run
 # on the VM before the container exists, so they read the file there.
 VM_MOUNT_ROOT = "/tmp/ray_tmp_mount"
+# `ray up` (Ray 2.50 and later) starts the head with autoscaler v2, which on a local cluster
+# counts the head among the nodes of the one node type Ray makes for it, capped at the number of
+# --worker-ip: the last worker is never started. The head's own export comes after Ray's, so
+# the v1 autoscaler runs, which starts every listed worker.
+LOCAL_AUTOSCALER = "export RAY_enable_autoscaler_v2=0"
 LICENSE_FILE = "license-key"
+MARKET_LABEL = "ray.io/market-type"  # the node label Ray reserves for spot or on-demand
 
 
 @dataclass(frozen=True)
@@ -194,9 +200,12 @@ def cluster_config(settings: LauncherSettings, token_file: Path | None,
     secrets = (token_file is not None, license_file is not None)
     # The head role's `ray start` (roles/ray.py), run by Ray's launcher in the foreground of
     # its own SSH session rather than as the container's main process: no --block.
-    config["head_start_ray_commands"] = ["ray stop", _ray_start(
+    head_start = _ray_start(
         settings, [*ray.start_command(None, ray.node_ports(settings, "head"), block=False),
-                   "--autoscaling-config=~/ray_bootstrap_config.yaml"], *secrets)]
+                   "--autoscaling-config=~/ray_bootstrap_config.yaml"], *secrets)
+    if provider == "local":
+        head_start = f"{LOCAL_AUTOSCALER} && {head_start}"
+    config["head_start_ray_commands"] = ["ray stop", head_start]
     config["worker_start_ray_commands"] = ["ray stop", _ray_start(
         settings, ray.start_command("$RAY_HEAD_IP", ray.node_ports(settings, "worker"),
                                     block=False), *secrets)]
@@ -289,7 +298,11 @@ def _node_type(settings: LauncherSettings, provider: str, role: str) -> dict[str
     node_config = {"aws": _aws_node, "gcp": _gcp_node, "azure": _azure_node}[provider](
         settings, size, spot)
     # aws fills empty resources in itself at `ray up`; gcp and azure are always given CPUs.
-    return {"resources": {"CPU": cpus} if cpus else {}, "node_config": node_config}
+    node: dict[str, Any] = {"resources": {"CPU": cpus} if cpus else {},
+                            "node_config": node_config}
+    if role == "worker":  # so a job can ask for (or avoid) spot workers: Ray's own label key
+        node["labels"] = {MARKET_LABEL: "spot" if spot else "on-demand"}
+    return node
 
 
 def _aws_node(settings: LauncherSettings, size: str, spot: bool) -> dict[str, Any]:

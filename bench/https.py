@@ -229,6 +229,9 @@ def main() -> None:
     notes.append(f"9b. p99 latency: {p99_proxy:.2f} ms through the proxy, {p99_direct:.2f} ms "
                  f"straight ({p99_proxy - p99_direct:+.2f} ms; target at most +2 ms: "
                  f"{'met' if p99_proxy - p99_direct <= 2 else 'NOT met'})")
+    p50_proxy, p50_direct = med(lat_proxy), med(lat_direct)
+    notes.append(f"9b. median latency: {p50_proxy:.2f} ms through the proxy, {p50_direct:.2f} ms "
+                 f"straight: the proxy adds {p50_proxy - p50_direct:.2f} ms to a request")
     rows = [] if args.overhead_only else [
         common.Row("9a. upgrade A -> B of frontend and backend: failed requests", "calls",
                    failed["proxy"], "the agent without the proxy", failed["plain"],

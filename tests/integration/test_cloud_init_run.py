@@ -29,10 +29,10 @@ import pytest
 import yaml
 
 from agent.waits import poll
-from tests.integration.test_vms import VM, fixed_lan, start_vm, zipapp
 from tests.support.constants import REPO
 from tests.support.ports import free_port
 from tests.support.sandbox import Sandbox
+from tests.support.vms import VM, fixed_lan, start_vm, zipapp
 
 pytestmark = pytest.mark.integration
 

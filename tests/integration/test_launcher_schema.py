@@ -10,10 +10,8 @@ them in each node's container: a head and a worker with token auth form a cluste
 from __future__ import annotations
 
 import copy
-import io
 import json
 import os
-import tarfile
 import urllib.error
 import urllib.request
 import uuid
@@ -30,6 +28,7 @@ from agent import cli, cluster
 from agent.waits import poll
 from tests.integration.agent_helpers import ip_on
 from tests.support.constants import TEST_LABEL
+from tests.support.engine import tar
 from tests.support.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
@@ -75,16 +74,6 @@ config["file_mounts"] = {path: path for path in config["file_mounts"]}
 config["auth"]["ssh_private_key"] = "~/ray_bootstrap_key.pem"
 yaml.safe_dump(config, open("/root/ray_bootstrap_config.yaml", "w"))
 '''
-
-
-def tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name.lstrip("/"))
-            info.size, info.mode = len(data), 0o600
-            archive.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def generate(root: Path, provider: str) -> Path:

@@ -10,15 +10,10 @@ as boot would: the workers rejoin and the app is healthy again with no manual st
 from __future__ import annotations
 
 import functools
-import io
-import json
-import subprocess
 import tarfile
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import docker
 import pytest
@@ -26,140 +21,28 @@ import pytest
 from agent import cluster
 from agent.waits import poll
 from tests.integration.agent_helpers import start_registry
-from tests.support.constants import NOFILE, REPO, TEST_LABEL
+from tests.support.constants import NOFILE
 from tests.support.sandbox import Sandbox
+from tests.support.vms import (
+    DATA,
+    GCS_REDIS_REPO,
+    PASSWORD,
+    RAY_REPO,
+    USER,
+    VM,
+    Lab,
+    copy_file,
+    core_status,
+    docker_answers,
+    fixed_lan,
+    push_images,
+    send_images,
+    start_vm,
+    zipapp,
+)
 
 pytestmark = pytest.mark.integration
-
-USER, PASSWORD = "syntho", "vm-registry-pass-91c2"
-RAY_REPO = "syntho/syntho-ray:test"
-GCS_REDIS_REPO = "syntho/redis:test"  # the head's GCS Redis (GCS fault tolerance)
-DATA = "/var/lib/syntho-agent"
-
-
-def push_images(client: docker.DockerClient, images: dict[str, str], port: int) -> None:
-    """The Ray image and the head's GCS Redis into the lab's registry (on this host's port)."""
-    local = f"127.0.0.1:{port}"
-    for source, ref in ((images["ray"], RAY_REPO), (images["redis"], GCS_REDIS_REPO)):
-        repo, tag = f"{local}/{ref}".rsplit(":", 1)
-        client.images.get(source).tag(repo, tag)
-        for line in client.images.push(repo, tag, auth_config={"username": USER,
-                                                               "password": PASSWORD},
-                                       stream=True, decode=True):
-            if "error" in line:
-                raise RuntimeError(f"pushing {ref}: {line}")
-        client.images.remove(f"{local}/{ref}")
-
-
-@dataclass
-class VM:
-    name: str
-    ip: str
-    container: docker.models.containers.Container
-
-    def sh(self, script: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-        code, (out, err) = self.container.exec_run(["sh", "-c", script], environment=env or {},
-                                                   demux=True)
-        return int(code), (out or b"").decode(errors="replace"), (err or b"").decode(
-            errors="replace")
-
-    def agent(self, *args: str, env: dict[str, str] | None = None) -> str:
-        code, (out, err) = self.container.exec_run(["syntho-agent", *args],
-                                                   environment=env or {}, demux=True)
-        text = (out or b"").decode(errors="replace")
-        assert code == 0, f"{self.name}: syntho-agent {args[0]} exited {code}\n{text}\n{err!r}"
-        return text
-
-    def inner(self, *cmd: str) -> str:
-        code, out, err = self.sh(" ".join(cmd))
-        assert code == 0, f"{self.name}: {cmd}: {out}{err}"
-        return out
-
-
-@dataclass
-class Lab:
-    """The simulated VMs on their private network, and the registry they pull from."""
-
-    sandbox: Sandbox
-    vms: dict[str, VM]
-    registry: str
-    lan: str  # the network's name
-    prefix: str  # its first three octets: VM n is PREFIX.(10 + n)
-    image: str  # the VM image
-
-    def boot(self, name: str, ip: str) -> VM:
-        """A new VM (its own engine and volume) on the lan, with the zipapp in it."""
-        vm = start_vm(self.sandbox, self.lan, self.registry, self.image, name, ip)
-        assert poll(functools.partial(docker_answers, vm), 120, f"{vm.name} engine")
-        copy_file(vm, zipapp(), "/usr/local/bin", "syntho-agent")
-        self.vms[name] = vm
-        return vm
-
-
-def fixed_lan(docker_client: docker.DockerClient,
-              sandbox: Sandbox) -> tuple[docker.models.networks.Network, str]:
-    """A private network with a fixed subnet, so a rebooted VM keeps its address; and its
-    gateway (where the VMs reach the host)."""
-    probe = docker_client.networks.create(f"{sandbox.id}-probe", labels=sandbox.labels)
-    subnet = probe.attrs["IPAM"]["Config"][0]["Subnet"]
-    gateway = str(probe.attrs["IPAM"]["Config"][0]["Gateway"])
-    probe.remove()
-    ipam = docker.types.IPAMConfig(pool_configs=[
-        docker.types.IPAMPool(subnet=subnet, gateway=gateway)])
-    lan = docker_client.networks.create(f"{sandbox.id}-lan", ipam=ipam, labels=sandbox.labels)
-    return lan, gateway
-
-
-def start_vm(sandbox: Sandbox, lan: str, registry: str, image: str, name: str, ip: str) -> VM:
-    client = sandbox.client
-    volume = client.volumes.create(f"{sandbox.id}-vm-{name}", labels=sandbox.labels)
-    # The CLI, not the SDK: the SDK has no systempaths=unconfined (masked paths).
-    subprocess.run(
-        ["docker", "run", "-d", "--name", f"{sandbox.id}-vm-{name}",
-         "--hostname", f"vm-{name}", "--label", f"{TEST_LABEL}={sandbox.id}",
-         "--network", lan, "--ip", ip,
-         "--env", f"DOCKERD_ARGS=--insecure-registry {registry}",
-         "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
-         "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
-         "--security-opt", "systempaths=unconfined",
-         "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "-v", f"{volume.name}:/var/lib/docker",
-         image], check=True, capture_output=True)
-    return VM(name, ip, client.containers.get(f"{sandbox.id}-vm-{name}"))
-
-
-def docker_answers(vm: VM) -> bool:
-    return vm.sh("docker info")[0] == 0
-
-
-def zipapp() -> Path:
-    """The zipapp for this machine, built by build.py (cached by the build itself)."""
-    subprocess.run([str(REPO / ".venv/bin/python"), "build.py"], cwd=REPO, check=True,
-                   capture_output=True)
-    path = REPO / "dist/syntho-agent"
-    assert path.is_file(), "build.py did not produce dist/syntho-agent"
-    return path
-
-
-def copy_file(vm: VM, source: Path, target_dir: str, name: str, mode: int = 0o755) -> None:
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w") as tar:
-        info = tar.gettarinfo(str(source), arcname=name)
-        info.mode = mode
-        with source.open("rb") as f:
-            tar.addfile(info, f)
-    vm.sh(f"mkdir -p {target_dir}")
-    assert vm.container.put_archive(target_dir, data.getvalue())
-
-
-def send_images(vm: VM, refs: list[str], path: str) -> None:
-    """An offline bundle, as an operator would copy it: `docker save` into a file on the VM."""
-    vm.sh(f"mkdir -p {Path(path).parent}")
-    save = subprocess.Popen(["docker", "save", *refs], stdout=subprocess.PIPE)
-    subprocess.run(["docker", "exec", "-i", vm.container.name, "sh", "-c", f"cat > {path}"],
-                   stdin=save.stdout, check=True)
-    assert save.wait() == 0
-
-
+# Re-exported for the soak.
 @pytest.fixture(scope="module")
 def lab(docker_client: docker.DockerClient, images: dict[str, str],
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
@@ -188,11 +71,6 @@ def lab(docker_client: docker.DockerClient, images: dict[str, str],
         if registry_proc is not None:
             registry_proc.terminate()
             registry_proc.wait(timeout=10)
-
-
-def core_status(app: VM) -> dict[str, Any]:
-    code, out, _ = app.sh("docker exec syntho-core curl -fsS http://localhost:8080/api/v1/status")
-    return json.loads(out) if code == 0 else {}
 
 
 def http_ok(url: str) -> bool:

@@ -14,9 +14,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from tests.integration.test_vms import VM
 from tests.soak import health
 from tests.soak.lab import AGENT_LOG, DATA, SoakLab, fresh_client, safe_sh
+from tests.support.vms import VM
 
 LINGER = 60.0  # seconds an unexpected agent-labelled container may exist (a throw-away one)
 WRITE_EVERY = 3.0

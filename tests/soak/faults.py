@@ -13,9 +13,9 @@ import docker
 import docker.errors
 
 from agent.waits import poll
-from tests.integration.test_vms import VM
 from tests.soak import health
 from tests.soak.lab import AGENT_PID, SoakLab, fresh_client, safe_sh, start_engine
+from tests.support.vms import VM
 
 KINDS = ("container-sigkill", "container-docker-kill", "container-rm", "agent-sigkill",
          "engine-restart", "network-cut", "reboot", "head-ray-restart")

@@ -15,8 +15,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from tests.integration.test_vms import VM
 from tests.soak.lab import MANAGED, SERVICE_LABEL, safe_sh
+from tests.support.vms import VM
 
 PS_FORMAT = "{{.Names}}|{{.State}}|{{.Status}}|{{.Label \"" + SERVICE_LABEL + "\"}}"
 

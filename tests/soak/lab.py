@@ -24,7 +24,10 @@ import docker.errors
 
 from agent.waits import poll
 from tests.integration.agent_helpers import start_registry
-from tests.integration.test_vms import (
+from tests.support.constants import NOFILE
+from tests.support.engine import connect
+from tests.support.sandbox import Sandbox
+from tests.support.vms import (
     DATA,
     GCS_REDIS_REPO,
     PASSWORD,
@@ -39,9 +42,6 @@ from tests.integration.test_vms import (
     start_vm,
     zipapp,
 )
-from tests.support.constants import NOFILE
-from tests.support.engine import connect
-from tests.support.sandbox import Sandbox
 
 AGENT_PID = "/run/syntho-agent.pid"
 AGENT_LOG = "/var/log/agent.log"

@@ -1,6 +1,9 @@
-"""A Docker client for the real engine, checked to answer."""
+"""A Docker client for the real engine, checked to answer; files into its containers."""
 
 from __future__ import annotations
+
+import io
+import tarfile
 
 import docker
 
@@ -14,3 +17,14 @@ def connect(timeout: int) -> docker.DockerClient:
     client = docker.from_env(timeout=timeout)
     client.ping()
     return client
+
+
+def tar(files: dict[str, bytes]) -> bytes:
+    """A tar of files (absolute path -> content, mode 0600) for put_archive("/", ...)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name.lstrip("/"))
+            info.size, info.mode = len(data), 0o600
+            archive.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

@@ -28,6 +28,8 @@ HEAD_START = ("ray start --head --port=6379 --dashboard-host 0.0.0.0 "
 WORKER_START = f"ray start --address=$RAY_HEAD_IP:6379 {WORKER_PORTS} --disable-usage-stats"
 TOKEN_STEPS = ('RAY_AUTH_TOKEN="$(cat /etc/syntho/ray-token)" && test -n "$RAY_AUTH_TOKEN" && '
                "export RAY_AUTH_TOKEN && export RAY_AUTH_MODE=token && ")
+# Local clusters only: the head's autoscaler is v1 (see test_local_keeps_every_worker).
+V1_AUTOSCALER = "export RAY_enable_autoscaler_v2=0 && "
 PASSWORD = "registry-pass-7f3a9c"
 TOKEN = "0123456789abcdef0123456789abcdef-token"
 LICENSE = "signed-license-key-b3c7e1"
@@ -109,7 +111,8 @@ def test_every_provider_gets_the_head_roles_ray_settings(
         "run_options": ["--shm-size=4g", "--ulimit nofile=65536:65536",
                         "-e RAY_SCHEDULER_SPREAD_THRESHOLD=0.0"]}
     assert config["auth"]["ssh_user"] == "ubuntu"
-    assert config["head_start_ray_commands"] == ["ray stop", TOKEN_STEPS + HEAD_START]
+    v1 = V1_AUTOSCALER if provider == "local" else ""
+    assert config["head_start_ray_commands"] == ["ray stop", v1 + TOKEN_STEPS + HEAD_START]
     assert config["worker_start_ray_commands"] == ["ray stop", TOKEN_STEPS + WORKER_START]
     assert config["setup_commands"] == [] and config["worker_setup_commands"] == []
     assert "head_setup_commands" not in config  # Ray's default: the cloud SDK for the autoscaler
@@ -140,6 +143,7 @@ def test_cloud_defaults(files: Files, capsys: pytest.CaptureFixture[str], provid
     assert head in str(types["ray.head.default"]["node_config"])
     assert worker in str(types["ray.worker.default"]["node_config"])
     assert "ssh_private_key" not in config["auth"]  # the cloud provider makes a key
+    assert types["ray.worker.default"]["labels"] == {"ray.io/market-type": "on-demand"}
     assert config["idle_timeout_minutes"] == 5  # Ray's default, said in the file
     assert generate(files, capsys, provider, "--idle-timeout-minutes", "12")[
         "idle_timeout_minutes"] == 12
@@ -175,6 +179,19 @@ def test_local_lists_the_machines_and_no_node_types(
     assert config["auth"] == {"ssh_user": "ubuntu", "ssh_private_key": str(files.key)}
     # Ray refuses node types for local clusters (it makes its own).
     assert "available_node_types" not in config and "head_node_type" not in config
+
+
+def test_local_keeps_every_worker(files: Files, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ray up` (Ray 2.60) starts the head with autoscaler v2, which on a local cluster counts
+    the head among its capped node type and never starts the last worker (the live run: 2 of 3
+    nodes, "Adding 1 nodes to satisfy min count" forever); the head's command turns it off
+    after Ray's own export, and only for local."""
+    head = generate(files, capsys, "local")["head_start_ray_commands"][1]
+    assert head.startswith(V1_AUTOSCALER)
+    assert "RAY_enable_autoscaler_v2" not in generate(files, capsys, "local")[
+        "worker_start_ray_commands"][1]
+    for cloud in ("aws", "gcp", "azure"):
+        assert "autoscaler_v2" not in str(generate(files, capsys, cloud))
 
 
 def test_azure_logs_in_with_the_private_keys_public_half(
@@ -235,6 +252,8 @@ def test_flags_override_every_default(files: Files, capsys: pytest.CaptureFixtur
         "BlockDeviceMappings": [{"DeviceName": "/dev/sda1",
                                  "Ebs": {"VolumeSize": 250, "VolumeType": "gp3"}}]}
     assert worker["node_config"]["InstanceMarketOptions"] == {"MarketType": "spot"}
+    # Ray's label for it, so a job can select (or avoid) spot workers; the head is never spot.
+    assert worker["labels"] == {"ray.io/market-type": "spot"} and "labels" not in head
     assert (worker["min_workers"], worker["max_workers"]) == (0, 10)
     assert config["head_setup_commands"] == ["pip install -q boto3"]
     assert config["head_start_ray_commands"][1].endswith(
