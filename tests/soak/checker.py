@@ -40,13 +40,18 @@ class Record:
     agent_exits: dict[str, int] = field(default_factory=dict)
 
 
+END = "#end"  # the listing's last line: without it the answer was cut short, not the files gone
+
+
 def fingerprints(vm: VM) -> dict[str, str] | None:
-    """sha256 of every file under the data dir's secrets/ and of its ray-token."""
-    code, out, _ = safe_sh(vm, f"cd {DATA} && find secrets ray-token -type f 2>/dev/null "
-                           "| sort | xargs -r sha256sum")
-    if code != 0:
+    """sha256 of every file under the data dir's secrets/ and of its ray-token; None when the
+    VM did not answer in full."""
+    code, out, _ = safe_sh(vm, f"cd {DATA} && {{ find secrets ray-token -type f 2>/dev/null "
+                           f"| sort | xargs -r sha256sum; echo '{END}'; }}")
+    lines = out.splitlines()
+    if code != 0 or not lines or lines[-1] != END:
         return None
-    return {path: digest for digest, path in (line.split() for line in out.splitlines())}
+    return {path: digest for digest, path in (line.split() for line in lines[:-1])}
 
 
 def worker_token(vm: VM) -> str | None:
@@ -173,7 +178,9 @@ class Checker:
         for path, digest in before.items():
             if now.get(path) != digest:
                 state = "is gone" if path not in now else "changed"
-                self.violate(f"vm-{name}: {DATA}/{path} {state}")
+                listing = safe_sh(vm, f"ls -la --full-time {DATA}")[1].strip()
+                self.violate(f"vm-{name}: {DATA}/{path} {state} (the data dir then: "
+                             f"{listing!r})")
 
     def agent_alive(self, name: str, vm: VM) -> None:
         """The supervisor gives up only after exit 2 (a config mistake): never in a soak."""
