@@ -42,7 +42,8 @@ from tests.support.vms import (
 )
 
 pytestmark = pytest.mark.integration
-# Re-exported for the soak.
+
+
 @pytest.fixture(scope="module")
 def lab(docker_client: docker.DockerClient, images: dict[str, str],
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
