@@ -76,7 +76,10 @@ def wait_healthy(lab: SoakLab, timeout: float, say: Say) -> tuple[bool, health.L
 
 
 def recoveries(faults: list[Fault], looks: list[health.Look]) -> list[Recovery]:
-    """For each fault, the first healthy look begun after its injection ended."""
+    """For each fault, the first healthy look begun after its injection ended. `looks`: the
+    checker's and the final wait's (a fault injected in the last seconds may have no checker
+    look after it: the final wait saw it healed, and the checker stopped then)."""
+    looks = sorted(looks, key=lambda lk: lk.began)
     found = []
     for i, fault in enumerate(faults):
         healthy = next((lk for lk in looks if lk.began >= fault.ended and lk.healthy), None)
@@ -130,7 +133,8 @@ def soak(lab: SoakLab, seed: int, duration: float, say: Say,
         seed=seed, duration=faults_end - fault_start, setup=lab.setup_seconds,
         faults=injector.faults, injection_errors=injector.errors,
         violations=checker.record.violations,
-        recoveries=recoveries(injector.faults, checker.record.looks), final_recovery=final,
+        recoveries=recoveries(injector.faults, [*checker.record.looks, last]),
+        final_recovery=final,
         healthy_share=sum(lk.healthy for lk in during) / max(1, len(during)),
         rows=len(checker.record.acknowledged), writes_refused=checker.record.write_failures,
         job=job,
