@@ -31,8 +31,9 @@ from tests.support.sandbox import Sandbox
 pytestmark = pytest.mark.integration
 
 GCS_REDIS_PORT = "6386"
-# A driver in a throw-away container of the Ray image: creates the detached actor, or asks it
-# to count once more (Ray client, token auth from the environment).
+# A driver in a throw-away container of the Ray image: creates the detached actor (or finds
+# it, so that a driver that failed half-way can be run again), or asks it to count once more
+# (Ray client, token auth from the environment).
 DRIVER = """
 import sys, ray
 ray.init(address=f"ray://{sys.argv[1]}:10001", namespace="gcs-ft-test")
@@ -44,11 +45,15 @@ class Counter:
         self.n += 1
         return self.n
 if sys.argv[2] == "create":
-    counter = Counter.options(name="counter", lifetime="detached").remote()
+    counter = Counter.options(name="counter", lifetime="detached", get_if_exists=True).remote()
 else:
-    counter = ray.get_actor("counter")
+    try:
+        counter = ray.get_actor("counter")
+    except Exception:  # connected to the cluster, and it has no such actor
+        sys.exit(3)
 print("COUNT", ray.get(counter.incr.remote(), timeout=60))
 """
+NO_ACTOR = 3  # the driver's exit code when it connected and found no actor
 
 
 @dataclass
@@ -81,20 +86,21 @@ class Cluster:
         found = [line for line in out.decode().splitlines() if line.startswith("COUNT ")]
         return int(found[-1].split()[1]) if found else None
 
-    def try_count(self) -> int | None:
+    def try_count(self, mode: str = "incr") -> int | None:
         try:
-            return self.count()
+            return self.count(mode)
         except docker.errors.ContainerError as exc:
             self.last_error = (exc.stderr or b"").decode(errors="replace")[-1500:]
             return None
 
-    def answer(self, timeout: float = 180) -> int:
-        """The actor's next count, asked until it answers (the cluster may be settling: Ray's
-        client server starts a server per driver, which fails while the head is coming up)."""
+    def answer(self, mode: str = "incr", timeout: float = 180) -> int:
+        """The actor's next count (`mode` create: made first), asked until it answers (the
+        cluster may be settling: Ray's client server starts a server per driver, which fails
+        while the head is coming up)."""
         found: list[int] = []
 
         def asked() -> bool:
-            value = self.try_count()
+            value = self.try_count(mode)
             if value is not None:
                 found.append(value)
             return bool(found)
@@ -103,6 +109,26 @@ class Cluster:
         assert found, f"the actor never answered; the last driver said:\n{self.last_error}\n" \
                       f"the head's client server logs:\n{self.client_server_logs()}"
         return found[0]
+
+    def actor_gone(self, timeout: float = 180) -> bool:
+        """Whether a driver that connects finds no actor (True) or the actor answers (False),
+        asked until one of the two (a driver fails otherwise while the head is settling)."""
+        seen: list[bool] = []
+
+        def decided() -> bool:
+            try:
+                self.count()
+                seen.append(False)
+            except docker.errors.ContainerError as exc:
+                if exc.exit_status == NO_ACTOR:
+                    seen.append(True)
+                else:
+                    self.last_error = (exc.stderr or b"").decode(errors="replace")[-1500:]
+            return bool(seen)
+
+        poll(decided, timeout, "a driver's answer")
+        assert seen, f"no driver connected; the last said:\n{self.last_error}"
+        return seen[0]
 
     def client_server_logs(self) -> str:
         _, out = self.head_container().exec_run(
@@ -203,7 +229,7 @@ def _restarted(head: docker.models.containers.Container, started: str) -> bool:
 
 def test_a_detached_actor_outlives_restarts_of_the_head(ray_cluster: Cluster) -> None:
     c = ray_cluster
-    assert c.count("create") == 1
+    assert c.answer("create") >= 1
     _survives(c, "restart")
     _survives(c, "sigkill")
 
@@ -226,8 +252,8 @@ def test_without_gcs_ft_the_workers_ray_restarts_and_the_actor_is_gone(
     assert f"removed gcs-redis-{c.head_instance}" in out
     assert poll(lambda: c.alive() == 3, 120, "3 nodes"), "the workers rejoined the new head"
     before = c.raylet_pids()
-    c.count("create")  # a new detached actor on this head
+    c.answer("create")  # a new detached actor on this head (its client server may be starting)
     c.head_container().restart(timeout=10)
     assert poll(lambda: c.alive() == 3, 120, "3 nodes"), "the workers rejoin (their Ray restarts)"
     assert c.raylet_pids() != before, "the workers' Ray restarted with the head"
-    assert c.try_count() is None, "the detached actor is gone with the head's state"
+    assert c.actor_gone(), "the detached actor is gone with the head's state"
