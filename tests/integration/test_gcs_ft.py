@@ -66,6 +66,7 @@ class Cluster:
     token: str
     workers: list[str]
     last_error: str = ""
+    last_exit: int = 0  # the last driver's exit code
 
     def head(self, *more: str) -> str:
         return ok(run_agent("head", "--data-dir", str(self.head_dir), "--instance",
@@ -87,9 +88,11 @@ class Cluster:
         return int(found[-1].split()[1]) if found else None
 
     def try_count(self, mode: str = "incr") -> int | None:
+        self.last_exit = 0
         try:
             return self.count(mode)
         except docker.errors.ContainerError as exc:
+            self.last_exit = exc.exit_status
             self.last_error = (exc.stderr or b"").decode(errors="replace")[-1500:]
             return None
 
@@ -116,14 +119,10 @@ class Cluster:
         seen: list[bool] = []
 
         def decided() -> bool:
-            try:
-                self.count()
+            if self.try_count() is not None:
                 seen.append(False)
-            except docker.errors.ContainerError as exc:
-                if exc.exit_status == NO_ACTOR:
-                    seen.append(True)
-                else:
-                    self.last_error = (exc.stderr or b"").decode(errors="replace")[-1500:]
+            elif self.last_exit == NO_ACTOR:
+                seen.append(True)
             return bool(seen)
 
         poll(decided, timeout, "a driver's answer")
