@@ -14,6 +14,7 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
+from _pytest.terminal import TerminalReporter
 
 from tests.images import build as image_build
 from tests.support.engine import connect
@@ -47,3 +48,28 @@ def images(docker_client: docker.DockerClient) -> dict[str, str]:
 def sandbox(docker_client: docker.DockerClient, tmp_path: Path) -> Iterator[Sandbox]:
     with Sandbox(docker_client, tmp_path) as box:
         yield box
+
+
+# Where the time goes, per module (setup, call and teardown of its tests; a module-scoped
+# fixture counts for the module that first used it, a session-scoped one for the first module
+# that asked for it). Printed after pytest's --durations, for whoever aims at the slow ones.
+_MODULE_SECONDS: dict[str, float] = {}
+_MODULE_TESTS: dict[str, int] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    module = report.nodeid.split("::", 1)[0]
+    _MODULE_SECONDS[module] = _MODULE_SECONDS.get(module, 0.0) + report.duration
+    if report.when == "call":
+        _MODULE_TESTS[module] = _MODULE_TESTS.get(module, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
+    if not _MODULE_SECONDS:
+        return
+    terminalreporter.write_sep("=", "time per module (slowest first)")
+    total = sum(_MODULE_SECONDS.values())
+    for module, seconds in sorted(_MODULE_SECONDS.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{seconds:8.1f} s {100 * seconds / total:5.1f}% "
+                                    f"{_MODULE_TESTS.get(module, 0):4d} tests  {module}")
+    terminalreporter.write_line(f"{total:8.1f} s in all")
