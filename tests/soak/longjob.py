@@ -97,6 +97,7 @@ class JobReport:
     expected_count: int  # seconds since its birth at the last read
     longest_gap: float  # the longest time without an answer, seconds
     summary: str
+    counted: bool = True  # it read the actor's count at least once
 
 
 def report(lab: SoakLab, since: float, until: float) -> JobReport:
@@ -104,7 +105,8 @@ def report(lab: SoakLab, since: float, until: float) -> JobReport:
     reads = [e for e in found if e.get("event") == "read"]
     created = sum(1 for e in found if e.get("event") == "created")
     if not reads:
-        return JobReport(False, 0, created - 1, 0, 0, until - since, "it never counted")
+        return JobReport(False, 0, max(0, created - 1), 0, 0, until - since, "it never counted",
+                         counted=False)
     births: list[float] = []
     for r in reads:
         if not births or births[-1] != r["born"]:
