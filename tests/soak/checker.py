@@ -138,6 +138,8 @@ class Checker:
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str], float] = {}  # (vm, name) of unexpected: first seen
         self._kept_seen: dict[tuple[str, str], float] = {}  # (vm, kept name): first seen ready
+        self.started = 0.0  # when start() started the threads: the soak's exits are after it
+        self.notes: list[str] = []
         vms = lab.on(fresh_client())
         self.secrets = start_fingerprints(vms)
         self._threads = [threading.Thread(target=self._watch, name="soak-checker", daemon=True),
@@ -149,6 +151,7 @@ class Checker:
                                  "(id bigint PRIMARY KEY, at double precision)'")
         if code != 0:
             raise RuntimeError(f"could not create the soak table: {out}{err}")
+        self.started = time.time()
         for t in self._threads:
             t.start()
 
@@ -281,9 +284,10 @@ class Checker:
         self.record.agent_exits[name] = max(len(exits), self.record.agent_exits.get(name, 0))
 
     def judge_exits(self, vms: dict[str, VM], faults: list[Fault]) -> None:
-        """Every exit in every agent log but 0 that no injected fault explains is a violation
-        (verdict.unexplained_exits), with the VM, the code, the time and the log's tail.
-        A log that cannot be read is one too: its exits would go unjudged."""
+        """Every exit the supervisor logged since start() but 0 that no injected fault
+        explains is a violation (verdict.unexplained_exits), with the VM, the code, the time
+        and the log's tail; a log that cannot be read is one too (its exits would go
+        unjudged). Exits before start() (the lab's setup, the first converge) are noted."""
         for name, vm in vms.items():
             code, text, err = safe_sh(vm, f"cat {AGENT_LOG}")
             if code != 0:
@@ -292,7 +296,11 @@ class Checker:
                 continue
             exits = verdict.agent_exits(f"vm-{name}", text)
             self.record.agent_exits[name] = len(exits)
-            for e in verdict.unexplained_exits(exits, faults):
+            soak = [e for e in exits if e.at >= int(self.started)]
+            self.notes += [f"before the soak: {verdict.exit_violation(e)}"
+                           for e in verdict.unexplained_exits(
+                               [e for e in exits if e not in soak], [])]
+            for e in verdict.unexplained_exits(soak, faults):
                 self.violate(verdict.exit_violation(e), at=e.at)
 
     def rows_kept(self, app: VM) -> bool:

@@ -64,6 +64,9 @@ def markdown(result: Result, command: str) -> str:
         if found and rule != "violations":
             lines += ["", f"Failed, {rule}:", ""]
             lines += [f"- {p}" for p in found[:30]]
+    if result.notes:
+        lines += ["", "Notes:", ""]
+        lines += [f"- {n}" for n in result.notes]
     if result.injection_errors:
         lines += ["", f"Faults that could not be injected ({len(result.injection_errors)}):", ""]
         lines += [f"- {e}" for e in result.injection_errors[:20]]

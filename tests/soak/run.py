@@ -175,7 +175,7 @@ def soak(lab: SoakLab, seed: int, duration: float, say: Say,
         healthy_share=sum(lk.healthy for lk in during) / max(1, len(during)),
         rows=len(checker.record.acknowledged), writes_refused=checker.record.write_failures,
         job=job,
-        agent_exits=checker.record.agent_exits,
+        agent_exits=checker.record.agent_exits, notes=list(checker.notes),
         gcs_ft=lab.gcs_ft, limits=limits, judged=verdict.judge(injector.faults, looks, limits),
         attempts=list(checker.record.attempts),
         db_windows=verdict.database_windows(injector.faults, looks, time.time()))

@@ -195,6 +195,8 @@ def bare_checker(monkeypatch: pytest.MonkeyPatch, answers: dict[str, tuple[int, 
     c._seen = {}
     c._kept_seen = {}
     c.secrets = {}
+    c.started = 0.0
+    c.notes = []
     monkeypatch.setattr(checker_module, "safe_sh",
                         lambda vm, script, timeout=30: answers[vm.name])
     return c
@@ -203,12 +205,22 @@ def bare_checker(monkeypatch: pytest.MonkeyPatch, answers: dict[str, tuple[int, 
 def test_the_checker_records_an_unexplained_exit_at_its_time(
         monkeypatch: pytest.MonkeyPatch) -> None:
     c = bare_checker(monkeypatch, {"w1": (0, LOG, ""), "w2": (-1, "", "not running")})
+    c.started = 150.0
     vms: Any = {"w1": FakeVM("w1"), "w2": FakeVM("w2")}
     c.judge_exits(vms, [Fault("agent-sigkill", "vm-w1", 199.5, 199.9)])
     whats = [(v.at, v.what[:32]) for v in c.record.violations]
     assert whats == [(300.0, "vm-w1: the agent exited 1 at 300"),
                      (pytest.approx(whats[1][0]), "vm-w2: its agent log could not b")]
     assert c.record.agent_exits["w1"] == 2
+
+
+def test_exits_before_the_soak_are_noted_not_judged(monkeypatch: pytest.MonkeyPatch) -> None:
+    c = bare_checker(monkeypatch, {"w1": (0, LOG, "")})
+    c.started = 250.0  # the 137 at 200 (no fault explains it) came during the setup
+    vms: Any = {"w1": FakeVM("w1")}
+    c.judge_exits(vms, [])
+    assert [v.what[:32] for v in c.record.violations] == ["vm-w1: the agent exited 1 at 300"]
+    assert c.notes and "exited 137 at 200" in c.notes[0]
 
 
 # ---- the long job ----
