@@ -158,6 +158,11 @@ def test_a_137_is_explained_only_by_a_sigkill_of_that_vm_at_that_time() -> None:
                   Fault("container-sigkill", "vm-w1/ray-worker", 199.5, 199.9),
                   Fault("engine-restart", "vm-w1", 190.0, 199.0)):
         assert verdict.unexplained_exits([e], [other]) == [e], other
+    # a SIGKILL explains only the code a SIGKILL gives
+    for code in (1, 3, 4, 143):
+        e2 = AgentExit("vm-w1", code, 200.0, "")
+        assert verdict.unexplained_exits([e2], [Fault("agent-sigkill", "vm-w1", 199.5,
+                                                      199.9)]) == [e2]
     # one SIGKILL explains one exit
     twice = [e, AgentExit("vm-w1", 137, 201.0, "")]
     assert len(verdict.unexplained_exits(twice, [Fault("agent-sigkill", "vm-w1", 199.5,
