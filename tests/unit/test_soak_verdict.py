@@ -13,7 +13,7 @@ from tests.soak import report, verdict
 from tests.soak.checker import Checker, Record, start_fingerprints
 from tests.soak.faults import KINDS, Fault
 from tests.soak.health import Box, Look
-from tests.soak.longjob import JobReport
+from tests.soak.longjob import JobReport, judge
 from tests.soak.run import Result, recoveries
 from tests.soak.verdict import AgentExit, Attempt, Held
 
@@ -241,6 +241,25 @@ def test_a_recreated_actor_fails_with_gcs_fault_tolerance() -> None:
     assert "created again 1 time(s)" in problem
     assert verdict.job_problems(job(counted=False), gcs_ft=True)
     assert verdict.job_problems(job(recreated=4), gcs_ft=False) == []
+
+
+def test_the_jobs_events_count_re_creations_after_its_first_count() -> None:
+    def read(t: float, born: float) -> dict[str, Any]:
+        return {"event": "read", "t": t, "born": born, "n": int(t - born)}
+
+    start = [{"event": "created", "t": 9.0}, {"event": "error", "t": 9.5},
+             {"event": "created", "t": 10.0}, read(11.0, 9.0)]  # twice before its first count
+    calm = judge([*start, read(20.0, 9.0), read(60.0, 50.0)], 15.0, 61.0)  # Ray restarted it
+    assert (calm.recreated, calm.restarts, calm.counted) == (0, 1, True)
+    assert verdict.job_problems(calm, gcs_ft=True) == []
+    # created again after its first count, and the reads are of the new one: lost
+    lost = judge([*start, {"event": "created", "t": 30.0}, read(35.0, 30.0)], 15.0, 36.0)
+    assert lost.recreated == 1 and verdict.job_problems(lost, gcs_ft=True)
+    # a "created" after which the old actor answers (get_if_exists found it): not one
+    found = judge([*start, {"event": "created", "t": 30.0}, read(35.0, 9.0)], 15.0, 36.0)
+    assert found.recreated == 0
+    never = judge([{"event": "error", "t": 1.0}], 0.0, 5.0)
+    assert not never.counted and verdict.job_problems(never, gcs_ft=True)
 
 
 # ---- the database writer ----
