@@ -18,7 +18,15 @@ from _pytest.terminal import TerminalReporter
 
 from tests.images import build as image_build
 from tests.support.engine import connect
+from tests.support.processes import default_signals
 from tests.support.sandbox import Sandbox
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every child a test starts gets default signal dispositions, however the suite was
+    started (nohup, cron or a CI runner start it with SIGINT and SIGQUIT ignored, and children
+    inherit an ignored signal: the SIGINT a test sends them would do nothing)."""
+    default_signals()
 
 
 @pytest.fixture(autouse=True)
