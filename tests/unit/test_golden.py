@@ -97,8 +97,8 @@ def compare(path: Path, text: str) -> None:
     if os.environ.get("UPDATE_GOLDEN"):
         path.parent.mkdir(exist_ok=True)
         path.write_text(text)
-        pytest.fail(f"{path.name} rewritten: review the diff (git diff {GOLDEN.name}/), then "
-                    "run the tests again without UPDATE_GOLDEN", pytrace=False)
+        pytest.fail(f"{path.name} rewritten: review the diff (git diff tests/unit/golden/), "
+                    "then run the tests again without UPDATE_GOLDEN", pytrace=False)
     assert path.exists(), f"{path} is missing: UPDATE_GOLDEN=1 make unit writes it"
     assert text == path.read_text(), (
         f"{path.name} differs from what the code produces: if the change is deliberate, "
