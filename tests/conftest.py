@@ -17,8 +17,28 @@ import pytest
 from _pytest.terminal import TerminalReporter
 
 from tests.images import build as image_build
+from tests.support import summary
 from tests.support.engine import connect
+from tests.support.processes import default_signals
 from tests.support.sandbox import Sandbox
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every child a test starts gets default signal dispositions, however the suite was
+    started (nohup, cron or a CI runner start it with SIGINT and SIGQUIT ignored, and children
+    inherit an ignored signal: the SIGINT a test sends them would do nothing). And what tests
+    note for the log is written in the summary."""
+    default_signals()
+    config.pluginmanager.register(_Notes(), "syntho-notes")
+
+
+class _Notes:
+    """What tests noted for the log (tests/support/summary.py: a fuzz's seed, the Pythons a
+    test ran on), in every run's summary, `pytest -q` included."""
+
+    def pytest_terminal_summary(self, terminalreporter: TerminalReporter) -> None:
+        for who, line in sorted(summary.LINES.items()):
+            terminalreporter.write_line(f"{who}: {line}")
 
 
 @pytest.fixture(autouse=True)

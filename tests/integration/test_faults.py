@@ -7,6 +7,7 @@ Run alone with `make faults` (pytest -m faults).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import random
@@ -24,6 +25,7 @@ from agent.waits import poll
 from tests.integration.agent_helpers import App, HeadVM, Node, http, ip_on, ok
 from tests.support.agent_cli import agent_cmd, run_agent
 from tests.support.constants import NOFILE, REPO
+from tests.support.processes import started
 from tests.support.sandbox import Sandbox
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -160,10 +162,11 @@ def test_the_agent_killed_at_random_points_always_converges(stack: App) -> None:
 
 def test_two_agents_at_once_one_waits_or_refuses_and_nothing_is_corrupted(stack: App) -> None:
     before = remember(stack)
-    procs = [subprocess.Popen(agent_cmd("app", *stack.args(), "--lock-wait", "0"), cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
+    with contextlib.ExitStack() as running:  # (both killed if the wait times out)
+        procs = [running.enter_context(started(
+            agent_cmd("app", *stack.args(), "--lock-wait", "0"), cwd=REPO,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)) for _ in range(2)]
+        results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
     codes = sorted(r[0] for r in results)
     # Either they ran one after the other (both 0), or one was refused with exit 5.
     assert codes in ([0, 0], [0, 5]), results

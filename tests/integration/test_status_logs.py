@@ -27,6 +27,7 @@ from agent.waits import poll
 from tests.integration.agent_helpers import Node, ip_on, ok
 from tests.support.agent_cli import agent_cmd, agent_env
 from tests.support.constants import REPO
+from tests.support.processes import kill_group, spawn
 from tests.support.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
@@ -185,11 +186,13 @@ def test_a_worker_vm_says_whether_the_head_lists_it_alive(
 
 
 class Follower:
-    """`logs -f` running: its output lines as they come."""
+    """`logs -f` running: its output lines as they come (in a process group of its own, which
+    the fixture kills)."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(agent_cmd("logs", "-f", *args), cwd=REPO, env=agent_env(),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc: subprocess.Popen[str] = spawn(
+            agent_cmd("logs", "-f", *args), cwd=REPO, env=agent_env(), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -230,9 +233,7 @@ def follower(cluster: Cluster) -> Iterator[Follower]:
     try:
         yield f
     finally:
-        if f.proc.poll() is None:
-            f.proc.kill()
-            f.proc.wait()
+        kill_group(f.proc)
 
 
 def test_logs_follow_streams_new_lines_of_each_service_redacted(

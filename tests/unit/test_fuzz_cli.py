@@ -29,6 +29,7 @@ import shlex
 import signal
 import string
 import subprocess
+import sys
 import time
 import traceback
 from collections import Counter
@@ -55,6 +56,7 @@ from agent.config import (
     Settings,
     WorkerSettings,
 )
+from tests.support import summary
 from tests.support.agent_cli import run_agent
 from tests.support.constants import REPO
 
@@ -512,6 +514,31 @@ def report(failures: list[tuple[Case, list[str]]], total: int) -> str:
 
 
 # ---- the tests -----------------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True, scope="module")
+def _seed_in_the_summary() -> None:
+    """The seed is named at the end of every run of these tests (tests/conftest.py), passing or
+    failing, so CI's log says how to replay it."""
+    summary.note("tests/unit/test_fuzz_cli.py", f"random seed SYNTHO_FUZZ_SEED={SEED} (replays it)")
+
+
+def test_the_seed_is_taken_from_syntho_fuzz_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYNTHO_FUZZ_SEED", " 4242 ")
+    assert _seed() == 4242
+    monkeypatch.delenv("SYNTHO_FUZZ_SEED")
+    assert 0 <= _seed() < 2**32
+
+
+def test_every_run_names_its_seed_in_the_summary() -> None:
+    """In `pytest -q` (passing tests' prints hidden): the seed given, and the cases it made."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "tests/unit/test_fuzz_cli.py::test_every_option_of_the_table_is_a_flag_of_its_command"],
+        cwd=REPO, env={**os.environ, "SYNTHO_FUZZ_SEED": "4242"}, capture_output=True,
+        text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ("\ntests/unit/test_fuzz_cli.py: random seed SYNTHO_FUZZ_SEED=4242 (replays it)\n"
+            in done.stdout), done.stdout
 
 def test_every_option_of_the_table_is_a_flag_of_its_command() -> None:
     """The fuzz draws from the option table: every option in it must reach its command."""
