@@ -228,6 +228,7 @@ def test_a_worker_cut_off_from_the_head_rejoins_when_the_network_returns(
     assert poll(lambda: len(cluster.alive_nodes(head_ip, token)) == 2, 180, "worker rejoined")
 
 
+@pytest.mark.engine_restart  # every container on the engine stops: .ci/run runs it alone
 def test_the_engine_restarted_the_deployment_comes_back(stack: App) -> None:
     """dockerd itself restarts (as on a reboot): the agent's rerun converges, nothing lost."""
     before = remember(stack)

@@ -259,7 +259,7 @@ def test_a_worker_with_another_ray_is_refused(deployment: Deployment) -> None:
     assert done.returncode == 3, done.stdout + done.stderr
     line = done.stderr.strip().splitlines()[-1]
     assert "Ray 2.59.9" in line and "Ray 2.60.0" in line and "--release" in line, line
-    names = [c.name for c in d.sandbox.client.containers.list(all=True)]
+    names = [c.name for c in d.sandbox.client.containers.list(all=True, ignore_removed=True)]
     assert f"ray-worker-{d.sandbox.instance('w-wrong')}" not in names
 
 
