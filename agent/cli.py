@@ -35,6 +35,7 @@ from agent import (
 )
 from agent.config import (
     DEFAULT_CONFIG,
+    ENV_PREFIX,
     AppSettings,
     BackupSchedule,
     BackupSettings,
@@ -47,6 +48,7 @@ from agent.config import (
 from agent.engine import Engine
 from agent.errors import EXIT_ENVIRONMENT, EXIT_USAGE, AgentError
 from agent.failures import Interrupted, catch_signals, interrupted_message, os_error_message
+from agent.images import PASSWORD_ENV
 from agent.roles import ray
 from agent.sources import click_options, config_option, lenient_config_option
 from agent.spec import Spec
@@ -153,6 +155,17 @@ def _install_command(role: str) -> click.Command:
         given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT,
                  click.core.ParameterSource.DEFAULT_MAP)
         params.pop("watch", None)  # the unit always watches
+        if params.get("registry_password_stdin"):
+            origin = ctx.get_parameter_source("registry_password_stdin")
+            source = ("registry-password-stdin in the config file"
+                      if origin is click.core.ParameterSource.DEFAULT_MAP
+                      else f"{ENV_PREFIX}REGISTRY_PASSWORD_STDIN"
+                      if origin is click.core.ParameterSource.ENVIRONMENT
+                      else "--registry-password-stdin")
+            raise click.UsageError(
+                f"install {role}: {source} cannot work in a unit (systemd gives it no standard "
+                f"input): use --registry-password-file FILE (a 0600 file) or set {PASSWORD_ENV} "
+                "in the unit's environment")
         schedule = {k: params.pop(k) for k in _SCHEDULE if k in params}
         values = {k: systemd.yaml_value(v) for k, v in params.items()
                   if v is not None and ctx.get_parameter_source(k) in given}

@@ -1,5 +1,6 @@
 """install/uninstall write a unit and a config file that loads back to the same settings."""
 
+import io
 import shutil
 import stat
 import subprocess
@@ -338,3 +339,33 @@ def test_stop_watchers_stops_an_installed_active_unit_only(
                        "failed: Job for syntho-agent-app.service failed.$"):
         systemd.stop_watchers(root, said.append)
     assert said == []
+
+
+@pytest.mark.parametrize("source", ["flag", "env"])
+def test_install_refuses_registry_password_stdin_naming_the_alternatives(
+        tmp_path: Path, source: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A unit has no standard input to read a password from: one line, exit 2, nothing
+    written."""
+    from agent.images import PASSWORD_ENV
+
+    args = ["install", "head", "--root", str(tmp_path), "--no-enable",
+            "--registry", "registry.example.com"]
+    env = {}
+    if source == "flag":
+        args.append("--registry-password-stdin")
+    else:
+        env["SYNTHO_AGENT_REGISTRY_PASSWORD_STDIN"] = "true"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
+    with pytest.raises(SystemExit) as exited:
+        cli.main(args)
+    assert exited.value.code == EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    named = "_REGISTRY_PASSWORD_STDIN" if source == "env" else "--registry-password-stdin"
+    assert named in err
+    assert "--registry-password-file" in err and PASSWORD_ENV in err
+    assert "s3cret" not in err
+    assert not (tmp_path / "etc").exists() or not any((tmp_path / "etc").rglob("*.*"))
