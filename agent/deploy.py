@@ -465,8 +465,11 @@ def _worker_up(engine: Engine, settings: WorkerSettings, spec: Spec, plan: Plan,
                               container_ip(engine, name, settings.network)
                               if settings.network != "host" else None)
 
+    port = ray.node_ports(settings, "worker").node_manager_port  # the head's differs
+
     def joined() -> bool:  # `status` asks the same question (agent.ops)
-        return cluster.has_joined(cluster.alive_nodes(settings.head or "", token), my_ip)
+        return cluster.has_joined(cluster.summaries_or_none(settings.head or "", token), my_ip,
+                                  port)
 
     if not poll(joined, settings.ready_timeout, f"{name} to join the head", say):
         raise ConvergeError(

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from agent import cluster, history, proxy, ray_release, store, tls, validate
 from agent import spec as s
+from agent.config import RAY_PORTS
 from agent.engine import Engine, Observed
 from agent.errors import UsageError
 from agent.redact import redact, secrets_in_env
@@ -167,8 +168,15 @@ def _worker_ray(o: Observed, data_dir: Path) -> dict[str, Any]:
         info["error"] = f"the head's name {head} does not resolve"
         return info
     info["node_ip"] = ip
-    listed = _ask(head, _token(o, data_dir), info)
-    info["joined"] = cluster.has_joined(listed, ip)
+    token = _token(o, data_dir)
+    listed = _ask(head, token, info)
+    given = _arg(o.command, "--node-manager-port") or ""
+    port = int(given) if given.isdigit() else RAY_PORTS["node_manager_port"][1]
+    if info["answers"]:
+        try:  # its own node: its address and node-manager port (the head's may share the IP)
+            info["joined"] = cluster.has_joined(cluster.node_summaries(head, token), ip, port)
+        except cluster.UNANSWERED as exc:
+            info.update(answers=False, error=cluster.unanswered_reason(exc))
     info["head_runs"] = _published(listed)
     info["matches_head"] = (None if info["head_runs"] is None
                             else info["head_runs"]["image"] == o.image)
