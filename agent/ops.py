@@ -25,10 +25,52 @@ from agent.validate import printable
 Say = Callable[[str], None]
 
 
-def managed(engine: Engine, instance: str) -> list[Observed]:
+# What a throw-away container is (its spec.LABEL_TEMPORARY), and which run removes it.
+TEMPORARY = {"backup-client": ("a backup's leftover client container", "backup"),
+             "restore-client": ("a restore's leftover client container", "restore"),
+             # made by an agent before the label: its role label only (pgclient.ROLE)
+             "client": ("a backup's or restore's leftover client container",
+                        "backup or restore")}
+
+
+def _temporary(o: Observed) -> str:
+    """What kind of throw-away container o is; "" for a service's."""
+    return o.label(s.LABEL_TEMPORARY) or ("client" if o.role == "client" else "")
+
+
+def _everything(engine: Engine, instance: str) -> list[Observed]:
+    """Every container the agent labelled here: the services, then throw-away ones."""
     order = {"head": 0, "worker": 1, "app": 2}
     found = engine.managed(instance)
-    return sorted(found, key=lambda o: (order.get(o.role, 9), o.name))
+    return sorted(found, key=lambda o: (bool(_temporary(o)),
+                                        order.get(o.role, 9), o.name))
+
+
+def managed(engine: Engine, instance: str) -> list[Observed]:
+    """The services' containers (not a killed run's throw-away ones: leftovers)."""
+    return [o for o in _everything(engine, instance) if not _temporary(o)]
+
+
+def leftover_what(o: Observed) -> tuple[str, str]:
+    """(what a throw-away container is, the run that removes it)."""
+    kind = _temporary(o)
+    return TEMPORARY.get(kind, (f"a leftover throw-away container ({kind})", "such run"))
+
+
+def leftovers(engine: Engine, instance: str) -> list[dict[str, Any]]:
+    """A killed run's throw-away containers, as `status` shows them."""
+    found = []
+    for o in _everything(engine, instance):
+        if _temporary(o):
+            what, run = leftover_what(o)
+            found.append({"name": o.name, "what": what, "state": o.status,
+                          "removed_by": f"the next {run} or down"})
+    return found
+
+
+def _leftover_lines(found: list[dict[str, Any]]) -> list[str]:
+    return [f"{c['name']}: {c['what']} ({c['state']}), removed by {c['removed_by']}"
+            for c in found]
 
 
 REDACT = "to redact the secrets in it from the logs"
@@ -299,9 +341,12 @@ def status(engine: Engine, data_dir: Path, instance: str, say: Say) -> int:
     """Print what runs here; returns how many things are not ready."""
     observed = managed(engine, instance)
     report = status_report(observed, data_dir, instance)
+    report["leftovers"] = leftovers(engine, instance)
     if not report["containers"]:
         where = f" (instance {instance})" if instance else ""
         say(f"nothing managed by syntho-agent here{where}")
+        for line in _leftover_lines(report["leftovers"]):
+            say(line)
         return 0
     rows = [("ROLE", "CONTAINER", "STATE", "HEALTH", "UPTIME", "RESTARTS", "IMAGE")]
     rows += [(c["role"] or "?", c["name"], c["state"], c["health"] or "-",
@@ -310,8 +355,8 @@ def status(engine: Engine, data_dir: Path, instance: str, say: Say) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         say("  ".join(f"{v:<{w}}" for v, w in zip(r, widths)) + "  " + r[-1])
-    for line in [*_ray_lines(report["ray"]), *_release_lines(report),
-                 *(_https_lines(report["https"]) or app_urls(observed))]:
+    for line in [*_leftover_lines(report["leftovers"]), *_ray_lines(report["ray"]),
+                 *_release_lines(report), *(_https_lines(report["https"]) or app_urls(observed))]:
         say(line)
     return len(report["not_ready"])
 
@@ -336,6 +381,7 @@ def _release_lines(report: dict[str, Any]) -> list[str]:
 def status_json(engine: Engine, data_dir: Path, instance: str, say: Say) -> int:
     """status as JSON (README "status --json"); returns how many things are not ready."""
     report = status_report(managed(engine, instance), data_dir, instance)
+    report["leftovers"] = leftovers(engine, instance)
     say(json.dumps(report, indent=2))
     return len(report["not_ready"])
 
@@ -390,10 +436,11 @@ def down(engine: Engine, data_dir: Path, instance: str, purge: bool, say: Say,
             raise store.tag(exc, data_dir, "remove") from None
     if first is not None:
         first()
-    observed = managed(engine, instance)
+    observed = _everything(engine, instance)  # a killed backup's client too
     for o in reversed(observed):
         engine.remove(o.id)
-        say(f"removed {o.name}")
+        what = f" ({leftover_what(o)[0]})" if _temporary(o) else ""
+        say(f"removed {o.name}{what}")
     labels = [f"{s.LABEL_MANAGED}=true", f"{s.LABEL_INSTANCE}={instance}"]
     for net in engine.networks(labels):
         if net.users:

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 
 # The keys README "status --json" documents (schema 1).
 TOP = {"schema", "instance", "roles", "ready", "not_ready", "containers", "ray", "releases",
-       "https"}
+       "https", "leftovers"}
 CONTAINER = {"name", "role", "service", "image", "image_id", "state", "health", "started_at",
              "uptime_seconds", "restart_count", "ports", "ready"}
 HEAD = {"address", "answers", "error", "alive", "nodes", "publishes"}
