@@ -514,7 +514,8 @@ def logs(engine: Engine, data_dir: Path, instance: str, options: LogOptions, say
     secrets = secrets_to_redact(from_files, observed)
     tail: int | str = "all" if options.tail is None else options.tail
     if options.follow:
-        _follow(engine, selected, secrets, tail, options.since, write)
+        _follow(engine, instance, options.services, selected, secrets, tail, options.since,
+                write)
         return
     lines: list[str] = []
     for o in selected:
@@ -528,32 +529,90 @@ def logs(engine: Engine, data_dir: Path, instance: str, options: LogOptions, say
     say(f"wrote the logs of {len(selected)} container(s) to {options.output} (secrets redacted)")
 
 
-def _follow(engine: Engine, selected: list[Observed], secrets: list[str], tail: int | str,
-            since: float | None, write: Say) -> None:
-    """Every selected container's lines as they come (one thread each), prefixed with its
-    service when there are several, until all have stopped (or Ctrl-C)."""
-    labels = {o.id: o.service or o.name for o in selected}
-    width = max((len(v) for v in labels.values()), default=0)
-    lines: queue.Queue[tuple[str, str | BaseException | None]] = queue.Queue()
+FOLLOW_LOOK = 2.0  # seconds between looks at the managed set while following
+FOLLOW_GRACE = 10.0  # following ends once none of the followed services has run this long
 
-    def pump(o: Observed) -> None:
+
+def _follow(engine: Engine, instance: str, services: tuple[str, ...], selected: list[Observed],
+            secrets: list[str], tail: int | str, since: float | None, write: Say) -> None:
+    """Every selected container's lines as they come (one thread each), prefixed with its
+    service when there are several, until none has run for FOLLOW_GRACE (or Ctrl-C).
+
+    It follows the managed set as it changes: every FOLLOW_LOOK seconds it looks again, and a
+    container made since (a --watch re-creation, an upgrade's) is followed from its first
+    line, with a line that says which one it replaced; one that the engine restarted is
+    followed again from where its lines stopped."""
+    lines: queue.Queue[tuple[str, str | BaseException | None]] = queue.Queue()
+    label: dict[str, str] = {}  # container id -> its service (or name)
+    current: dict[str, str] = {}  # service -> the container id followed for it last
+    active: set[str] = set()
+    ended: dict[str, float] = {}  # container id -> when its stream ended (Unix time)
+    several = len({o.service or o.name for o in selected}) > 1
+
+    def pump(cid: str, tail: int | str, since: float | None) -> None:
         try:
-            for line in engine.follow_logs(o.id, tail, since):
-                lines.put((o.id, line))
+            for line in engine.follow_logs(cid, tail, since):
+                lines.put((cid, line))
         except BaseException as exc:  # handed to the main thread, raised there
-            lines.put((o.id, exc))
+            lines.put((cid, exc))
         finally:
-            lines.put((o.id, None))
+            lines.put((cid, None))
+
+    def start(o: Observed, tail: int | str, since: float | None) -> None:
+        label[o.id] = o.service or o.name
+        current[label[o.id]] = o.id
+        active.add(o.id)
+        threading.Thread(target=pump, args=(o.id, tail, since), daemon=True).start()
+
+    def note(text: str) -> None:
+        write(f"===== {text} =====")
+
+    def look() -> bool:
+        """Follow what is new or back; whether a followed service runs."""
+        nonlocal several
+        found = [o for o in managed(engine, instance)
+                 if not services or o.service in services or o.name in services]
+        for o in found:
+            if o.id in active:
+                continue
+            if o.id in label:  # followed before: its stream ended
+                if o.status == "running":
+                    note(f"{o.name} was restarted: following it again")
+                    start(o, "all", ended.get(o.id))
+                continue
+            service = o.service or o.name
+            old = current.get(service)
+            if old is not None:
+                note(f"{service}: a new container {o.name} ({o.id[:12]}) replaced "
+                     f"{old[:12]}: following it")
+            else:
+                note(f"{service}: a new container {o.name} ({o.id[:12]}): following it")
+            several = several or any(v != service for v in current)
+            start(o, "all", since)
+        return any(o.status == "running" for o in found)
 
     for o in selected:
-        threading.Thread(target=pump, args=(o,), daemon=True).start()
-    running = len(selected)
-    while running:
-        cid, item = lines.get()  # Ctrl-C interrupts the wait (agent.failures)
+        start(o, tail, since)
+    ran = time.monotonic() if any(o.status == "running" for o in selected) else None
+    next_look = time.monotonic() + FOLLOW_LOOK
+    while True:
+        try:  # Ctrl-C interrupts the wait (agent.failures)
+            cid, item = lines.get(timeout=max(0.0, next_look - time.monotonic()))
+        except queue.Empty:
+            if look() or active:
+                ran = time.monotonic()
+            elif ran is None or time.monotonic() - ran > FOLLOW_GRACE:
+                return
+            next_look = time.monotonic() + FOLLOW_LOOK
+            continue
         if item is None:
-            running -= 1
+            active.discard(cid)
+            ended[cid] = time.time()
+            if not active and ran is None:  # nothing ran when it began: as `logs`
+                return
         elif isinstance(item, BaseException):
             raise item
         else:
             text = redact(item, secrets)
-            write(f"{labels[cid]:<{width}} | {text}" if len(selected) > 1 else text)
+            width = max(len(v) for v in label.values())
+            write(f"{label[cid]:<{width}} | {text}" if several else text)
