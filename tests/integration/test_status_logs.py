@@ -9,6 +9,7 @@ in for the app's core (the 7-container stack would add a minute and nothing to t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import secrets
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 # The keys README "status --json" documents (schema 1).
 TOP = {"schema", "instance", "roles", "ready", "not_ready", "containers", "ray", "releases",
-       "https"}
+       "https", "leftovers"}
 CONTAINER = {"name", "role", "service", "image", "image_id", "state", "health", "started_at",
              "uptime_seconds", "restart_count", "ports", "ready"}
 HEAD = {"address", "answers", "error", "alive", "nodes", "publishes"}
@@ -211,6 +212,10 @@ class Follower:
             return False
         return True
 
+    def kill(self) -> None:
+        """In a finally: the whole process group, if it still runs."""
+        kill_group(self.proc)
+
     def stop(self) -> tuple[int, str]:
         self.proc.send_signal(signal.SIGINT)
         _, err = self.proc.communicate(timeout=30)
@@ -233,7 +238,7 @@ def follower(cluster: Cluster) -> Iterator[Follower]:
     try:
         yield f
     finally:
-        kill_group(f.proc)
+        f.kill()
 
 
 def test_logs_follow_streams_new_lines_of_each_service_redacted(
@@ -300,3 +305,35 @@ def test_logs_service_tail_since_and_standard_output(cluster: Cluster) -> None:
     assert f"wrote the logs of 1 container(s) to {file_out}" in written
     assert file_out.read_text() == out
     assert cluster.file_secret not in out + "\n".join(both) + recent
+
+
+def test_logs_follow_picks_up_a_recreated_container_and_says_it_was_replaced(
+        cluster: Cluster, images: dict[str, str]) -> None:
+    """`logs -f` follows the managed set as it changes: a container re-created while it runs
+    (here a stand-in removed and made again, as --watch or an upgrade does) is followed from
+    its first line, after a line that says it replaced the old one. An instance of its own:
+    the other tests' containers are left alone."""
+    node = Node(cluster.box, {}, "relog")
+
+    def make(generation: str) -> docker.models.containers.Container:
+        return stand_in(cluster.box, images["busybox"], node.instance, "app", "core", {},
+                        ["sh", "-c", f"echo {generation} generation; exec sleep 3600"])
+
+    first = make("first")
+    follower = Follower("--data-dir", str(node.data_dir), "--instance", node.instance)
+    try:
+        assert follower.saw("first generation", timeout=30), follower.seen
+        first.remove(force=True)
+        second = make("second")
+        assert follower.saw("second generation", timeout=30), follower.seen
+        replaced = [line for line in follower.seen if "replaced" in line]
+        assert replaced == [f"===== core: a new container core-{node.instance} "
+                            f"({second.id[:12]}) replaced {first.id[:12]}: following it ====="]
+        assert follower.seen.index(replaced[0]) < next(
+            i for i, line in enumerate(follower.seen) if "second generation" in line)
+        code, err = follower.stop()
+        assert code == 0 and err == "stopped following (SIGINT)\n", err
+    finally:
+        follower.kill()
+        with contextlib.suppress(docker.errors.NotFound):
+            cluster.box.client.containers.get(f"core-{node.instance}").remove(force=True)

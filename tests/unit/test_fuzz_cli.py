@@ -94,11 +94,18 @@ M = "{m}"  # where a secret's marker goes: a random word the output must never c
 LONG = "x" * 5000  # longer than a file name may be, and than any host, number or word
 # Bad values by parser: each is wrong whatever the parser currently says about it.
 BAD: dict[Callable[..., Any], tuple[str, ...]] = {
-    validate.port: ("abc", "-1", "0", "70000", "1.5", "", "0x10", "80 80", " ", LONG),
-    validate.positive_int: ("abc", "-1", "0", "1.5", "", "0x10", "1e3", "nan"),
-    validate.count: ("abc", "-1", "1.5", "", "0x10", "many"),
-    validate.positive_float: ("abc", "-1", "0", "", "nan", "inf", "-inf", "1e999", "0x10"),
-    validate.wait: ("abc", "-1", "", "nan", "inf", "1e999", "0x10", "-0.5", "5s"),
+    validate.port: ("abc", "-1", "0", "70000", "1.5", "", "0x10", "80 80", " ", LONG, "8_0",
+                    "\uff18\uff10"),
+    validate.positive_int: ("abc", "-1", "0", "1.5", "", "0x10", "1e3", "nan", "1_000",
+                            "\uff14", "1000001", "9" * 30),
+    validate.nofile: ("abc", "-1", "0", "1.5", "", "65_536", "\uff16\uff15\uff15\uff13\uff16",
+                      "9" * 30, str(2**31)),
+    validate.seconds: ("abc", "-1", "0", "1.5", "", "6_0", "\uff16\uff10", "9" * 30),
+    validate.count: ("abc", "-1", "1.5", "", "0x10", "many", "1_0", "\uff11\uff10", "9" * 30),
+    validate.positive_float: ("abc", "-1", "0", "", "nan", "inf", "-inf", "1e999", "0x10",
+                              "1_5", "\uff11.5", "1e7"),
+    validate.wait: ("abc", "-1", "", "nan", "inf", "1e999", "0x10", "-0.5", "5s", "3_0",
+                    "\uff13\uff10", "1e300"),
     validate.size: ("4xb", "-1gb", "0", "", "gb", "4 g b", "nan", "1e3", "9" * 400, "0.1b"),
     validate.image: ("Bad Image", "UPPER/x", "", "x:", ":tag", "a//b", "-x", "x@sha256:zz",
                      "x y:1"),
