@@ -21,6 +21,7 @@ from tests.support import summary
 from tests.support.engine import connect
 from tests.support.processes import default_signals
 from tests.support.sandbox import Sandbox
+from tests.support.vms import Lab, lab_of_vms
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -62,6 +63,15 @@ def docker_client() -> docker.DockerClient:
 def images(docker_client: docker.DockerClient) -> dict[str, str]:
     """The test images' references, built first if their recipe changed (cached by hash)."""
     return image_build.build_all(docker_client)
+
+
+@pytest.fixture(scope="session")
+def vm_lab(docker_client: docker.DockerClient, images: dict[str, str],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """The simulated VMs' network, registry and zipapp, made once for every module that uses
+    VMs (each starts from four new VMs: `vm_lab.fresh()`)."""
+    with lab_of_vms(docker_client, images, tmp_path_factory.mktemp("vms")) as lab:
+        yield lab
 
 
 @pytest.fixture

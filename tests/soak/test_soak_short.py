@@ -15,6 +15,7 @@ import pytest
 from tests.soak import report
 from tests.soak.lab import soak_lab
 from tests.soak.run import choose_seed, soak
+from tests.support.vms import Lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak]
 
@@ -34,9 +35,9 @@ LONGEST = 900.0  # how long the soak waits for the final recovery at most
 
 
 def test_short_soak(docker_client: docker.DockerClient, images: dict[str, str],
-                    tmp_path: Path) -> None:
+                    tmp_path: Path, vm_lab: Lab) -> None:
     seed = choose_seed(SEED)
-    with soak_lab(docker_client, images, tmp_path) as lab:
+    with soak_lab(docker_client, images, tmp_path, lab=vm_lab) as lab:
         result = soak(lab, seed, DURATION, print, WEIGHTS, pause=(2.0, 5.0),
                       final_timeout=LONGEST, logs=tmp_path / "logs")
         print(report.markdown(result, f"SYNTHO_SOAK_SEED={seed} pytest "
