@@ -167,9 +167,9 @@ def main(argv: list[str]) -> int:
     phases = [*together, alone]
     seconds, tests, counts = tally([p.junit for p in phases])
     print("\n" + "\n".join(table(seconds, tests)))
-    # pytest's 5 is "no test collected": the phase that runs the marked tests alone may find
-    # none under a -k of the caller's; any other non-zero code is a failure.
-    bad = [p for p in phases if p.code not in (0, 5) or (p.code == 5 and p is not alone)]
+    # pytest's 5 is "no test collected": a phase may select none under a -k of the caller's;
+    # any other non-zero code is a failure, and so is a run that passed no test at all.
+    bad = [p for p in phases if p.code not in (0, 5)]
     print(f"\nshards: {', '.join(f'{p.name} exit {p.code}' for p in phases)}; "
           f"{time.monotonic() - began:.0f} s in all")
     skipped = f", {counts.skipped} skipped" if counts.skipped else ""
