@@ -70,18 +70,26 @@ def _run(action: Callable[[Engine, R, Callable[[str], None]], Spec], settings: R
         ray.node_ports(settings, settings.command)  # ports that collide: bad input, exit 2
     store.ensure_dir(settings.data_dir)
     store.check_writable(settings.data_dir)
-    engine = Engine.connect()
-    if not settings.skip_checks:  # the quick host checks: a fail stops here, nothing changed
-        check.before_run(engine, settings, say)
-    spec = action(engine, settings, say)
-    if settings.watch:
-        try:
-            # A worker that follows the head looks at it more often than the resync.
-            watch.follow(engine, spec, settings, say,
-                         resync=FOLLOW_RESYNC if deploy.follows_head(settings) else RESYNC,
-                         refresh=deploy.refresher(engine, settings, spec, say))
-        except Interrupted as exc:  # `systemctl stop` or Ctrl-C: a normal end for a watcher
-            say(f"stopped watching ({exc.name}); the containers keep running")
+
+    def converge() -> tuple[Engine, Spec]:
+        engine = Engine.connect()
+        if not settings.skip_checks:  # the quick host checks: a fail stops here, unchanged
+            check.before_run(engine, settings, say)
+        return engine, action(engine, settings, say)
+
+    if not settings.watch:
+        converge()
+        return
+    # A watcher is a daemon: an engine that does not answer yet, or restarts under its first
+    # converge, is waited for, and the converge runs again once it answers.
+    engine, spec = watch.through_engine_restarts(converge, say)
+    try:
+        # A worker that follows the head looks at it more often than the resync.
+        watch.follow(engine, spec, settings, say,
+                     resync=FOLLOW_RESYNC if deploy.follows_head(settings) else RESYNC,
+                     refresh=deploy.refresher(engine, settings, spec, say))
+    except Interrupted as exc:  # `systemctl stop` or Ctrl-C: a normal end for a watcher
+        say(f"stopped watching ({exc.name}); the containers keep running")
 
 
 def version_text() -> str:

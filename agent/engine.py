@@ -41,6 +41,10 @@ class EngineLost(EngineError):
     """The engine stopped answering (dockerd restarted, the socket went away)."""
 
 
+class EngineAbsent(EnvironmentProblem):
+    """No engine answers where it should (not started yet, or restarting)."""
+
+
 def _sdk(fn: F) -> F:
     """Translate what the SDK raises past a method into the agent's errors."""
 
@@ -236,12 +240,12 @@ class Engine:
                 raise UsageError(f"DOCKER_HOST={given} cannot be used ({reason}): fix it, or "
                                  "unset it to use this machine's engine") from None
             if given and not given.startswith("unix://"):  # another machine's engine
-                raise EnvironmentProblem(
+                raise EngineAbsent(
                     f"the Docker engine at DOCKER_HOST={given} does not answer: check that it "
                     "runs and that this machine reaches it, or fix DOCKER_HOST (unset it to use "
                     "this machine's engine)") from None
             fix = " (or fix DOCKER_HOST)" if given else ""
-            raise EnvironmentProblem(
+            raise EngineAbsent(
                 f"the Docker engine at {host} does not answer: start it (systemctl start docker)"
                 f"{fix} and try again") from None
         return cls(client)

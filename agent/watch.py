@@ -11,17 +11,33 @@ agent by hand in between.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, TypeVar
 
 from agent import spec as s
 from agent.config import RoleSettings
-from agent.engine import Engine, EngineLost
+from agent.engine import Engine, EngineAbsent, EngineLost
 from agent.errors import AgentError
 from agent.lock import data_dir_lock
 from agent.reconcile import reconcile
 
 Say = Callable[[str], None]
+T = TypeVar("T")
 TRIGGERS = {"die", "destroy", "stop", "kill", "oom", "pause"}
+MAX_BACKOFF = 5.0
+
+
+def through_engine_restarts(work: Callable[[], T], say: Say) -> T:
+    """work(), run again while the engine does not answer: a watcher's first converge rides
+    out a restart of dockerd under it, or a boot that started the agent before the engine, as
+    its watch loop does later (a run without --watch exits 3 instead)."""
+    backoff = 0.5
+    while True:
+        try:
+            return work()
+        except (EngineLost, EngineAbsent) as exc:
+            say(f"{exc}; trying again in {min(backoff, MAX_BACKOFF):.1f} s")
+            time.sleep(min(backoff, MAX_BACKOFF))
+            backoff *= 2
 
 
 def heal(engine: Engine, spec: s.Spec, settings: RoleSettings, say: Say) -> int:
@@ -60,9 +76,9 @@ def follow(engine: Engine, spec: s.Spec, settings: RoleSettings, say: Say,
                     break
         except EngineLost as exc:
             say(f"lost the Docker engine ({exc.explanation or exc}); reconnecting")
-            time.sleep(min(backoff, 5.0))
+            time.sleep(min(backoff, MAX_BACKOFF))
             backoff *= 2
         except AgentError as exc:  # the engine moved under us: look again
             say(f"could not heal yet: {exc}")
-            time.sleep(min(backoff, 5.0))
+            time.sleep(min(backoff, MAX_BACKOFF))
             backoff *= 2
