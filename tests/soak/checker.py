@@ -116,12 +116,14 @@ def inspect_held(vm: VM, names: list[str]) -> list[verdict.Held] | None:
 
 
 def worker_token(vm: VM) -> str | None:
-    """The Ray token the VM's ray-worker container was created with (None: no container)."""
-    code, out, _ = safe_sh(vm, "docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "
-                           "ray-worker")
-    if code != 0:
+    """The Ray token the VM's ray-worker container was created with (None: no container, or
+    no answer in full); "" when its environment, read in full, holds none."""
+    code, out, _ = safe_sh(vm, "docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}"
+                           f"{END}' ray-worker")
+    lines = out.splitlines()
+    if code != 0 or not lines or lines[-1] != END:
         return None
-    for line in out.splitlines():
+    for line in lines:
         if line.startswith("RAY_AUTH_TOKEN="):
             return line.split("=", 1)[1]
     return ""
@@ -206,7 +208,9 @@ class Checker:
             self.agent_alive(name, vm)
         for name in ("w1", "w2"):
             token = worker_token(vms[name])
-            if token is not None and token != self.lab.token:
+            if token == "":
+                self.violate(f"vm-{name}: ray-worker runs without the cluster's token")
+            elif token is not None and token != self.lab.token:
                 self.violate(f"vm-{name}: ray-worker runs with another cluster's token")
         self.rows_kept(vms["app"])
 
