@@ -4,11 +4,13 @@ so CI) runs. `python -m tests.shards [PYTEST ARGS]`.
 Why shards: most of the suite waits (on Ray, on the engine, on health checks) rather than
 computes, so two pytest processes share this 2-core machine well. Their tests must not see each
 other:
-- the `vms` shard holds the modules whose deployments live inside simulated VMs (each its own
-  Docker engine) or in their own containers and networks, never on this host's network or
-  ports; every build of the zipapp is there too (one after the other);
-- the `main` shard holds the rest: Ray heads on the host network, the "nothing changed" checks
-  (which leave out what the other shard's sandboxes own: tests/support/sandbox.py);
+- the `isolated` shard holds the modules whose deployments live inside simulated VMs (each its
+  own Docker engine) or on Docker networks of their own, never on this host's network or
+  ports, and that build no image; every build of the zipapp is there too (one after the
+  other);
+- the `host` shard holds the rest: Ray heads on the host network, image builds, the "nothing
+  changed" checks (which leave out what the other shard's sandboxes own:
+  tests/support/sandbox.py);
 - a test marked `engine_restart` restarts the engine itself: it runs alone, after both.
 
 Each shard's output goes to a log, printed whole when it ends (a line a minute says how far
@@ -29,8 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LOGS = REPO / "build" / "test-logs"
-# The modules of the `vms` shard (paths from the repository's root); `main` has the rest.
-VMS = (
+# The modules of the `isolated` shard (paths from the repository's root); `host` has the rest.
+ISOLATED = (
     "tests/integration/test_ray_up.py",
     "tests/integration/test_vms.py",
     "tests/soak",
@@ -39,6 +41,9 @@ VMS = (
     "tests/integration/test_aarch64.py",
     "tests/integration/test_cloud_init_run.py",
     "tests/integration/test_launcher_schema.py",
+    "tests/integration/test_status_logs.py",
+    "tests/integration/test_images.py",
+    "tests/integration/test_watch_engine.py",
 )
 ALONE = "engine_restart"
 HEARTBEAT = 60.0
@@ -157,10 +162,10 @@ def table(seconds: dict[str, float], tests: dict[str, int]) -> list[str]:
 def main(argv: list[str]) -> int:
     LOGS.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
-    vms = [p for p in VMS if (REPO / p).exists()]
-    main_shard = ["tests", *(f"--ignore={p}" for p in vms)]
-    together = [Phase("main", [*main_shard, "-m", f"not {ALONE}"]),
-                Phase("vms", [*vms, "-m", f"not {ALONE}"])]
+    isolated = [p for p in ISOLATED if (REPO / p).exists()]
+    host = ["tests", *(f"--ignore={p}" for p in isolated)]
+    together = [Phase("host", [*host, "-m", f"not {ALONE}"]),
+                Phase("isolated", [*isolated, "-m", f"not {ALONE}"])]
     alone = Phase("alone", ["tests", "-m", ALONE])
     run(together, argv)
     run([alone], argv)

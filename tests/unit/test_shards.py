@@ -42,7 +42,7 @@ def test_a_class_is_counted_for_its_module() -> None:
     assert shards.module_of("tests.unit.test_shards.Klass") == "tests/unit/test_shards.py"
 
 
-def test_every_vms_path_exists_and_no_module_is_in_both() -> None:
-    for path in shards.VMS:
+def test_every_isolated_path_exists_and_no_module_is_in_both() -> None:
+    for path in shards.ISOLATED:
         assert (shards.REPO / path).exists(), path
-    assert "tests/integration/test_faults.py" not in shards.VMS  # it restarts the engine
+    assert "tests/integration/test_faults.py" not in shards.ISOLATED  # it restarts the engine
