@@ -26,7 +26,8 @@ def data_dir_lock(data_dir: Path, wait: float, say: Callable[[str], None]) -> It
     except OSError as exc:
         raise store.tag(exc, path, "write") from None
     try:
-        deadline = time.monotonic() + wait
+        started = time.monotonic()
+        deadline = started + wait
         told = False
         while True:
             try:
@@ -42,6 +43,8 @@ def data_dir_lock(data_dir: Path, wait: float, say: Callable[[str], None]) -> It
                     say(f"waiting for another syntho-agent (pid {holder}) on {data_dir}")
                     told = True
                 time.sleep(0.2)
+        if told:  # how long this run stood still, for whoever reads its output
+            say(f"got the lock on {data_dir} after {time.monotonic() - started:.1f} s")
         try:  # who holds it, for the message of the one that waits
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
