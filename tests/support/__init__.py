@@ -11,6 +11,7 @@ One copy of each, in a module named for what it does:
 - `certs`: a CA and certificates of a test's own (cryptography);
 - `releases`: releases A and B of an image, built on this engine;
 - `vms`: the simulated VMs (Docker-in-Docker), their network and registry, files into them;
+- `kills`: the SIGKILL rounds' seed, kill points and whether each kill landed;
 - `fake_cluster`: a `launcher-config` file as a config for Ray's fake multi-node provider.
 
 Nothing here imports pytest: the benchmarks run without it.
