@@ -68,9 +68,10 @@ def test_too_few_landed_kills_fail_the_threshold() -> None:
 
 
 @pytest.mark.parametrize("landed, rounds, enough", [
-    (8, 10, True), (7, 10, False), (2, 2, True), (1, 2, False), (1, 1, True), (0, 1, False),
-    (24, 30, True), (23, 30, False), (0, 0, False)])
-def test_the_threshold_is_80_percent_and_at_least_one(landed: int, rounds: int,
+    (8, 10, True), (7, 10, False), (2, 2, True), (1, 2, True), (0, 2, False), (1, 1, True),
+    (0, 1, False), (16, 20, True), (15, 20, False), (24, 30, True), (23, 30, False),
+    (0, 0, False)])
+def test_the_threshold_is_80_percent_rounded_down_and_at_least_one(landed: int, rounds: int,
                                                       enough: bool) -> None:
     kills = [Kill(1.0, i < landed, -9 if i < landed else 0, None, None) for i in range(rounds)]
     assert (enough_landed(kills) == "") is enough
