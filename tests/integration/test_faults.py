@@ -10,8 +10,11 @@ from __future__ import annotations
 import functools
 import os
 import random
+import re
+import selectors
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import TypedDict
@@ -22,7 +25,7 @@ import pytest
 from agent import cluster
 from agent.waits import poll
 from tests.integration.agent_helpers import App, HeadVM, Node, http, ip_on, ok
-from tests.support.agent_cli import agent_cmd, run_agent
+from tests.support.agent_cli import agent_cmd, agent_env, run_agent
 from tests.support.constants import NOFILE, REPO
 from tests.support.sandbox import Sandbox
 
@@ -158,18 +161,109 @@ def test_the_agent_killed_at_random_points_always_converges(stack: App) -> None:
     assert_nothing_lost(stack, before)
 
 
-def test_two_agents_at_once_one_waits_or_refuses_and_nothing_is_corrupted(stack: App) -> None:
+class Stamped:
+    """Agent runs whose output lines are stamped (time.monotonic()) as they come, by one
+    reader over every pipe: a line written before another one (by any of the runs) never gets
+    a later stamp, as each is stamped at the first look that finds it."""
+
+    def __init__(self, *cmds: list[str]) -> None:
+        self.procs = []
+        self.started = []
+        for cmd in cmds:
+            self.started.append(time.monotonic())
+            self.procs.append(subprocess.Popen(cmd, cwd=REPO, env=agent_env(),
+                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        # (stamp, which run, "out" or "err", the line), in the order read
+        self.lines: list[tuple[float, int, str, str]] = []
+        self._reader = threading.Thread(target=self._read)
+        self._reader.start()
+
+    def _read(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            for i, proc in enumerate(self.procs):
+                assert proc.stdout is not None and proc.stderr is not None
+                sel.register(proc.stdout, selectors.EVENT_READ, (i, "out"))
+                sel.register(proc.stderr, selectors.EVENT_READ, (i, "err"))
+            partial: dict[tuple[int, str], bytes] = {}
+            while sel.get_map():
+                ready = sel.select(timeout=600)
+                stamp = time.monotonic()  # one per look: every line it finds
+                for key, _ in ready:
+                    data = os.read(key.fd, 65536)
+                    if not data:
+                        sel.unregister(key.fileobj)
+                        data = b"\n" if partial.get(key.data) else b""
+                    *whole, partial[key.data] = (partial.get(key.data, b"") + data).split(b"\n")
+                    self.lines += [(stamp, *key.data, line.decode(errors="replace"))
+                                   for line in whole]
+
+    def wait(self) -> list[int]:
+        codes = [proc.wait(timeout=600) for proc in self.procs]
+        self._reader.join(timeout=60)
+        return codes
+
+    def of(self, i: int, stream: str = "out") -> list[tuple[float, str]]:
+        return [(at, line) for at, j, s, line in self.lines if j == i and s == stream]
+
+
+@pytest.mark.parametrize("lock_wait", ["0", "300"])
+def test_two_agents_at_once_one_waits_or_refuses_and_nothing_is_corrupted(
+        stack: App, lock_wait: str) -> None:
+    """Two agents on one data dir, started together, with a container to recreate so that the
+    first one's run lasts. --lock-wait 300 (longer than a run): one waits for the other, says
+    for whom and how long, and finds nothing left to do. --lock-wait 0: one is refused, naming
+    the other, and does nothing. Their output, stamped as it comes, shows that the two never ran
+    the reconcile at the same time."""
     before = remember(stack)
-    procs = [subprocess.Popen(agent_cmd("app", *stack.args(), "--lock-wait", "0"), cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
-    codes = sorted(r[0] for r in results)
-    # Either they ran one after the other (both 0), or one was refused with exit 5.
-    assert codes in ([0, 0], [0, 5]), results
-    for code, _, err in results:
-        if code == 5:
-            assert "another syntho-agent" in err and err.count("\n") == 1
+    inject(stack, "backend", "remove")
+    runs = Stamped(*[agent_cmd("app", *stack.args(), "--lock-wait", lock_wait)
+                     for _ in range(2)])
+    codes = runs.wait()
+    dump = "\n".join(f"{at:.3f} {i} {s} {line}" for at, i, s, line in runs.lines)
+    assert abs(runs.started[1] - runs.started[0]) < 1, dump  # within one lock-wait
+    pids = [p.pid for p in runs.procs]
+    waiting = [i for i in (0, 1) if any("waiting for another syntho-agent" in line
+                                        for _, line in runs.of(i))]
+    data_dir = stack.data_dir
+    if lock_wait == "0":
+        # Either they ran one after the other (both 0), or one was refused with exit 5: with a
+        # container to recreate, the first one's run outlasts the other's start: refused.
+        assert sorted(codes) == [0, 5], dump
+        refused = codes.index(5)
+        first = 1 - refused
+        err = "".join(f"{line}\n" for _, line in runs.of(refused, "err"))
+        assert "another syntho-agent" in err and err.count("\n") == 1, dump
+        assert (f"another syntho-agent (pid {pids[first]}) is working on {data_dir}"
+                in err), dump
+        assert runs.of(refused) == [] and waiting == [], dump  # it did nothing, said nothing
+        # It was refused while the other one ran, before that one's last line.
+        assert runs.of(refused, "err")[0][0] <= runs.of(first)[-1][0], dump
+    else:
+        # One waited (the one that printed so), then had the lock once the other let go.
+        assert codes == [0, 0], dump
+        assert len(waiting) == 1, dump
+        waiter = waiting[0]
+        first = 1 - waiter
+        said = runs.of(waiter)
+        assert said[0][1] == (f"waiting for another syntho-agent (pid {pids[first]}) on "
+                              f"{data_dir}"), dump
+        got = [(at, re.fullmatch(rf"got the lock on {re.escape(str(data_dir))} after "
+                                 rf"(\d+\.\d) s", line)) for at, line in said]
+        got_at, match = next((at, m) for at, m in got if m)
+        waited = float(match.group(1))
+        assert waited > 0.1 and abs(waited - (got_at - said[0][0])) < 0.5, (waited, dump)
+        # Non-overlapping: every line of the first run came before the waiter had the lock,
+        # and everything the waiter did came after.
+        assert runs.of(first)[-1][0] <= got_at, dump
+        assert all(at >= got_at for at, line in said[2:]), dump
+        # It found the other run's work done: nothing left to do.
+        after = [line for _, line in said[2:]]
+        assert any(line.startswith("nothing to do") for line in after), dump
+        assert not any("created" in line for line in after), dump
+        assert not any("another syntho-agent" in line for _, line in runs.of(first)), dump
+    first_out = [line for _, line in runs.of(first)]
+    assert any(f"created syntho-backend-{stack.instance}" in line for line in first_out), dump
+    assert any("the app is up" in line for line in first_out), dump
     assert_converged(stack)
     assert_nothing_lost(stack, before)
 
