@@ -12,7 +12,6 @@ import os
 import random
 import re
 import selectors
-import signal
 import subprocess
 import threading
 import time
@@ -27,6 +26,7 @@ from agent.waits import poll
 from tests.integration.agent_helpers import App, HeadVM, Node, http, ip_on, ok
 from tests.support.agent_cli import agent_cmd, agent_env, run_agent
 from tests.support.constants import NOFILE, REPO
+from tests.support.kills import Kill, enough_landed, fault_seed, kill_at, kill_points
 from tests.support.sandbox import Sandbox
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -135,20 +135,40 @@ def test_a_foreign_container_on_a_managed_name_is_refused_untouched(stack: App) 
     assert_converged(stack)
 
 
+def round_fault(round_: int) -> tuple[str, str]:
+    """The container a kill round breaks first and how, so that each round's run does work."""
+    return SERVICES[round_ % len(SERVICES)], "remove" if round_ % 2 else "by-hand"
+
+
 def test_the_agent_killed_at_random_points_always_converges(stack: App) -> None:
-    """SYNTHO_FAULT_KILLS rounds (10 in CI; 30 with `make faults`)."""
+    """SYNTHO_FAULT_KILLS rounds (10 in CI; 30 with `make faults`), their kill points spread
+    over the duration of one uninterrupted run (SYNTHO_FAULT_SEED replays them); at least 80%
+    of the kills must land while the run still runs."""
     before = remember(stack)
-    rng = random.Random(1234)
+    rounds = int(os.environ.get("SYNTHO_FAULT_KILLS", "10"))
+    rng = random.Random(fault_seed("SYNTHO_FAULT_SEED"))
     secrets_dir = stack.data_dir / "secrets"
-    for round_ in range(int(os.environ.get("SYNTHO_FAULT_KILLS", "10"))):
+    # One uninterrupted run with the first round's work, timed: the kill points are spread
+    # over it.
+    inject(stack, *round_fault(0))
+    started = time.monotonic()
+    assert "the app is up" in ok(stack.run())
+    duration = time.monotonic() - started
+    print(f"one run healing {'/'.join(round_fault(0))} takes {duration:.1f}s")
+    kills: list[Kill[bytes]] = []
+    for round_, at in enumerate(kill_points(rng, rounds, duration)):
         # Something to do each round, so kills land inside real work.
-        victim = SERVICES[round_ % len(SERVICES)]
-        inject(stack, victim, "remove" if round_ % 2 else "by-hand")
+        victim, fault = round_fault(round_)
+        inject(stack, victim, fault)
+        started = time.monotonic()
         proc = subprocess.Popen(agent_cmd("app", *stack.args()), cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.05, 2.5))  # a random point of the run, not a synchronisation
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kill = kill_at(proc, started, at)  # a random point of the run, not a synchronisation
+        kills.append(kill)
+        print(f"round {round_} ({victim} {fault}): kill at {at:.2f}s "
+              f"{'landed' if kill.landed else f'came after its end (exit {kill.returncode})'}")
+        # A run that ended before its kill ended as any run must.
+        assert kill.landed or kill.returncode == 0, (round_, kill)
         # Never a half-written file: no temporary file left, every secret whole.
         leftovers = [p.name for p in stack.data_dir.rglob(".*") if p.name.startswith(".") and
                      p.name not in KEPT_HIDDEN and p.is_file()]
@@ -157,6 +177,7 @@ def test_the_agent_killed_at_random_points_always_converges(stack: App) -> None:
         out = ok(stack.run())
         assert "the app is up" in out, round_
         assert_converged(stack)
+    assert enough_landed(kills) == "", enough_landed(kills)
     assert sorted(p.name for p in secrets_dir.iterdir()) == sorted(before["secrets"])
     assert_nothing_lost(stack, before)
 
