@@ -30,8 +30,8 @@ lint: venv ## ruff and mypy
 unit: venv ## the unit tests only (no engine needed)
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
-test: venv engine images lint ## everything CI runs: lint, unit and integration tests on the real engine
-	$(PY) -m pytest -q --durations=25 tests $(PYTEST_ARGS)
+test: venv engine images lint ## everything CI runs: lint, then every test on the real engine, in two shards at once (tests/shards.py)
+	$(PY) -m tests.shards $(PYTEST_ARGS)
 
 build: venv ## the zipapps in dist/
 	$(PY) build.py

@@ -15,6 +15,7 @@ See docs/zipapp.md.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import io
 import json
@@ -220,22 +221,30 @@ def main(argv: list[str] | None = None) -> None:
                         help="the wheel cache (one folder per requirements.txt + targets hash)")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    cache = wheel_cache(args.wheels)
+    args.wheels.mkdir(parents=True, exist_ok=True)
+    with (args.wheels / ".lock").open("w") as lock:
+        # Two builds at once in one checkout (the test shards) take turns: the wheel cache is
+        # filled by one of them only, and a dist's files are written by one at a time.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        build(args.dist, wheel_cache(args.wheels), started)
+
+
+def build(dist: Path, cache: Path, started: float) -> None:
     fetch_wheels(cache)
     commit, epoch = commit_id(), source_date_epoch()
-    args.dist.mkdir(parents=True, exist_ok=True)
+    dist.mkdir(parents=True, exist_ok=True)
     built = {arch: build_one(arch, cache, commit, epoch) for arch in ARCHES}
     for arch, data in built.items():
-        write_executable(args.dist / f"syntho-agent-{arch}", data)
+        write_executable(dist / f"syntho-agent-{arch}", data)
     machine = platform.machine().lower()
     native = ALIASES.get(machine, machine)
     written = [f"syntho-agent-{arch}" for arch in built]
     if native in built:
-        write_executable(args.dist / "syntho-agent", built[native])
+        write_executable(dist / "syntho-agent", built[native])
         written.append("syntho-agent")
-    write_checksums(args.dist, written)
+    write_checksums(dist, written)
     for arch, data in built.items():
-        print(f"{args.dist / f'syntho-agent-{arch}'}: {len(data) / 1e6:.1f} MB")
+        print(f"{dist / f'syntho-agent-{arch}'}: {len(data) / 1e6:.1f} MB")
     print(f"commit {commit}; wheels in {cache}; {time.monotonic() - started:.1f} s")
 
 

@@ -17,7 +17,7 @@ from typing import Callable, Union
 
 from agent.config import RAY_PORTS, AppSettings, HeadSettings, RoleSettings, WorkerSettings
 from agent.engine import Engine, EngineInfo
-from agent.errors import EnvironmentProblem
+from agent.errors import EnvironmentProblem, UsageError
 from agent.roles import ray
 from agent.waits import tcp_open
 
@@ -46,6 +46,10 @@ class Result:
     status: str  # ok | warn | fail
     line: str  # what was found
     advice: str = ""  # what to do (warn and fail)
+    # A fail that refuses a value given (a --nofile the host does not allow): bad input, exit 2
+    # as when the engine refuses it at start (agent.engine.Engine.start), not the environment's
+    # 3; restarting cannot fix it.
+    bad_input: bool = False
 
     def text(self) -> str:
         return f"{self.status:<4}  {self.line}" + (f" -- {self.advice}" if self.advice else "")
@@ -133,7 +137,8 @@ def nofile_tried(engine: Engine, settings: RaySettings) -> Result:
         cause = refused.split("error during container init: ")[-1]
         return Result(FAIL, f"nofile: the engine refuses --nofile {settings.nofile} ({cause})",
                       f"lower --nofile to what this host allows (`ulimit -Hn` of the engine"
-                      f"{nofile_hint()}), or raise the engine's limit (LimitNOFILE)")
+                      f"{nofile_hint()}), or raise the engine's limit (LimitNOFILE)",
+                      bad_input=True)
     return Result(OK, f"nofile: the engine starts a container with --nofile {settings.nofile}")
 
 
@@ -170,7 +175,7 @@ def nofile_against(nofile: int, allowed: int | None, unknown: str) -> Result:
         return Result(FAIL, f"nofile: the engine allows at most {allowed} open files per "
                             f"container, not --nofile {nofile}",
                       f"lower --nofile to {allowed}, or raise the engine's limit (LimitNOFILE "
-                      "of docker/containerd)")
+                      "of docker/containerd)", bad_input=True)
     return Result(OK, f"nofile: --nofile {nofile} is within the engine's {allowed}")
 
 
@@ -436,12 +441,16 @@ def report(engine: Engine, settings: RoleSettings, say: Say) -> bool:
 
 def before_run(engine: Engine, settings: RoleSettings, say: Say) -> None:
     """The quick checks, before a role run changes anything: the failing ones printed, then
-    EnvironmentProblem (exit 3). A run that passes prints nothing."""
+    EnvironmentProblem (exit 3), or UsageError (exit 2) when one refuses a value given (a
+    --nofile the host does not allow). A run that passes prints nothing."""
     failed = [r for r in run_checks(engine, settings, quick=True) if r.status == FAIL]
     for r in failed:
         say(r.text())
     if failed:  # the error line names them too: it is the line a log collector keeps
-        raise EnvironmentProblem(
+        # A value the host refuses (--nofile) is bad input, exit 2, as when the engine refuses
+        # it at start; the environment's failures alone are 3.
+        error = UsageError if any(r.bad_input for r in failed) else EnvironmentProblem
+        raise error(
             f"{len(failed)} host check(s) failed: {'; '.join(r.line for r in failed)}; nothing "
             "was changed: fix them (what to do: above), or run with --skip-checks to go on "
             f"anyway (`syntho-agent check {role_of(settings)}` runs every check)")

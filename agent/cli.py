@@ -7,6 +7,7 @@ and a documented exit code.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import platform
@@ -35,6 +36,7 @@ from agent import (
 )
 from agent.config import (
     DEFAULT_CONFIG,
+    ENV_PREFIX,
     AppSettings,
     BackupSchedule,
     BackupSettings,
@@ -47,6 +49,7 @@ from agent.config import (
 from agent.engine import Engine
 from agent.errors import EXIT_ENVIRONMENT, EXIT_USAGE, AgentError
 from agent.failures import Interrupted, catch_signals, interrupted_message, os_error_message
+from agent.images import PASSWORD_ENV
 from agent.roles import ray
 from agent.sources import click_options, config_option, lenient_config_option
 from agent.spec import Spec
@@ -153,6 +156,17 @@ def _install_command(role: str) -> click.Command:
         given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT,
                  click.core.ParameterSource.DEFAULT_MAP)
         params.pop("watch", None)  # the unit always watches
+        if params.get("registry_password_stdin"):
+            origin = ctx.get_parameter_source("registry_password_stdin")
+            source = ("registry-password-stdin in the config file"
+                      if origin is click.core.ParameterSource.DEFAULT_MAP
+                      else f"{ENV_PREFIX}REGISTRY_PASSWORD_STDIN"
+                      if origin is click.core.ParameterSource.ENVIRONMENT
+                      else "--registry-password-stdin")
+            raise click.UsageError(
+                f"install {role}: {source} cannot work in a unit (systemd gives it no standard "
+                f"input): use --registry-password-file FILE (a 0600 file) or set {PASSWORD_ENV} "
+                "in the unit's environment")
         schedule = {k: params.pop(k) for k in _SCHEDULE if k in params}
         values = {k: systemd.yaml_value(v) for k, v in params.items()
                   if v is not None and ctx.get_parameter_source(k) in given}
@@ -222,15 +236,35 @@ def uninstall(roles: tuple[str, ...], root: Path, enable: bool) -> None:
     systemd.uninstall(list(roles or systemd.ROLES), root, enable, say)
 
 
+_GIVEN = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+
+
+def _day_two(ctx: click.Context, params: dict[str, Any], root: Path) -> Common:
+    """status, logs, down: their data dir and instance. Without --config, what neither a flag,
+    a variable nor the default config file gives comes from the installed units' config files
+    (/etc/syntho-agent/ROLE.yaml or the file install named), as systemd runs the roles."""
+    settings = Common.from_params(params)
+    if ctx.get_parameter_source("config") in _GIVEN:
+        return settings
+    open_keys = [k for k in ("data_dir", "instance")
+                 if ctx.get_parameter_source(k) is click.core.ParameterSource.DEFAULT]
+    found = systemd.installed_values(root, open_keys) if open_keys else {}
+    return dataclasses.replace(settings, **found)
+
+
 @cli.command()
 @lenient_config_option
 @click_options(Common)
 @click.option("--json", "as_json", is_flag=True,
               help="print JSON (its schema: README, \"status --json\")")
-def status(as_json: bool, **params: Any) -> None:
+@click.option("--root", type=click.Path(file_okay=False, readable=False, path_type=Path),
+              default=Path("/"), help="the root install wrote under (without --config, its "
+              "units' config files give the data dir and instance)")
+@click.pass_context
+def status(ctx: click.Context, /, as_json: bool, root: Path, **params: Any) -> None:
     """Show what the agent manages here: containers (image, uptime, restarts), health, the
     Ray cluster as this VM sees it, the app's URL. Exit 1 when something is not ready."""
-    settings = Common.from_params(params)
+    settings = _day_two(ctx, params, root)
     show = ops.status_json if as_json else ops.status
     not_ready = show(Engine.connect(), settings.data_dir, settings.instance, say)
     sys.exit(1 if not_ready else 0)
@@ -243,11 +277,12 @@ def status(as_json: bool, **params: Any) -> None:
 @click.option("--yes", is_flag=True, help="do not ask before --purge")
 @click.option("--root", type=click.Path(file_okay=False, readable=False, path_type=Path),
               default=Path("/"), help="the root install wrote under (its units are stopped "
-              "first)")
-def down(purge: bool, yes: bool, root: Path, **params: Any) -> None:
+              "first; without --config, their config files give the data dir and instance)")
+@click.pass_context
+def down(ctx: click.Context, /, purge: bool, yes: bool, root: Path, **params: Any) -> None:
     """Stop and remove the containers the agent made (volumes and data dir are kept); first
     stop this VM's syntho-agent unit, which would re-create them."""
-    settings = Common.from_params(params)
+    settings = _day_two(ctx, params, root)
     if purge and not yes:
         click.confirm(f"remove every volume (the database) and {settings.data_dir}?", abort=True)
     ops.down(Engine.connect(), settings.data_dir, settings.instance, purge, say,
@@ -270,11 +305,15 @@ def down(purge: bool, yes: bool, root: Path, **params: Any) -> None:
 @click.option("--since", metavar="WHEN", callback=lambda c, p, v: _parsed(validate.since, c, p, v),
               help="only lines since a duration ago (10m, 2h, 1d) or an RFC 3339 time "
               "(2024-05-01T10:00:00Z)")
-def logs(output: Path | None, follow: bool, services: tuple[str, ...], tail: int | None,
-         since: float | None, **params: Any) -> None:
+@click.option("--root", type=click.Path(file_okay=False, readable=False, path_type=Path),
+              default=Path("/"), help="the root install wrote under (without --config, its "
+              "units' config files give the data dir and instance)")
+@click.pass_context
+def logs(ctx: click.Context, /, output: Path | None, follow: bool, services: tuple[str, ...],
+         tail: int | None, since: float | None, root: Path, **params: Any) -> None:
     """Write the managed containers' logs, timestamped and redacted, into one file (or to
     standard output, or follow them)."""
-    settings = Common.from_params(params)
+    settings = _day_two(ctx, params, root)
     if follow and output is not None and str(output) != "-":
         raise click.UsageError("--follow prints to standard output: drop --output (redirect "
                                "with > FILE to keep the lines)")

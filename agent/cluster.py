@@ -103,6 +103,32 @@ def nodes(address: str, token: str | None, timeout: float = 3.0) -> list[dict[st
     return [n for n in found if isinstance(n, dict)]
 
 
+def node_summaries(address: str, token: str | None,
+                   timeout: float = 3.0) -> list[dict[str, Any]]:
+    """Every node the head's dashboard summarises (/nodes?view=summary: its raylet as the GCS
+    registered it), as {node_ip, node_manager_port, node_id, is_head_node, state}: unlike the
+    state API's list (nodes), it has each node's node-manager port, which tells apart nodes on
+    one host network (a worker beside the head). One of UNANSWERED when it does not answer."""
+    url = f"http://{address}:{DASHBOARD_PORT}/nodes?view=summary"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                timeout=timeout) as resp:
+        data = json.load(resp)
+    found = data.get("data", {}).get("summary") if isinstance(data, dict) else None
+    if not isinstance(found, list):
+        raise ValueError("the dashboard's answer holds no node summary")
+    listed = []
+    for entry in found:
+        raylet = entry.get("raylet") if isinstance(entry, dict) else None
+        if not isinstance(raylet, dict):
+            continue
+        listed.append({"node_ip": raylet.get("nodeManagerAddress") or entry.get("ip"),
+                       "node_manager_port": raylet.get("nodeManagerPort"),
+                       "node_id": raylet.get("nodeId"), "is_head_node": raylet.get("isHeadNode"),
+                       "state": raylet.get("state")})
+    return listed
+
+
 def alive_nodes(address: str, token: str | None, timeout: float = 3.0) -> list[dict[str, Any]]:
     """The cluster's live nodes, from the head's dashboard; [] when it does not answer."""
     try:
@@ -128,9 +154,21 @@ def worker_ip(head: str, node_ip: str | None, network_ip: str | None) -> str:
     return network_ip or node_ip or source_ip_towards(head)
 
 
-def has_joined(listed: list[dict[str, Any]], ip: str) -> bool:
-    """Whether the head's node list holds a live node at ip: the worker there has joined."""
-    return any(n.get("node_ip") == ip and n.get("state") == "ALIVE" for n in listed)
+def has_joined(listed: list[dict[str, Any]], ip: str, node_manager_port: int) -> bool:
+    """Whether the head's node summary (node_summaries) holds a live node at ip whose raylet
+    listens on the worker's node-manager port: the worker there has joined. The IP alone is not
+    enough: a worker on the head's host network shares the head's, and the head's node would
+    read as the worker's."""
+    return any(n.get("node_ip") == ip and n.get("node_manager_port") == node_manager_port
+               and n.get("state") == "ALIVE" for n in listed)
+
+
+def summaries_or_none(address: str, token: str | None) -> list[dict[str, Any]]:
+    """node_summaries; [] when the dashboard does not answer."""
+    try:
+        return node_summaries(address, token)
+    except UNANSWERED:
+        return []
 
 
 def token_path(data_dir: Path) -> Path:

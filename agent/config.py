@@ -182,7 +182,7 @@ class RayOptions(Settings):
     shm_size: int = option("shared memory for Ray's object store (4gb, 12gb ...)",
                            validate.size, 4 * 1024**3, shown="4gb")
     nofile: int = option("open-files limit for the Ray container (the host must allow it)",
-                         validate.positive_int, 65536)
+                         validate.nofile, 65536)
     cpus: float | None = option("CPU limit for the Ray container (cores)",
                                 validate.positive_float)
     memory: int | None = option("memory limit (and reservation) for the Ray container",
@@ -208,7 +208,7 @@ class RayOptions(Settings):
                                            "the highest port of Ray's worker processes")
     gcs_reconnect_timeout: int | None = option(
         "seconds a node waits for the head's GCS to come back before its Ray exits "
-        "(RAY_gcs_rpc_server_reconnect_timeout_s; Ray's default: 60)", validate.positive_int)
+        "(RAY_gcs_rpc_server_reconnect_timeout_s; Ray's default: 60)", validate.seconds)
 
 
 @dataclass(frozen=True)

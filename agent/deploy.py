@@ -52,6 +52,7 @@ from agent.reconcile import (
     Plan,
     Step,
     apply,
+    not_here,
     preflight,
     prune_kept,
     wait_all_ready,
@@ -108,6 +109,7 @@ def ensure_images(engine: Engine, settings: RoleSettings, wanted: dict[str, str]
     missing = [ref for ref, i in ids.items() if i is None]
     if missing and settings.images is None and not settings.registry:
         images.ensure(engine, settings, wanted, say)  # only looks, then raises the run's error
+    how = "load" if settings.images is not None else "pull"
     for ref in missing:
         where = (f"load it from {settings.images}" if settings.images is not None
                  else f"pull it from {settings.registry}")
@@ -115,7 +117,9 @@ def ensure_images(engine: Engine, settings: RoleSettings, wanted: dict[str, str]
             where += f" (or pull it from {settings.registry})"
         preview.images.append(f"{ref} (for {wanted[ref]}) is not on this engine: the run would "
                               f"{where}")
-    return {ref: i or f"(not on this engine: {ref})" for ref, i in ids.items()}
+    # A stand-in ID the planner knows: it does not call the image changed before the run has
+    # it (agent.reconcile.plan, verb "pull").
+    return {ref: i or not_here(ref, how) for ref, i in ids.items()}
 
 
 @dataclass(frozen=True)
@@ -461,8 +465,11 @@ def _worker_up(engine: Engine, settings: WorkerSettings, spec: Spec, plan: Plan,
                               container_ip(engine, name, settings.network)
                               if settings.network != "host" else None)
 
+    port = ray.node_ports(settings, "worker").node_manager_port  # the head's differs
+
     def joined() -> bool:  # `status` asks the same question (agent.ops)
-        return cluster.has_joined(cluster.alive_nodes(settings.head or "", token), my_ip)
+        return cluster.has_joined(cluster.summaries_or_none(settings.head or "", token), my_ip,
+                                  port)
 
     if not poll(joined, settings.ready_timeout, f"{name} to join the head", say):
         raise ConvergeError(

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from agent import cluster, history, proxy, ray_release, store, tls, validate
 from agent import spec as s
+from agent.config import RAY_PORTS
 from agent.engine import Engine, Observed
 from agent.errors import UsageError
 from agent.redact import redact, secrets_in_env
@@ -24,10 +25,52 @@ from agent.validate import printable
 Say = Callable[[str], None]
 
 
-def managed(engine: Engine, instance: str) -> list[Observed]:
+# What a throw-away container is (its spec.LABEL_TEMPORARY), and which run removes it.
+TEMPORARY = {"backup-client": ("a backup's leftover client container", "backup"),
+             "restore-client": ("a restore's leftover client container", "restore"),
+             # made by an agent before the label: its role label only (pgclient.ROLE)
+             "client": ("a backup's or restore's leftover client container",
+                        "backup or restore")}
+
+
+def _temporary(o: Observed) -> str:
+    """What kind of throw-away container o is; "" for a service's."""
+    return o.label(s.LABEL_TEMPORARY) or ("client" if o.role == "client" else "")
+
+
+def _everything(engine: Engine, instance: str) -> list[Observed]:
+    """Every container the agent labelled here: the services, then throw-away ones."""
     order = {"head": 0, "worker": 1, "app": 2}
     found = engine.managed(instance)
-    return sorted(found, key=lambda o: (order.get(o.role, 9), o.name))
+    return sorted(found, key=lambda o: (bool(_temporary(o)),
+                                        order.get(o.role, 9), o.name))
+
+
+def managed(engine: Engine, instance: str) -> list[Observed]:
+    """The services' containers (not a killed run's throw-away ones: leftovers)."""
+    return [o for o in _everything(engine, instance) if not _temporary(o)]
+
+
+def leftover_what(o: Observed) -> tuple[str, str]:
+    """(what a throw-away container is, the run that removes it)."""
+    kind = _temporary(o)
+    return TEMPORARY.get(kind, (f"a leftover throw-away container ({kind})", "such run"))
+
+
+def leftovers(engine: Engine, instance: str) -> list[dict[str, Any]]:
+    """A killed run's throw-away containers, as `status` shows them."""
+    found = []
+    for o in _everything(engine, instance):
+        if _temporary(o):
+            what, run = leftover_what(o)
+            found.append({"name": o.name, "what": what, "state": o.status,
+                          "removed_by": f"the next {run} or down"})
+    return found
+
+
+def _leftover_lines(found: list[dict[str, Any]]) -> list[str]:
+    return [f"{c['name']}: {c['what']} ({c['state']}), removed by {c['removed_by']}"
+            for c in found]
 
 
 REDACT = "to redact the secrets in it from the logs"
@@ -167,8 +210,15 @@ def _worker_ray(o: Observed, data_dir: Path) -> dict[str, Any]:
         info["error"] = f"the head's name {head} does not resolve"
         return info
     info["node_ip"] = ip
-    listed = _ask(head, _token(o, data_dir), info)
-    info["joined"] = cluster.has_joined(listed, ip)
+    token = _token(o, data_dir)
+    listed = _ask(head, token, info)
+    given = _arg(o.command, "--node-manager-port") or ""
+    port = int(given) if given.isdigit() else RAY_PORTS["node_manager_port"][1]
+    if info["answers"]:
+        try:  # its own node: its address and node-manager port (the head's may share the IP)
+            info["joined"] = cluster.has_joined(cluster.node_summaries(head, token), ip, port)
+        except cluster.UNANSWERED as exc:
+            info.update(answers=False, error=cluster.unanswered_reason(exc))
     info["head_runs"] = _published(listed)
     info["matches_head"] = (None if info["head_runs"] is None
                             else info["head_runs"]["image"] == o.image)
@@ -291,9 +341,12 @@ def status(engine: Engine, data_dir: Path, instance: str, say: Say) -> int:
     """Print what runs here; returns how many things are not ready."""
     observed = managed(engine, instance)
     report = status_report(observed, data_dir, instance)
+    report["leftovers"] = leftovers(engine, instance)
     if not report["containers"]:
         where = f" (instance {instance})" if instance else ""
         say(f"nothing managed by syntho-agent here{where}")
+        for line in _leftover_lines(report["leftovers"]):
+            say(line)
         return 0
     rows = [("ROLE", "CONTAINER", "STATE", "HEALTH", "UPTIME", "RESTARTS", "IMAGE")]
     rows += [(c["role"] or "?", c["name"], c["state"], c["health"] or "-",
@@ -302,8 +355,8 @@ def status(engine: Engine, data_dir: Path, instance: str, say: Say) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         say("  ".join(f"{v:<{w}}" for v, w in zip(r, widths)) + "  " + r[-1])
-    for line in [*_ray_lines(report["ray"]), *_release_lines(report),
-                 *(_https_lines(report["https"]) or app_urls(observed))]:
+    for line in [*_leftover_lines(report["leftovers"]), *_ray_lines(report["ray"]),
+                 *_release_lines(report), *(_https_lines(report["https"]) or app_urls(observed))]:
         say(line)
     return len(report["not_ready"])
 
@@ -328,6 +381,7 @@ def _release_lines(report: dict[str, Any]) -> list[str]:
 def status_json(engine: Engine, data_dir: Path, instance: str, say: Say) -> int:
     """status as JSON (README "status --json"); returns how many things are not ready."""
     report = status_report(managed(engine, instance), data_dir, instance)
+    report["leftovers"] = leftovers(engine, instance)
     say(json.dumps(report, indent=2))
     return len(report["not_ready"])
 
@@ -382,10 +436,11 @@ def down(engine: Engine, data_dir: Path, instance: str, purge: bool, say: Say,
             raise store.tag(exc, data_dir, "remove") from None
     if first is not None:
         first()
-    observed = managed(engine, instance)
+    observed = _everything(engine, instance)  # a killed backup's client too
     for o in reversed(observed):
         engine.remove(o.id)
-        say(f"removed {o.name}")
+        what = f" ({leftover_what(o)[0]})" if _temporary(o) else ""
+        say(f"removed {o.name}{what}")
     labels = [f"{s.LABEL_MANAGED}=true", f"{s.LABEL_INSTANCE}={instance}"]
     for net in engine.networks(labels):
         if net.users:
@@ -459,7 +514,8 @@ def logs(engine: Engine, data_dir: Path, instance: str, options: LogOptions, say
     secrets = secrets_to_redact(from_files, observed)
     tail: int | str = "all" if options.tail is None else options.tail
     if options.follow:
-        _follow(engine, selected, secrets, tail, options.since, write)
+        _follow(engine, instance, options.services, selected, secrets, tail, options.since,
+                write)
         return
     lines: list[str] = []
     for o in selected:
@@ -473,32 +529,90 @@ def logs(engine: Engine, data_dir: Path, instance: str, options: LogOptions, say
     say(f"wrote the logs of {len(selected)} container(s) to {options.output} (secrets redacted)")
 
 
-def _follow(engine: Engine, selected: list[Observed], secrets: list[str], tail: int | str,
-            since: float | None, write: Say) -> None:
-    """Every selected container's lines as they come (one thread each), prefixed with its
-    service when there are several, until all have stopped (or Ctrl-C)."""
-    labels = {o.id: o.service or o.name for o in selected}
-    width = max((len(v) for v in labels.values()), default=0)
-    lines: queue.Queue[tuple[str, str | BaseException | None]] = queue.Queue()
+FOLLOW_LOOK = 2.0  # seconds between looks at the managed set while following
+FOLLOW_GRACE = 10.0  # following ends once none of the followed services has run this long
 
-    def pump(o: Observed) -> None:
+
+def _follow(engine: Engine, instance: str, services: tuple[str, ...], selected: list[Observed],
+            secrets: list[str], tail: int | str, since: float | None, write: Say) -> None:
+    """Every selected container's lines as they come (one thread each), prefixed with its
+    service when there are several, until none has run for FOLLOW_GRACE (or Ctrl-C).
+
+    It follows the managed set as it changes: every FOLLOW_LOOK seconds it looks again, and a
+    container made since (a --watch re-creation, an upgrade's) is followed from its first
+    line, with a line that says which one it replaced; one that the engine restarted is
+    followed again from where its lines stopped."""
+    lines: queue.Queue[tuple[str, str | BaseException | None]] = queue.Queue()
+    label: dict[str, str] = {}  # container id -> its service (or name)
+    current: dict[str, str] = {}  # service -> the container id followed for it last
+    active: set[str] = set()
+    ended: dict[str, float] = {}  # container id -> when its stream ended (Unix time)
+    several = len({o.service or o.name for o in selected}) > 1
+
+    def pump(cid: str, tail: int | str, since: float | None) -> None:
         try:
-            for line in engine.follow_logs(o.id, tail, since):
-                lines.put((o.id, line))
+            for line in engine.follow_logs(cid, tail, since):
+                lines.put((cid, line))
         except BaseException as exc:  # handed to the main thread, raised there
-            lines.put((o.id, exc))
+            lines.put((cid, exc))
         finally:
-            lines.put((o.id, None))
+            lines.put((cid, None))
+
+    def start(o: Observed, tail: int | str, since: float | None) -> None:
+        label[o.id] = o.service or o.name
+        current[label[o.id]] = o.id
+        active.add(o.id)
+        threading.Thread(target=pump, args=(o.id, tail, since), daemon=True).start()
+
+    def note(text: str) -> None:
+        write(f"===== {text} =====")
+
+    def look() -> bool:
+        """Follow what is new or back; whether a followed service runs."""
+        nonlocal several
+        found = [o for o in managed(engine, instance)
+                 if not services or o.service in services or o.name in services]
+        for o in found:
+            if o.id in active:
+                continue
+            if o.id in label:  # followed before: its stream ended
+                if o.status == "running":
+                    note(f"{o.name} was restarted: following it again")
+                    start(o, "all", ended.get(o.id))
+                continue
+            service = o.service or o.name
+            old = current.get(service)
+            if old is not None:
+                note(f"{service}: a new container {o.name} ({o.id[:12]}) replaced "
+                     f"{old[:12]}: following it")
+            else:
+                note(f"{service}: a new container {o.name} ({o.id[:12]}): following it")
+            several = several or any(v != service for v in current)
+            start(o, "all", since)
+        return any(o.status == "running" for o in found)
 
     for o in selected:
-        threading.Thread(target=pump, args=(o,), daemon=True).start()
-    running = len(selected)
-    while running:
-        cid, item = lines.get()  # Ctrl-C interrupts the wait (agent.failures)
+        start(o, tail, since)
+    ran = time.monotonic() if any(o.status == "running" for o in selected) else None
+    next_look = time.monotonic() + FOLLOW_LOOK
+    while True:
+        try:  # Ctrl-C interrupts the wait (agent.failures)
+            cid, item = lines.get(timeout=max(0.0, next_look - time.monotonic()))
+        except queue.Empty:
+            if look() or active:
+                ran = time.monotonic()
+            elif ran is None or time.monotonic() - ran > FOLLOW_GRACE:
+                return
+            next_look = time.monotonic() + FOLLOW_LOOK
+            continue
         if item is None:
-            running -= 1
+            active.discard(cid)
+            ended[cid] = time.time()
+            if not active and ran is None:  # nothing ran when it began: as `logs`
+                return
         elif isinstance(item, BaseException):
             raise item
         else:
             text = redact(item, secrets)
-            write(f"{labels[cid]:<{width}} | {text}" if len(selected) > 1 else text)
+            width = max(len(v) for v in label.values())
+            write(f"{label[cid]:<{width}} | {text}" if several else text)

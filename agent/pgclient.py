@@ -10,6 +10,7 @@ password goes in that container's environment, never on a command line.
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import IO, Union
 from urllib.parse import unquote, urlsplit
@@ -20,11 +21,12 @@ from agent.config import BackupSettings, RestoreSettings
 from agent.engine import Engine
 from agent.errors import EnvironmentProblem
 from agent.roles.app import DB_USER
-from agent.spec import LABEL_INSTANCE, LABEL_MANAGED, LABEL_ROLE
+from agent.spec import LABEL_INSTANCE, LABEL_MANAGED, LABEL_ROLE, LABEL_TEMPORARY
 
 Settings = Union[BackupSettings, RestoreSettings]
 MOUNT = "/syntho-restore"  # where a throw-away container sees the dumps to restore
 ROLE = "client"  # the throw-away containers' role label: a killed run's are found by it
+# They carry LABEL_TEMPORARY too (backup-client, restore-client), which `status` reads.
 
 
 def connection(settings: Settings) -> tuple[list[str], dict[str, str]]:
@@ -54,11 +56,15 @@ def run(engine: Engine, settings: Settings, tool: list[str], out: IO[bytes] | No
         _require_running(engine, settings.suffix("syntho-postgres"))
     args, env = connection(settings)
     network = settings.suffix("syntho")
-    labels = {LABEL_MANAGED: "true", LABEL_INSTANCE: settings.instance, LABEL_ROLE: ROLE}
+    purpose = "restore" if isinstance(settings, RestoreSettings) else "backup"
+    labels = {LABEL_MANAGED: "true", LABEL_INSTANCE: settings.instance, LABEL_ROLE: ROLE,
+              LABEL_TEMPORARY: f"{purpose}-client"}
+    # Named for what it is (a restore runs two at once: a random tail).
+    name = f"{settings.suffix(f'syntho-{purpose}-client')}-{secrets.token_hex(3)}"
     binds = {str(dumps.resolve()): MOUNT} if dumps is not None else None
     try:
         return engine.run_to(settings.postgres_image, [tool[0], *args, *tool[1:]], network,
-                             out, env=env, binds=binds, labels=labels)
+                             out, env=env, binds=binds, labels=labels, name=name)
     except EnvironmentProblem as exc:
         raise EnvironmentProblem(
             f"cannot run {tool[0]} against {args[1]} from the network {network} (run "

@@ -16,6 +16,8 @@ Say = Callable[[str], None]
 def action_line(a: Action) -> str:
     if a.verb == "unchanged":
         return f"leave {a.name} alone (up to date)"
+    if a.verb == "pull":  # the image is not here yet: a recreate only if it differs
+        return f"{a.name}: {a.reason}"
     why = f": {a.reason}" if a.reason else ""
     if a.verb == "create" and not why:
         why = ": missing"

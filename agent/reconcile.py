@@ -31,13 +31,30 @@ LABEL_FIELDS = f"{s.LABEL_PREFIX}.field-hashes"
 SECRET_FIELD = "a secret"
 
 
+# A plan's stand-in for the ID of an image that is not on the engine yet (agent.deploy's
+# ensure_images for a preview): the run would pull or load it, and only then know its ID.
+NOT_HERE = "(not on this engine: the run would "
+
+
+def not_here(ref: str, how: str) -> str:
+    """The stand-in ID of ref, which the run would get by `how` (pull, load)."""
+    return f"{NOT_HERE}{how} {ref})"
+
+
+def _not_here_how(image_id: str) -> str | None:
+    return image_id[len(NOT_HERE):].split(" ", 1)[0] if image_id.startswith(NOT_HERE) else None
+
+
 Step = Callable[["Plan"], int]  # a role's own step: runs with the plan, returns its changes
 ACTING = ("create", "recreate", "start", "revert")  # the verbs that make or start a container
 
 
 @dataclass(frozen=True)
 class Action:
-    verb: str  # create | recreate | start | revert | unchanged | remove | step
+    # create | recreate | start | revert | unchanged | remove | step; and, in a plan only,
+    # "pull": the image is not on the engine yet, and the container is recreated by the run
+    # only if the image it gets differs from the one the container runs (reason says how)
+    verb: str
     name: str  # the container's name, or the step's
     container: s.Container | None = None
     config_hash: str = ""
@@ -113,7 +130,10 @@ def plan(spec: s.Spec, observed: list[Observed], ids: dict[str, str],
         label = json.dumps(hashes, sort_keys=True, separators=(",", ":"))
         o = current.get(c.name)
         k = kept.get(c.name)
-        if (k is not None and c.hash_matches(ids[c.image], k.config_hash, k.hash_scheme)
+        how = _not_here_how(ids[c.image])
+        if o is not None and how is not None:
+            actions.append(_unknown_image(spec, c, o, how, h, label))
+        elif (k is not None and c.hash_matches(ids[c.image], k.config_hash, k.hash_scheme)
                 and drift(k, c, ids[c.image]) is None
                 and (o is None or not c.hash_matches(ids[c.image], o.config_hash,
                                                      o.hash_scheme))):
@@ -133,6 +153,24 @@ def plan(spec: s.Spec, observed: list[Observed], ids: dict[str, str],
         else:
             actions.append(Action("unchanged", c.name, c, h, fields=label))
     return actions
+
+
+def _unknown_image(spec: s.Spec, c: s.Container, o: Observed, how: str, h: str,
+                   label: str) -> Action:
+    """A plan's action for a container whose image is not on the engine yet: judged as if the
+    run got the image the container runs; whether it does is known only after the pull."""
+    gets = f"{how}ed"  # pulled, loaded
+    if c.hash_matches(o.image_id, o.config_hash, o.hash_scheme) and drift(o, c, o.image_id) \
+            is None:
+        return Action("pull", c.name, c, h, f"would {how} {c.image}; recreate only if the "
+                      f"{gets} image differs", label)
+    also = f" (and {c.image} would be {gets})"
+    if not c.hash_matches(o.image_id, o.config_hash, o.hash_scheme):
+        changed = changed_fields(o, field_hashes(c, o.image_id, spec.secrets))
+        return Action("recreate", c.name, c, h, "configuration changed" + (
+            f": {', '.join(changed)}" if changed else "") + also, label)
+    return Action("recreate", c.name, c, h,
+                  f"{drift(o, c, o.image_id)} changed outside the agent{also}", label)
 
 
 def _digest(value: object) -> str:

@@ -19,6 +19,10 @@ LABEL_ROLE = f"{LABEL_PREFIX}.role"
 # (agent/reconcile.py): going back is a start, not a pull.
 KEPT_SUFFIX = "-previous"
 LABEL_SERVICE = f"{LABEL_PREFIX}.service"
+# A throw-away container of a run (`backup-client`, `restore-client`: Postgres' client tools),
+# not a service: a killed run leaves it, the next such run or `down` removes it, and `status`
+# names it as what it is (agent/ops.py, TEMPORARY).
+LABEL_TEMPORARY = f"{LABEL_PREFIX}.temporary"
 LABEL_HASH = f"{LABEL_PREFIX}.config-hash"
 LABEL_HASH_SCHEME = f"{LABEL_PREFIX}.hash-scheme"
 HASH_SCHEME = "2"

@@ -16,7 +16,9 @@ systemd.service(5) "Command lines"), which is not a shell's: see command_line.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -28,7 +30,7 @@ import click
 import yaml
 
 from agent import store
-from agent.config import ALL_OPTIONS
+from agent.config import ALL_OPTIONS, Common
 from agent.errors import EXIT_USAGE, EnvironmentProblem, UsageError
 from agent.sources import read_config_file
 from agent.validate import printable
@@ -380,6 +382,66 @@ def _remove(root: Path, path: Path) -> None:
         _under(root, path).unlink(missing_ok=True)
     except OSError as exc:
         raise store.tag(exc, _under(root, path), "remove") from None
+
+
+# ---- what the installed units run with (status, logs, down without --config) ---------------
+
+def unit_reads(unit_text: str) -> Path | None:
+    """The --config file of a unit's ExecStart (as exec_start wrote it), or None."""
+    line = next((t for t in unit_text.splitlines() if t.startswith("ExecStart=")), None)
+    if line is None:
+        return None
+    try:
+        words = shlex.split(line[len("ExecStart="):])
+    except ValueError:
+        return None
+    if "--config" not in words[:-1]:
+        return None
+    given = words[words.index("--config") + 1]
+    return Path(given.replace("%%", "%").replace("$$", "$"))
+
+
+def installed_configs(root: Path) -> list[tuple[str, Path]]:
+    """(role, the config file its unit reads, under root) of every role installed here."""
+    found = []
+    for role in ROLES:
+        unit = _under(root, UNITS / unit_name(role))
+        try:
+            text = unit.read_text()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise store.tag(exc, unit, "read") from None
+        found.append((role, _under(root, unit_reads(text) or config_file(role))))
+    return found
+
+
+def installed_values(root: Path, keys: list[str]) -> dict[str, Any]:
+    """The values of these keys (data_dir, instance) every installed unit runs with: its
+    config file's, or the default; {} when no role is installed. Units that differ are
+    refused in one line (which one did the operator mean?)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Common)}
+    runs: dict[tuple[tuple[str, Any], ...], list[str]] = {}
+    for role, path in installed_configs(root):
+        raw = read_config_file(path) if path.exists() else {}  # its errors name the file
+        values = {}
+        for key in keys:
+            text = raw.get(key, (None, 0, ""))[0]
+            parse = ALL_OPTIONS[key].opt.parse or str
+            try:
+                values[key] = defaults[key] if text is None else parse(text)
+            except ValueError as exc:
+                raise UsageError(f"{printable(path)} key {ALL_OPTIONS[key].name!r}: {exc}; "
+                                 "fix it (the unit reads it too)") from None
+        runs.setdefault(tuple(values.items()), []).append(
+            f"{unit_name(role)} reads {printable(path)} ("
+            + ", ".join(f"{ALL_OPTIONS[k].name} {printable(v) or '(none)'}"
+                        for k, v in values.items()) + ")")
+    if len(runs) > 1:
+        raise UsageError("the installed units run with different values: "
+                         + "; ".join(u for units in runs.values() for u in units)
+                         + ": choose one with --config FILE (or --data-dir and --instance)")
+    return dict(next(iter(runs))) if runs else {}
 
 
 def stop_watchers(root: Path, say: Say) -> None:

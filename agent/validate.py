@@ -23,8 +23,45 @@ _IMAGE = re.compile(
     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
     r"(?:@(?P<digest>[a-z0-9]+:[a-f0-9]{32,}))?$"
 )
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+# Numbers: ASCII digits only (int() and float() also take full-width or Arabic-Indic digits
+# and 1_000, which no engine, Ray or shell reads as meant), and an upper bound for each, checked
+# here, before the engine or Ray sees a value.
+_WHOLE = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# The open-files limit: Linux's own ceiling (fs.nr_open cannot be set higher: sysctl_nr_open_max,
+# INT_MAX rounded down to a multiple of 64); the engine's host usually allows less (the host check).
+NOFILE_MAX = 2**31 - 64
+# Seconds (timeouts, waits): ten years, as for `logs --since`.
+SECONDS_MAX = 3650 * 86400
+# Counts (workers, CPUs, nodes, backups kept, log lines, minutes, GB) and --cpus: a million,
+# more than any VM or cluster of them has, keeps or prints.
+COUNT_MAX = 1_000_000
+
+
+def _shown(value: object) -> str:
+    """A number as a message quotes it: 5000 digits cut short."""
+    text = printable(value)
+    return text if len(text) <= 40 else f"{text[:12]}... ({len(text)} characters)"
+
+
+def _digits(value: str | int, what: str) -> int:
+    """A whole number written in ASCII digits (an int from a YAML file as it is)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if not _WHOLE.fullmatch(text):
+        raise ValueError(f"{_shown(value)} is not {what} (ASCII digits 0-9 only)")
+    if len(text.lstrip("+-").lstrip("0")) > 20:  # past every bound (int() refuses 4300 digits)
+        return -(10**20) if text.startswith("-") else 10**20
+    return int(text)
+
+
+def _at_most(number: float, most: int, value: object, what: str) -> None:
+    if number > most:
+        raise ValueError(f"{_shown(value)} is too large for {what}: at most {most}")
 
 
 def _address(value: str) -> str:
@@ -75,10 +112,7 @@ def ip(value: str) -> str:
 
 
 def port(value: str | int) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{value!r} is not a port number (1-65535)") from None
+    number = _digits(value, "a port number (1-65535)")
     if not 1 <= number <= 65535:
         raise ValueError(f"{number} is out of range for a port (1-65535)")
     return number
@@ -144,25 +178,49 @@ def pull_policy(value: str) -> str:
     return value
 
 
-def positive_int(value: str | int) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{value!r} is not a whole number") from None
+def _positive(value: str | int, most: int, what: str) -> int:
+    number = _digits(value, "a whole number")
     if number <= 0:
-        raise ValueError(f"{value!r} must be larger than zero")
+        raise ValueError(f"{_shown(value)} must be larger than zero")
+    _at_most(number, most, value, what)
+    return number
+
+
+def positive_int(value: str | int) -> int:
+    """A count (workers, CPUs, backups kept, minutes, GB): 1 to COUNT_MAX."""
+    return _positive(value, COUNT_MAX, "a count")
+
+
+def nofile(value: str | int) -> int:
+    """An open-files limit: 1 to what Linux allows at most (NOFILE_MAX)."""
+    return _positive(value, NOFILE_MAX, "an open-files limit (Linux's ceiling)")
+
+
+def seconds(value: str | int) -> int:
+    """A whole number of seconds: 1 to ten years (SECONDS_MAX)."""
+    return _positive(value, SECONDS_MAX, "a number of seconds (ten years)")
+
+
+def _decimal(value: str | float, what: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        text = str(value).strip()
+        if not _DECIMAL.fullmatch(text):  # float() takes nan, inf, 1_0 and full-width digits
+            raise ValueError(f"{_shown(value)} is not {what} (ASCII digits 0-9, a '.' and an "
+                             "exponent)")
+        number = float(text)
+    if not math.isfinite(number):  # 1e999
+        raise ValueError(f"{_shown(value)} is not a finite number")
     return number
 
 
 def positive_float(value: str | float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{value!r} is not a number") from None
-    if not math.isfinite(number):  # float() takes nan, inf and 1e999
-        raise ValueError(f"{value!r} is not a finite number")
+    """--cpus: larger than zero, at most COUNT_MAX."""
+    number = _decimal(value, "a number")
     if number <= 0:
-        raise ValueError(f"{value!r} must be larger than zero")
+        raise ValueError(f"{_shown(value)} must be larger than zero")
+    _at_most(number, COUNT_MAX, value, "a number of CPUs")
     return number
 
 
@@ -185,14 +243,11 @@ def network(v: str) -> str:
 
 
 def wait(v: str) -> float:
-    try:
-        number = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{v!r} is not a number of seconds (0 waits forever)") from None
-    if not math.isfinite(number):  # float() takes nan, inf and 1e999; 0 is forever
-        raise ValueError(f"{v!r} is not a number of seconds (0 waits forever)")
+    """Seconds to wait: 0 (forever) to ten years (SECONDS_MAX)."""
+    number = _decimal(v, "a number of seconds (0 waits forever)")
     if number < 0:
-        raise ValueError(f"{v!r} must be 0 (forever) or a positive number of seconds")
+        raise ValueError(f"{_shown(v)} must be 0 (forever) or a positive number of seconds")
+    _at_most(number, SECONDS_MAX, v, "a wait (ten years; 0 waits forever)")
     return number
 
 
@@ -330,16 +385,15 @@ def provider(v: str) -> str:
 
 
 def count(v: str) -> int:
-    try:
-        number = int(str(v))
-    except (TypeError, ValueError):
-        raise ValueError(f"{v!r} is not a whole number") from None
+    """A count that may be 0 (nodes, `logs --tail` lines): 0 to COUNT_MAX."""
+    number = _digits(v, "a whole number")
     if number < 0:
-        raise ValueError(f"{v!r} must be 0 or more")
+        raise ValueError(f"{_shown(v)} must be 0 or more")
+    _at_most(number, COUNT_MAX, v, "a count")
     return number
 
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_DURATION = re.compile(r"^\s*([0-9]+)\s*([smhd]?)\s*$")
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -354,8 +408,8 @@ def duration(v: str) -> int:
     return seconds
 
 
-_RFC3339 = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?"
-                      r"([Zz]|[+-]\d{2}:\d{2})$")
+_RFC3339 = re.compile(r"^([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}:[0-9]{2})"
+                      r"(?:\.([0-9]+))?([Zz]|[+-][0-9]{2}:[0-9]{2})$")
 
 
 def since(v: str, now: float | None = None) -> float:

@@ -51,7 +51,10 @@ def main() -> int:
     if args.markdown:
         args.markdown.write_text(table + "\n")
     common.log(f"repeat with: {shlex.quote(command)}")
-    return 1 if result.violations or result.final_recovery is None else 0
+    for rule, found in result.problems().items():
+        for problem in found:
+            common.log(f"failed ({rule}): {problem}")
+    return 1 if result.failed else 0
 
 
 if __name__ == "__main__":

@@ -17,8 +17,29 @@ import pytest
 from _pytest.terminal import TerminalReporter
 
 from tests.images import build as image_build
+from tests.support import summary
 from tests.support.engine import connect
+from tests.support.processes import default_signals
 from tests.support.sandbox import Sandbox
+from tests.support.vms import Lab, lab_of_vms
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every child a test starts gets default signal dispositions, however the suite was
+    started (nohup, cron or a CI runner start it with SIGINT and SIGQUIT ignored, and children
+    inherit an ignored signal: the SIGINT a test sends them would do nothing). And what tests
+    note for the log is written in the summary."""
+    default_signals()
+    config.pluginmanager.register(_Notes(), "syntho-notes")
+
+
+class _Notes:
+    """What tests noted for the log (tests/support/summary.py: a fuzz's seed, the Pythons a
+    test ran on), in every run's summary, `pytest -q` included."""
+
+    def pytest_terminal_summary(self, terminalreporter: TerminalReporter) -> None:
+        for who, line in sorted(summary.LINES.items()):
+            terminalreporter.write_line(f"{who}: {line}")
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +63,15 @@ def docker_client() -> docker.DockerClient:
 def images(docker_client: docker.DockerClient) -> dict[str, str]:
     """The test images' references, built first if their recipe changed (cached by hash)."""
     return image_build.build_all(docker_client)
+
+
+@pytest.fixture(scope="session")
+def vm_lab(docker_client: docker.DockerClient, images: dict[str, str],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """The simulated VMs' network, registry and zipapp, made once for every module that uses
+    VMs (each starts from four new VMs: `vm_lab.fresh()`)."""
+    with lab_of_vms(docker_client, images, tmp_path_factory.mktemp("vms")) as lab:
+        yield lab
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from agent.waits import poll, tcp_open
 from tests.support.agent_cli import run_agent
 from tests.support.constants import NOFILE
 from tests.support.ports import free_port
-from tests.support.sandbox import Sandbox
+from tests.support.sandbox import Sandbox, owned_elsewhere
 
 
 @dataclass
@@ -60,15 +61,28 @@ def ip_on(container: docker.models.containers.Container, network: str) -> str:
     return str(container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"])
 
 
-def engine_snapshot(client: docker.DockerClient) -> set[tuple[str, str, str]]:
+def not_elsewhere(labels: dict[str, str] | None) -> bool:
+    return not owned_elsewhere(labels)
+
+
+def engine_snapshot(client: docker.DockerClient,
+                    keep: Callable[[dict[str, str] | None], bool] = not_elsewhere
+                    ) -> set[tuple[str, str, str]]:
     """Every container, network and volume with its ID and state: 'nothing changed' is equality.
 
-    A container already being removed is left out: it is on its way out from before.
+    Only the objects whose labels `keep` accepts: by default all but what another test process
+    owns (the suite runs in shards at once: see owned_elsewhere). A container already being
+    removed is left out: it is on its way out from before. One list request per kind, nothing
+    inspected one by one (that would race with other tests' removals).
     """
-    found = {("container", c.name or "", f"{c.id}:{c.status}")
-             for c in client.containers.list(all=True) if c.status != "removing"}
-    found |= {("network", n.name or "", str(n.id)) for n in client.networks.list()}
-    found |= {("volume", v.name or "", "") for v in client.volumes.list()}
+    api = client.api
+    found = {("container", c["Names"][0].lstrip("/") if c.get("Names") else "",
+              f"{c['Id']}:{c['State']}")
+             for c in api.containers(all=True)
+             if c["State"] != "removing" and keep(c.get("Labels"))}
+    found |= {("network", n["Name"], n["Id"]) for n in api.networks() if keep(n.get("Labels"))}
+    found |= {("volume", v["Name"], "") for v in api.volumes().get("Volumes") or []
+              if keep(v.get("Labels"))}
     return found
 
 

@@ -8,6 +8,7 @@ Run alone with `make faults` (pytest -m faults).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 import re
@@ -34,6 +35,7 @@ from tests.support.kills import (
     kill_at,
     kill_points,
 )
+from tests.support.processes import kill_group, spawn
 from tests.support.sandbox import Sandbox
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -119,9 +121,9 @@ def test_a_container_fault_is_healed_by_a_rerun_and_nothing_is_lost(
         stack: App, service: str, fault: str) -> None:
     before = remember(stack)
     inject(stack, service, fault)
-    started = time.monotonic()
+    t0 = time.monotonic()
     out = ok(stack.run())
-    HEAL_SECONDS[service, fault] = time.monotonic() - started  # for the SIGKILL rounds
+    HEAL_SECONDS[service, fault] = time.monotonic() - t0  # for the SIGKILL rounds
     assert "the app is up" in out
     if fault == "by-hand":
         assert f"recreated syntho-{service}-{stack.instance}" in out
@@ -176,9 +178,9 @@ def test_the_agent_killed_at_random_points_always_converges(stack: App) -> None:
     for pair in dict.fromkeys(faults):  # any work not timed yet: one uninterrupted run
         if pair not in HEAL_SECONDS:
             inject(stack, *pair)
-            started = time.monotonic()
+            t0 = time.monotonic()
             assert "the app is up" in ok(stack.run())
-            HEAL_SECONDS[pair] = time.monotonic() - started
+            HEAL_SECONDS[pair] = time.monotonic() - t0
     print("heals take " + ", ".join(f"{s} {f} {HEAL_SECONDS[s, f]:.1f}s"
                                     for s, f in dict.fromkeys(faults)))
     shares = kill_points(rng, rounds, 1.0, earliest=0.0)  # the k-th slice of [0, 1] for round k
@@ -187,10 +189,10 @@ def test_the_agent_killed_at_random_points_always_converges(stack: App) -> None:
         # Something to do each round, so kills land inside real work.
         inject(stack, victim, fault)
         at = EARLIEST + share * (KILL_SPAN * HEAL_SECONDS[victim, fault] - EARLIEST)
-        started = time.monotonic()
+        t0 = time.monotonic()
         proc = subprocess.Popen(agent_cmd("app", *stack.args()), cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        kill = kill_at(proc, started, at)  # a random point of the run, not a synchronisation
+        kill = kill_at(proc, t0, at)  # a random point of the run, not a synchronisation
         kills.append(kill)
         print(f"round {round_} ({victim} {fault}): kill at {at:.2f}s "
               f"{'landed' if kill.landed else f'came after its end (exit {kill.returncode})'}")
@@ -212,15 +214,16 @@ def test_the_agent_killed_at_random_points_always_converges(stack: App) -> None:
 class Stamped:
     """Agent runs whose output lines are stamped (time.monotonic()) as they come, by one
     reader over every pipe: a line written before another one (by any of the runs) never gets
-    a later stamp, as each is stamped at the first look that finds it."""
+    a later stamp, as each is stamped at the first look that finds it. Each run in a process
+    group of its own, killed when the with-block ends."""
 
     def __init__(self, *cmds: list[str]) -> None:
         self.procs = []
         self.started = []
         for cmd in cmds:
             self.started.append(time.monotonic())
-            self.procs.append(subprocess.Popen(cmd, cwd=REPO, env=agent_env(),
-                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            self.procs.append(spawn(cmd, cwd=REPO, env=agent_env(), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE))
         # (stamp, which run, "out" or "err", the line), in the order read
         self.lines: list[tuple[float, int, str, str]] = []
         self._reader = threading.Thread(target=self._read)
@@ -245,6 +248,14 @@ class Stamped:
                     self.lines += [(stamp, *key.data, line.decode(errors="replace"))
                                    for line in whole]
 
+    def __enter__(self) -> Stamped:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:  # each one's process group, however the block ended
+            kill_group(proc)
+        self._reader.join(timeout=60)
+
     def wait(self) -> list[int]:
         codes = [proc.wait(timeout=600) for proc in self.procs]
         self._reader.join(timeout=60)
@@ -264,9 +275,9 @@ def test_two_agents_at_once_one_waits_or_refuses_and_nothing_is_corrupted(
     the reconcile at the same time."""
     before = remember(stack)
     inject(stack, "backend", "remove")
-    runs = Stamped(*[agent_cmd("app", *stack.args(), "--lock-wait", lock_wait)
-                     for _ in range(2)])
-    codes = runs.wait()
+    with Stamped(*[agent_cmd("app", *stack.args(), "--lock-wait", lock_wait)
+                   for _ in range(2)]) as runs:  # (both killed if the wait times out)
+        codes = runs.wait()
     dump = "\n".join(f"{at:.3f} {i} {s} {line}" for at, i, s, line in runs.lines)
     assert abs(runs.started[1] - runs.started[0]) < 1, dump  # within one lock-wait
     pids = [p.pid for p in runs.procs]
@@ -352,8 +363,19 @@ def head_args(head: HeadVM) -> list[str]:
             head.ray_image, "--shm-size", "1gb", "--nofile", NOFILE]
 
 
+# Ray's health checks of its nodes, quicker than its defaults (a check every 3 s, each given
+# 10 s, 5 failed in a row: a silent node is declared dead after about a minute), for a test
+# head that waits for a node's death; never the product's.
+QUICK_HEALTH_CHECKS = "--ray-arg=--system-config=" + json.dumps(
+    {"health_check_initial_delay_ms": 1000, "health_check_period_ms": 1000,
+     "health_check_timeout_ms": 1000, "health_check_failure_threshold": 3})
+
+
 def test_a_worker_cut_off_from_the_head_rejoins_when_the_network_returns(
-        sandbox: Sandbox, images: dict[str, str], head: Node) -> None:
+        sandbox: Sandbox, images: dict[str, str]) -> None:
+    sandbox.create_network()
+    head = Node(sandbox, images, "head")
+    ok(head.run("head", QUICK_HEALTH_CHECKS))
     token = (head.data_dir / "ray-token").read_text().strip()
     head_ip = ip_on(head.container("ray-head"), sandbox.network)
     worker = Node(sandbox, images, "w1")
@@ -367,6 +389,7 @@ def test_a_worker_cut_off_from_the_head_rejoins_when_the_network_returns(
     assert poll(lambda: len(cluster.alive_nodes(head_ip, token)) == 2, 180, "worker rejoined")
 
 
+@pytest.mark.engine_restart  # every container on the engine stops: .ci/run runs it alone
 def test_the_engine_restarted_the_deployment_comes_back(stack: App) -> None:
     """dockerd itself restarts (as on a reboot): the agent's rerun converges, nothing lost."""
     before = remember(stack)

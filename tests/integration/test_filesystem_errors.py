@@ -35,6 +35,7 @@ import yaml
 from agent import failures, store, systemd
 from agent.lock import data_dir_lock
 from agent.spec import LABEL_MANAGED
+from tests.integration import agent_helpers as helpers
 from tests.support.agent_cli import Agent, agent_cmd, agent_env
 from tests.support.constants import AGENT_INSTANCE_LABEL, NOFILE, REPO, TEST_LABEL
 from tests.support.sandbox import Sandbox
@@ -126,8 +127,7 @@ def engine_snapshot(sandbox: Sandbox) -> set[tuple[str, str, str]]:
     """Every container, network and volume the agent could have made or touched, with its ID
     and state: `unchanged` is equality. That is everything labelled by an agent (everything it
     makes is) or by this test, but what other tests running meanwhile own (another sandbox's
-    label or agent instance). One list request per kind (inspecting each would race with other
-    tests' removals)."""
+    label or agent instance)."""
     def ours(labels: dict[str, str] | None) -> bool:
         labels = labels or {}
         instance = labels.get(AGENT_INSTANCE_LABEL)
@@ -136,15 +136,7 @@ def engine_snapshot(sandbox: Sandbox) -> set[tuple[str, str, str]]:
             return LABEL_MANAGED in labels
         return (instance is None or instance in sandbox.instances) and test in (None, sandbox.id)
 
-    api = sandbox.client.api
-    found = {("container", c["Names"][0].lstrip("/") if c.get("Names") else "",
-              f"{c['Id']}:{c['State']}")
-             for c in api.containers(all=True)
-             if c["State"] != "removing" and ours(c.get("Labels"))}
-    found |= {("network", n["Name"], n["Id"]) for n in api.networks() if ours(n.get("Labels"))}
-    found |= {("volume", v["Name"], "") for v in api.volumes().get("Volumes") or []
-              if ours(v.get("Labels"))}
-    return found
+    return helpers.engine_snapshot(sandbox.client, keep=ours)
 
 
 # ---- running the agent -----------------------------------------------------------------------

@@ -366,7 +366,8 @@ def test_an_upgrade_behind_the_proxy_drops_no_request(tls_app: Tls) -> None:
     # The old containers were kept stopped until the new release was healthy, then removed (as
     # for any release change); the new ones have their names.
     assert "removed the previous release's 3 kept container(s)" in out  # worker's too
-    names = {c.name for c in client.containers.list(all=True) if app.instance in (c.name or "")}
+    names = {c.name for c in client.containers.list(all=True, ignore_removed=True)
+             if app.instance in (c.name or "")}
     assert not any(n.endswith(("-next", "-previous")) for n in names), names
     for service in ("frontend", "backend"):
         assert app.container(service).attrs["Config"]["Image"] == moved[service]

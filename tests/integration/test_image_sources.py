@@ -17,6 +17,7 @@ from agent.waits import poll
 from tests.integration.agent_helpers import start_registry
 from tests.support.agent_cli import agent_cmd, agent_env, run_agent
 from tests.support.constants import NOFILE, REPO
+from tests.support.processes import started
 from tests.support.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
@@ -132,14 +133,14 @@ def test_watch_heals_a_removed_a_stopped_and_a_killed_container(
         sandbox: Sandbox, images: dict[str, str]) -> None:
     sandbox.create_network()
     instance = sandbox.instance("head")
-    proc = subprocess.Popen(
+    watching = started(
         agent_cmd("head", "--data-dir", str(sandbox.tmp / "h"), "--instance", instance,
                   "--network", sandbox.network, "--ray-image", images["ray"],
                   "--shm-size", "512mb", "--nofile", NOFILE, "--watch"),
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=agent_env({"PYTHONUNBUFFERED": "1"}))
     name = f"ray-head-{instance}"
-    try:
+    with watching as proc:  # (killed with its process group at the end, pass or fail)
         assert proc.stdout is not None
         for line in proc.stdout:
             if line.startswith("watching"):
@@ -163,7 +164,8 @@ def test_watch_heals_a_removed_a_stopped_and_a_killed_container(
         sandbox.client.containers.get(name).kill("SIGKILL")
         assert poll(container_running, 30, "running after SIGKILL")
         assert sandbox.client.containers.get(name).id == second
-    finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
     assert "healed: created" in out and "healed: started" in out
+    assert out.endswith("stopped watching (SIGINT); the containers keep running\n"), out

@@ -9,6 +9,7 @@ exactly that, and the plan itself changes nothing.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import docker
@@ -18,12 +19,16 @@ from tests.support.agent_cli import run_agent
 from tests.support.ports import free_port
 from tests.support.sandbox import Sandbox
 
+# A tag another test process makes to push an image into its registry, and removes (the suite
+# runs in shards at once): never the agent's doing.
+PUSHING = re.compile(r"127\.0\.0\.1:\d+/")
 Snapshot = tuple[frozenset[tuple[str, str, str]], dict[str, tuple[int, str]] | None]
 
 
 def snapshot(client: docker.DockerClient, data_dir: Path) -> Snapshot:
-    engine = engine_snapshot(client) | {("image", str(i.id), ",".join(sorted(i.tags)))
-                                        for i in client.images.list(all=True)}
+    engine = engine_snapshot(client) | {("image", str(i["Id"]), ",".join(sorted(
+        t for t in i.get("RepoTags") or [] if t != "<none>:<none>" and not PUSHING.match(t))))
+        for i in client.api.images(all=True)}
     files = None
     if data_dir.exists():
         files = {str(p.relative_to(data_dir)): (

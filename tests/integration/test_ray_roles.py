@@ -22,6 +22,7 @@ from agent.waits import poll
 from tests.integration.agent_helpers import Node, engine_snapshot, ip_on, ok
 from tests.support.agent_cli import agent_cmd, run_agent
 from tests.support.constants import NOFILE, REPO
+from tests.support.processes import started
 from tests.support.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
@@ -107,11 +108,11 @@ def test_worker_waits_for_the_head_then_joins(sandbox: Sandbox, images: dict[str
     head_ip = ip_on(holder, sandbox.network)
     holder.remove(force=True)
     worker = Node(sandbox, images, "w1")
-    proc = subprocess.Popen(
+    with started(
         agent_cmd("worker", *worker.args(), "--head", head_ip, "--wait", "300"), cwd=REPO,
         env={"SYNTHO_AGENT_TOKEN": token, "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        # (its process group is killed at the end of the block, however it ends)
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert f"waiting for the Ray head at {head_ip}:6379" in first
@@ -124,8 +125,6 @@ def test_worker_waits_for_the_head_then_joins(sandbox: Sandbox, images: dict[str
                      "--node-ip-address", head_ip, "--block", "--disable-usage-stats"])
         # The network hands out the held address to the next container on it.
         rest, _ = proc.communicate(timeout=300)
-    finally:
-        proc.kill()
     assert proc.returncode == 0, first + rest
     assert "joined the Ray cluster" in rest
     assert alive(head_ip, token) == 2
@@ -137,18 +136,16 @@ def test_a_head_name_that_does_not_resolve_says_so_at_once(
     trying while --wait allows, then says so again instead of "did not answer"."""
     worker = Node(sandbox, images, "w1")
     name = f"no-such-head-{sandbox.id}.invalid"
-    proc = subprocess.Popen(
+    with started(
         agent_cmd("worker", *worker.args(), "--head", name, "--wait", "4", "--no-auth"),
         cwd=REPO, env={"PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
-    try:
+        stderr=subprocess.PIPE, text=True) as proc:
+        # (its process group is killed at the end of the block, however it ends)
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert f"the Ray head's name {name} does not resolve" in first, first
         assert proc.poll() is None  # still trying
         rest, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
     assert proc.returncode == 3, first + rest + err
     assert err.count("\n") == 1 and "does not resolve" in err and "did not answer" not in err
     assert not sandbox.client.containers.list(

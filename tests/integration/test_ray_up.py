@@ -10,8 +10,9 @@ head's autoscaler brings up both workers. The app role joins from a fourth VM wi
 token. Then the head VM reboots (its container restarts), `ray up` brings the cluster back, and
 `ray down` removes the Ray containers.
 
-About 5 minutes: the lab ~50 s (the Ray image pushed to the registry while the VMs boot), each
-`ray up` and its workers ~1.5 min, the app ~35 s, `ray down` ~25 s.
+About 5 minutes: four new VMs of the shared lab ~20 s (tests/conftest.py `vm_lab`: its registry
+and images are there already), each `ray up` and its workers ~1.5 min, the app ~35 s, `ray down`
+~25 s.
 """
 
 from __future__ import annotations
@@ -27,26 +28,21 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import docker
 import pytest
 
 from agent import cluster
 from agent.waits import http_ok, poll, tcp_open
-from tests.integration.agent_helpers import start_registry
 from tests.support.constants import NOFILE
-from tests.support.sandbox import Sandbox
 from tests.support.vms import (
     PASSWORD,
     RAY_REPO,
     USER,
     VM,
+    Lab,
     copy_file,
     core_status,
     docker_answers,
-    fixed_lan,
-    push_images,
     send_images,
-    start_vm,
     zipapp,
 )
 
@@ -78,38 +74,21 @@ class LauncherLab:
 
 
 @pytest.fixture(scope="module")
-def lab(docker_client: docker.DockerClient, images: dict[str, str],
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[LauncherLab]:
-    sandbox = Sandbox(docker_client, tmp_path_factory.mktemp("ray-up"))
-    registry_proc = None
+def lab(vm_lab: Lab, images: dict[str, str]) -> Iterator[LauncherLab]:
+    vms = vm_lab.fresh()
+    operator = vm_lab.sandbox.run(images["ray"], "operator", command=["sleep", "infinity"],
+                                  network=vm_lab.lan)
     try:
-        lan, gateway = fixed_lan(docker_client, sandbox)
-        prefix = gateway.rsplit(".", 1)[0]
-        registry_proc, port = start_registry(sandbox.tmp, USER, PASSWORD, listen="0.0.0.0")
-        registry = f"{gateway}:{port}"
-        with ThreadPoolExecutor(1) as pool:  # the push is the slow part: boot the VMs meanwhile
-            pushed = pool.submit(push_images, docker_client, images, port)
-            vms = {name: start_vm(sandbox, lan.name, registry, images["vm"], name,
-                                  f"{prefix}.{10 + n}")
-                   for n, name in enumerate(["head", "w1", "w2", "app"])}
-            operator = sandbox.run(images["ray"], "operator", command=["sleep", "infinity"],
-                                   network=lan.name)
-            operator.reload()
-            op = VM("operator", operator.attrs["NetworkSettings"]["Networks"][lan.name][
-                "IPAddress"], operator)
-            binary = zipapp()
-            copy_file(op, binary, "/usr/local/bin", "syntho-agent")
-            copy_file(vms["app"], binary, "/usr/local/bin", "syntho-agent")
-            for vm in vms.values():
-                assert poll(functools.partial(docker_answers, vm), 120, f"{vm.name} engine")
-                assert poll(functools.partial(tcp_open, vm.ip, 22), 60, f"{vm.name} sshd")
-            pushed.result()
-        yield LauncherLab(vms, op, registry)
+        operator.reload()
+        op = VM("operator", operator.attrs["NetworkSettings"]["Networks"][vm_lab.lan][
+            "IPAddress"], operator)
+        copy_file(op, zipapp(), "/usr/local/bin", "syntho-agent")
+        for vm in vms.values():
+            assert poll(functools.partial(tcp_open, vm.ip, 22), 60, f"{vm.name} sshd")
+        yield LauncherLab(vms, op, vm_lab.registry)
     finally:
-        sandbox.cleanup()
-        if registry_proc is not None:
-            registry_proc.terminate()
-            registry_proc.wait(timeout=10)
+        operator.remove(force=True)
+        vm_lab.remove_vms()
 
 
 def give_operator_access(lab: LauncherLab) -> None:

@@ -29,6 +29,7 @@ from tests.support.agent_cli import agent_cmd, agent_env, run_agent
 from tests.support.constants import NOFILE, REPO
 from tests.support.engine_calls import CallCounter, counting_engine
 from tests.support.ports import free_port
+from tests.support.processes import started
 from tests.support.releases import (
     RELEASE_LABEL,
     health_version,
@@ -258,7 +259,7 @@ def test_a_worker_with_another_ray_is_refused(deployment: Deployment) -> None:
     assert done.returncode == 3, done.stdout + done.stderr
     line = done.stderr.strip().splitlines()[-1]
     assert "Ray 2.59.9" in line and "Ray 2.60.0" in line and "--release" in line, line
-    names = [c.name for c in d.sandbox.client.containers.list(all=True)]
+    names = [c.name for c in d.sandbox.client.containers.list(all=True, ignore_removed=True)]
     assert f"ray-worker-{d.sandbox.instance('w-wrong')}" not in names
 
 
@@ -307,39 +308,40 @@ def test_a_watching_worker_follows_the_head_to_a_new_release(deployment: Deploym
     # The head runs on the host's network: a worker on a Docker network reaches it at the
     # address Ray advertises for it.
     head_ip = d.head_ip()
-    watcher = subprocess.Popen(
+    with started(
         agent_cmd("worker", "--data-dir", str(d.sandbox.tmp / "w-follow"), "--instance",
                   instance, "--head", head_ip, "--token-file", str(d.head_dir / "ray-token"),
                   "--network", d.sandbox.create_network(), "--registry", d.registry,
                   "--registry-user", USER, "--nofile", NOFILE, "--shm-size", "512mb",
                   "--watch"),
         cwd=REPO, env=agent_env({"SYNTHO_AGENT_REGISTRY_PASSWORD": PASSWORD}),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        name = f"ray-worker-{instance}"
-
-        def runs(tag: str) -> bool:
-            try:
-                c = d.sandbox.client.containers.get(name)
-            except docker.errors.NotFound:
-                return False
-            alive = [n for n in cluster.alive_nodes("127.0.0.1", token)
-                     if not n.get("is_head_node")]
-            return c.image.labels.get(RELEASE_LABEL) == tag and c.status == "running" and \
-                len(alive) >= 1
-
-        assert poll(lambda: runs("A"), 180, "the worker on A"), "the worker follows A"
-        ok(run_agent("head", "--data-dir", str(d.head_dir), "--instance", d.head_instance,
-                     "--registry", d.registry, "--registry-user", USER, "--release", "B",
-                     "--shm-size", "1gb", "--nofile", NOFILE,
-                     env={"SYNTHO_AGENT_REGISTRY_PASSWORD": PASSWORD}))
-        assert poll(lambda: runs("B"), 180, "the worker on B"), \
-            "the watching worker moved to the head's release B and rejoined"
-    finally:
-        watcher.send_signal(signal.SIGTERM)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as watcher:
+        # (its process group killed at the end of the block, however it ends)
         try:
-            output, _ = watcher.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            watcher.kill()
-            output, _ = watcher.communicate()
+            name = f"ray-worker-{instance}"
+
+            def runs(tag: str) -> bool:
+                try:
+                    c = d.sandbox.client.containers.get(name)
+                except docker.errors.NotFound:
+                    return False
+                alive = [n for n in cluster.alive_nodes("127.0.0.1", token)
+                         if not n.get("is_head_node")]
+                return c.image.labels.get(RELEASE_LABEL) == tag and c.status == "running" and \
+                    len(alive) >= 1
+
+            assert poll(lambda: runs("A"), 180, "the worker on A"), "the worker follows A"
+            ok(run_agent("head", "--data-dir", str(d.head_dir), "--instance", d.head_instance,
+                         "--registry", d.registry, "--registry-user", USER, "--release", "B",
+                         "--shm-size", "1gb", "--nofile", NOFILE,
+                         env={"SYNTHO_AGENT_REGISTRY_PASSWORD": PASSWORD}))
+            assert poll(lambda: runs("B"), 180, "the worker on B"), \
+                "the watching worker moved to the head's release B and rejoined"
+        finally:
+            watcher.send_signal(signal.SIGTERM)
+            try:
+                output, _ = watcher.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                watcher.kill()
+                output, _ = watcher.communicate()
     assert "following it" in output, output[-3000:]

@@ -9,6 +9,7 @@ in for the app's core (the 7-container stack would add a minute and nothing to t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import secrets
@@ -27,13 +28,14 @@ from agent.waits import poll
 from tests.integration.agent_helpers import Node, ip_on, ok
 from tests.support.agent_cli import agent_cmd, agent_env
 from tests.support.constants import REPO
+from tests.support.processes import kill_group, spawn
 from tests.support.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
 
 # The keys README "status --json" documents (schema 1).
 TOP = {"schema", "instance", "roles", "ready", "not_ready", "containers", "ray", "releases",
-       "https"}
+       "https", "leftovers"}
 CONTAINER = {"name", "role", "service", "image", "image_id", "state", "health", "started_at",
              "uptime_seconds", "restart_count", "ports", "ready"}
 HEAD = {"address", "answers", "error", "alive", "nodes", "publishes"}
@@ -185,11 +187,13 @@ def test_a_worker_vm_says_whether_the_head_lists_it_alive(
 
 
 class Follower:
-    """`logs -f` running: its output lines as they come."""
+    """`logs -f` running: its output lines as they come (in a process group of its own, which
+    the fixture kills)."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(agent_cmd("logs", "-f", *args), cwd=REPO, env=agent_env(),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc: subprocess.Popen[str] = spawn(
+            agent_cmd("logs", "-f", *args), cwd=REPO, env=agent_env(), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -207,6 +211,10 @@ class Follower:
         except queue.Empty:
             return False
         return True
+
+    def kill(self) -> None:
+        """In a finally: the whole process group, if it still runs."""
+        kill_group(self.proc)
 
     def stop(self) -> tuple[int, str]:
         self.proc.send_signal(signal.SIGINT)
@@ -230,9 +238,7 @@ def follower(cluster: Cluster) -> Iterator[Follower]:
     try:
         yield f
     finally:
-        if f.proc.poll() is None:
-            f.proc.kill()
-            f.proc.wait()
+        f.kill()
 
 
 def test_logs_follow_streams_new_lines_of_each_service_redacted(
@@ -299,3 +305,35 @@ def test_logs_service_tail_since_and_standard_output(cluster: Cluster) -> None:
     assert f"wrote the logs of 1 container(s) to {file_out}" in written
     assert file_out.read_text() == out
     assert cluster.file_secret not in out + "\n".join(both) + recent
+
+
+def test_logs_follow_picks_up_a_recreated_container_and_says_it_was_replaced(
+        cluster: Cluster, images: dict[str, str]) -> None:
+    """`logs -f` follows the managed set as it changes: a container re-created while it runs
+    (here a stand-in removed and made again, as --watch or an upgrade does) is followed from
+    its first line, after a line that says it replaced the old one. An instance of its own:
+    the other tests' containers are left alone."""
+    node = Node(cluster.box, {}, "relog")
+
+    def make(generation: str) -> docker.models.containers.Container:
+        return stand_in(cluster.box, images["busybox"], node.instance, "app", "core", {},
+                        ["sh", "-c", f"echo {generation} generation; exec sleep 3600"])
+
+    first = make("first")
+    follower = Follower("--data-dir", str(node.data_dir), "--instance", node.instance)
+    try:
+        assert follower.saw("first generation", timeout=30), follower.seen
+        first.remove(force=True)
+        second = make("second")
+        assert follower.saw("second generation", timeout=30), follower.seen
+        replaced = [line for line in follower.seen if "replaced" in line]
+        assert replaced == [f"===== core: a new container core-{node.instance} "
+                            f"({second.id[:12]}) replaced {first.id[:12]}: following it ====="]
+        assert follower.seen.index(replaced[0]) < next(
+            i for i, line in enumerate(follower.seen) if "second generation" in line)
+        code, err = follower.stop()
+        assert code == 0 and err == "stopped following (SIGINT)\n", err
+    finally:
+        follower.kill()
+        with contextlib.suppress(docker.errors.NotFound):
+            cluster.box.client.containers.get(f"core-{node.instance}").remove(force=True)

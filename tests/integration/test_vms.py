@@ -9,69 +9,36 @@ as boot would: the workers rejoin and the app is healthy again with no manual st
 
 from __future__ import annotations
 
-import functools
 import tarfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import docker
 import pytest
 
 from agent import cluster
 from agent.waits import poll
-from tests.integration.agent_helpers import start_registry
 from tests.support.constants import NOFILE
-from tests.support.sandbox import Sandbox
 from tests.support.vms import (
     DATA,
     GCS_REDIS_REPO,
     PASSWORD,
     RAY_REPO,
     USER,
-    VM,
     Lab,
     copy_file,
     core_status,
-    docker_answers,
-    fixed_lan,
-    push_images,
     send_images,
-    start_vm,
-    zipapp,
 )
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def lab(docker_client: docker.DockerClient, images: dict[str, str],
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    sandbox = Sandbox(docker_client, tmp_path_factory.mktemp("vms"))
-    registry_proc = None
-    try:
-        lan, gateway = fixed_lan(docker_client, sandbox)
-        prefix = gateway.rsplit(".", 1)[0]
-
-        # The registry, on the host: the VMs reach it at the network's gateway.
-        registry_proc, port = start_registry(sandbox.tmp, USER, PASSWORD, listen="0.0.0.0")
-        registry = f"{gateway}:{port}"
-        push_images(docker_client, images, port)
-
-        vms: dict[str, VM] = {}
-        for n, name in enumerate(["head", "w1", "w2", "app"]):
-            vms[name] = start_vm(sandbox, lan.name, registry, images["vm"], name,
-                                 f"{prefix}.{10 + n}")
-        app_binary = zipapp()
-        for vm in vms.values():
-            assert poll(functools.partial(docker_answers, vm), 120, f"{vm.name} engine")
-            copy_file(vm, app_binary, "/usr/local/bin", "syntho-agent")
-        yield Lab(sandbox, vms, registry, lan.name, prefix, images["vm"])
-    finally:
-        sandbox.cleanup()
-        if registry_proc is not None:
-            registry_proc.terminate()
-            registry_proc.wait(timeout=10)
+def lab(vm_lab: Lab) -> Iterator[Lab]:
+    vm_lab.fresh()
+    yield vm_lab
+    vm_lab.remove_vms()
 
 
 def http_ok(url: str) -> bool:

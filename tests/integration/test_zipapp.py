@@ -2,7 +2,9 @@
 
 Built once for the module. No Docker engine needed: `version` and `--help` never touch it.
 Every Python under /root/.pyenv/versions is used: 3.9-3.13 must work, older ones must be
-refused in one line; fewer than two supported ones is a failure, not a skip.
+refused in one line; fewer than two supported ones is a failure, not a skip, and in CI (the
+environment variable CI set, as CI runners set it) so is any of 3.9-3.13 missing or not run. The
+run's summary names the Pythons the zipapp ran on.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ from pathlib import Path
 import pytest
 
 from agent import __version__, validate
+from tests.support import summary
 from tests.support.constants import REPO
 
 pytestmark = pytest.mark.integration
 
 LIMIT = 15_000_000  # bytes
 PYENV = Path("/root/.pyenv/versions")
-SUPPORTED = sorted((p for minor in ("3.9", "3.10", "3.11", "3.12", "3.13")
+SUPPORTED_MINORS = ("3.9", "3.10", "3.11", "3.12", "3.13")
+SUPPORTED = sorted((p for minor in SUPPORTED_MINORS
                     for p in PYENV.glob(f"{minor}.*/bin/python")), key=str)
 TOO_OLD = sorted((p for minor in ("2.7", "3.6", "3.7", "3.8")
                   for p in PYENV.glob(f"{minor}.*/bin/python")), key=str)
@@ -191,9 +195,25 @@ def test_compiled_modules_need_no_glibc_newer_than_2_17(built: Build) -> None:
 # --- every supported Python -----------------------------------------------------------------
 
 
+RAN: dict[Path, str] = {}  # the Pythons the zipapp ran on (the test below passed): version
+
+
+def in_ci() -> bool:
+    """Whether this runs in CI (CI runners set CI=true): every supported Python must run."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def minor_of(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
 def test_there_are_pythons_to_try() -> None:
-    minors = {p.parent.parent.name.rsplit(".", 1)[0] for p in SUPPORTED}
+    minors = {minor_of(p.parent.parent.name) for p in SUPPORTED}
     assert len(minors) >= 2, f"need two or more of CPython 3.9-3.13 under {PYENV}, found {minors}"
+    if in_ci():
+        missing = [m for m in SUPPORTED_MINORS if m not in minors]
+        assert not missing, (f"CI is set: every supported Python must run, and there is no "
+                             f"CPython {', '.join(missing)} under {PYENV}")
 
 
 @pytest.mark.parametrize("python", SUPPORTED, ids=lambda p: p.parent.parent.name)
@@ -208,6 +228,28 @@ def test_runs_on_every_supported_python(built: Build, python: Path) -> None:
                                     env=clean_env(SHIV_INTERPRETER="1"))).split()
     tag = f"cpython-{major}{minor}-{MACHINE}-linux-gnu.so"
     assert md.endswith(tag) and cffi.endswith(tag), (md, cffi)
+    RAN[python] = version
+    summary.note("tests/integration/test_zipapp.py",
+                 "the zipapp ran on Python " + ", ".join(sorted(RAN.values(), key=version_key)))
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version))
+
+
+def test_every_supported_python_ran(request: pytest.FixtureRequest) -> None:
+    """After the test above: every Python it was asked to run on, it ran on; in CI, that is
+    every supported one (3.9-3.13), whatever -k chose."""
+    asked = [Path(str(item.callspec.params["python"])) for item in request.session.items
+             if isinstance(item, pytest.Function)
+             and item.originalname == "test_runs_on_every_supported_python"]
+    not_run = [p.parent.parent.name for p in asked if p not in RAN]
+    assert not not_run, f"the zipapp did not run (or failed) on Python {not_run}"
+    if in_ci():
+        ran = {minor_of(v) for v in RAN.values()}
+        missing = [m for m in SUPPORTED_MINORS if m not in ran]
+        assert not missing, ("CI is set: the zipapp must run on every supported Python, and "
+                             f"it did not run on {', '.join(missing)}")
 
 
 # --- the ways cloud-init and systemd run it -------------------------------------------------

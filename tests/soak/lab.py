@@ -9,21 +9,18 @@ agent's pid in /run/syntho-agent.pid, so a fault can SIGKILL it.
 
 from __future__ import annotations
 
-import functools
 import secrets
 import shlex
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
 import docker.errors
 
-from agent.waits import poll
-from tests.integration.agent_helpers import start_registry
 from tests.support.constants import NOFILE
 from tests.support.engine import connect
 from tests.support.sandbox import Sandbox
@@ -34,13 +31,9 @@ from tests.support.vms import (
     RAY_REPO,
     USER,
     VM,
-    copy_file,
-    docker_answers,
-    fixed_lan,
-    push_images,
+    Lab,
+    lab_of_vms,
     send_images,
-    start_vm,
-    zipapp,
 )
 
 AGENT_PID = "/run/syntho-agent.pid"
@@ -159,51 +152,38 @@ def agent_log(vm: VM) -> str:
 
 @contextmanager
 def soak_lab(client: docker.DockerClient, images: dict[str, str], tmp: Path,
-             gcs_ft: bool = True) -> Iterator[SoakLab]:
-    """Four VMs with every role started (not yet converged: see healthy.wait_healthy);
-    everything removed afterwards, pass or fail."""
+             gcs_ft: bool = True, lab: Lab | None = None) -> Iterator[SoakLab]:
+    """Four new VMs with every role started (not yet converged: see healthy.wait_healthy), in
+    `lab` (the tests' shared one) or in a lab of its own (bench/soak.py); the VMs removed
+    afterwards, pass or fail, and a lab of its own with them."""
     began = time.time()
-    sandbox = Sandbox(client, tmp)
-    registry_proc = None
-    try:
-        lan, gateway = fixed_lan(client, sandbox)
-        prefix = gateway.rsplit(".", 1)[0]
-        registry_proc, port = start_registry(sandbox.tmp, USER, PASSWORD, listen="0.0.0.0")
-        registry = f"{gateway}:{port}"
-        pusher = threading.Thread(target=push_images, args=(client, images, port))
-        pusher.start()
-        vms = {name: start_vm(sandbox, lan.name, registry, images["vm"], name,
-                              f"{prefix}.{10 + n}")
-               for n, name in enumerate(["head", "w1", "w2", "app"])}
-        binary = zipapp()
-        token = secrets.token_hex(32)  # chosen up front, as the cloud-init examples do
-        for name, vm in vms.items():
-            if not poll(functools.partial(docker_answers, vm), 120, f"{vm.name} engine"):
-                raise RuntimeError(f"vm-{name}: its engine did not start")
-            copy_file(vm, binary, "/usr/local/bin", "syntho-agent")
-            vm.sh(f"mkdir -p /etc/syntho-agent && umask 077 && printf '%s\\n' \"$T\" > {TOKEN_FILE}"
-                  f" && printf '%s\\n' \"$P\" > {REGISTRY_PASSWORD_FILE}",
-                  env={"T": token, "P": PASSWORD})
-            install_supervisor(vm, role_args(name, vms, registry, images, gcs_ft))
-        bundles = [threading.Thread(target=send_images, args=(vms["w2"], [images["ray"]],
-                                                              "/root/images/ray.tar")),
-                   threading.Thread(target=send_images, args=(
-                       vms["app"], [images[n] for n in ("core", "backend", "frontend",
-                                                        "postgres", "redis")],
-                       "/root/images/app.tar"))]
-        for t in bundles:
-            t.start()
-        for t in [pusher, *bundles]:
-            t.join()
-        for vm in vms.values():
-            boot_agent(vm)
-        yield SoakLab(sandbox, vms, lan.name, token, images["ray"], gcs_ft,
-                      setup_seconds=time.time() - began)
-    finally:
-        sandbox.cleanup()
-        if registry_proc is not None:
-            registry_proc.terminate()
-            registry_proc.wait(timeout=10)
+    with ExitStack() as own:
+        if lab is None:
+            lab = own.enter_context(lab_of_vms(client, images, tmp))
+        try:
+            vms = lab.fresh()
+            token = secrets.token_hex(32)  # chosen up front, as the cloud-init examples do
+            for name, vm in vms.items():
+                vm.sh(f"mkdir -p /etc/syntho-agent && umask 077 && printf '%s\\n' \"$T\" > "
+                      f"{TOKEN_FILE} && printf '%s\\n' \"$P\" > {REGISTRY_PASSWORD_FILE}",
+                      env={"T": token, "P": PASSWORD})
+                install_supervisor(vm, role_args(name, vms, lab.registry, images, gcs_ft))
+            bundles = [threading.Thread(target=send_images, args=(vms["w2"], [images["ray"]],
+                                                                  "/root/images/ray.tar")),
+                       threading.Thread(target=send_images, args=(
+                           vms["app"], [images[n] for n in ("core", "backend", "frontend",
+                                                            "postgres", "redis")],
+                           "/root/images/app.tar"))]
+            for t in bundles:
+                t.start()
+            for t in bundles:
+                t.join()
+            for vm in vms.values():
+                boot_agent(vm)
+            yield SoakLab(lab.sandbox, vms, lab.lan, token, images["ray"], gcs_ft,
+                          setup_seconds=time.time() - began)
+        finally:
+            lab.remove_vms()
 
 
 def fresh_client() -> docker.DockerClient:

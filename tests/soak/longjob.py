@@ -97,14 +97,36 @@ class JobReport:
     expected_count: int  # seconds since its birth at the last read
     longest_gap: float  # the longest time without an answer, seconds
     summary: str
+    counted: bool = True  # it read the actor's count at least once
+
+
+def recreations(found: list[dict[str, Any]]) -> int:
+    """Times the actor was gone and the job made a new one, after its first count: a
+    "created" whose next read is of an actor born after it (a "created" followed by a read
+    of the older actor was not one: get_if_exists found it after all)."""
+    first = next((i for i, e in enumerate(found) if e.get("event") == "read"), None)
+    if first is None:
+        return 0
+    count = 0
+    for i in range(first + 1, len(found)):
+        if found[i].get("event") != "created":
+            continue
+        nxt = next((e for e in found[i + 1:] if e.get("event") == "read"), None)
+        if nxt is None or float(nxt["born"]) >= float(found[i]["t"]) - 1.0:
+            count += 1  # a new actor (or none answered after it: lost all the same)
+    return count
 
 
 def report(lab: SoakLab, since: float, until: float) -> JobReport:
-    found = events(lab)
+    return judge(events(lab), since, until)
+
+
+def judge(found: list[dict[str, Any]], since: float, until: float) -> JobReport:
+    """The report from the job's events (pure)."""
     reads = [e for e in found if e.get("event") == "read"]
-    created = sum(1 for e in found if e.get("event") == "created")
     if not reads:
-        return JobReport(False, 0, created - 1, 0, 0, until - since, "it never counted")
+        return JobReport(False, 0, 0, 0, 0, until - since, "it never counted", counted=False)
+    recreated = recreations(found)
     births: list[float] = []
     for r in reads:
         if not births or births[-1] != r["born"]:
@@ -114,9 +136,8 @@ def report(lab: SoakLab, since: float, until: float) -> JobReport:
     gap = max(b - a for a, b in zip(times, times[1:]))
     survived = births[0] == last["born"] and until - float(last["t"]) < 60
     expected = int(float(last["t"]) - float(last["born"]))
-    restarts = len(births) - 1 - max(0, created - 1)
+    restarts = max(0, len(births) - 1 - recreated)
     text = (f"{'survived' if survived else 'lost'}: count {last['n']} of ~{expected} s alive; "
-            f"{max(0, restarts)} restart(s) by Ray, {max(0, created - 1)} re-creation(s), "
+            f"{restarts} restart(s) by Ray, {recreated} re-creation(s), "
             f"longest gap without an answer {gap:.0f} s")
-    return JobReport(survived, max(0, restarts), max(0, created - 1), int(last["n"]), expected,
-                     gap, text)
+    return JobReport(survived, restarts, recreated, int(last["n"]), expected, gap, text)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.waits import poll
-from tests.soak import health, longjob
+from tests.soak import health, longjob, verdict
 from tests.soak.checker import Checker, Violation
 from tests.soak.faults import Fault, Injector
 from tests.soak.lab import AGENT_LOG, SoakLab, fresh_client, safe_sh
@@ -54,6 +54,40 @@ class Result:
     job: longjob.JobReport
     agent_exits: dict[str, int]
     notes: list[str] = field(default_factory=list)
+    gcs_ft: bool = True
+    limits: dict[str, float] = field(default_factory=lambda: dict(verdict.LIMITS))
+    judged: list[verdict.Judged] = field(default_factory=list)  # every fault's recovery
+    attempts: list[verdict.Attempt] = field(default_factory=list)  # the writer's inserts
+    db_windows: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def writes(self) -> tuple[int, int]:
+        """(acknowledged, attempted) while no database fault was active."""
+        return verdict.write_share(self.attempts, self.db_windows)
+
+    @property
+    def final_limit(self) -> float:
+        return verdict.final_limit(self.limits)
+
+    def problems(self) -> dict[str, list[str]]:
+        """What fails the run, by rule (an empty list: the rule holds)."""
+        took = "never" if self.final_recovery is None else f"{self.final_recovery:.0f} s"
+        final = ([] if self.final_recovery is not None and self.final_recovery <= self.final_limit
+                 else [f"not fully healthy within {self.final_limit:.0f} s after the faults "
+                       f"stopped ({took})"])
+        return {
+            "violations": [f"{what} (x{n})" for what, n in
+                           verdict.tally([v.what for v in self.violations])],
+            "recoveries": verdict.slow(self.judged),
+            "kinds unjudged": verdict.unjudged_kinds(self.faults, self.judged),
+            "final recovery": final,
+            "long job": verdict.job_problems(self.job, self.gcs_ft),
+            "writes": verdict.write_problems(*self.writes),
+        }
+
+    @property
+    def failed(self) -> bool:
+        return any(self.problems().values())
 
 
 def keep_logs(lab: SoakLab, into: Path) -> None:
@@ -125,17 +159,23 @@ def soak(lab: SoakLab, seed: int, duration: float, say: Say,
     if not poll(lambda: checker.rows_kept(vms["app"]), 120, "the backend database"):
         checker.violate("vm-app: the backend database does not answer after the soak")
     checker.invariants(vms)
+    checker.judge_exits(vms, injector.faults)
     job = longjob.report(lab, fault_start, time.time())
     if logs is not None:
         keep_logs(lab, logs)
     during = [lk for lk in checker.record.looks if fault_start <= lk.began <= faults_end]
+    looks = [*checker.record.looks, last]
+    limits = verdict.limits_for(lab.gcs_ft)
     return Result(
         seed=seed, duration=faults_end - fault_start, setup=lab.setup_seconds,
         faults=injector.faults, injection_errors=injector.errors,
         violations=checker.record.violations,
-        recoveries=recoveries(injector.faults, [*checker.record.looks, last]),
+        recoveries=recoveries(injector.faults, looks),
         final_recovery=final,
         healthy_share=sum(lk.healthy for lk in during) / max(1, len(during)),
         rows=len(checker.record.acknowledged), writes_refused=checker.record.write_failures,
         job=job,
-        agent_exits=checker.record.agent_exits)
+        agent_exits=checker.record.agent_exits, notes=list(checker.notes),
+        gcs_ft=lab.gcs_ft, limits=limits, judged=verdict.judge(injector.faults, looks, limits),
+        attempts=list(checker.record.attempts),
+        db_windows=verdict.database_windows(injector.faults, looks, time.time()))

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import pytest
 
 from tests.support.constants import REPO
+from tests.support.processes import kill_group, spawn
 
 
 class AgentFailed(RuntimeError):
@@ -76,11 +77,16 @@ def run_agent(*args: str, env: Mapping[str, str] | None = None, timeout: float =
 
 class Agent:
     """The agent in a subprocess (a watcher, a run to interrupt), its output read line by line
-    as it comes."""
+    as it comes.
+
+    In a process group of its own: stop() (or the end of a `with` block) kills the group, so a
+    failed test leaves no watcher re-creating what the sandbox removes.
+    """
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(agent_cmd(*args), cwd=REPO, env=agent_env(),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc: subprocess.Popen[str] = spawn(
+            agent_cmd(*args), cwd=REPO, env=agent_env(), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -117,6 +123,11 @@ class Agent:
         return code, "".join(rest), self.proc.stderr.read()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        """Kill its process group (whatever it started too), if it is still there."""
+        kill_group(self.proc)
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import docker
 import docker.errors
@@ -20,9 +21,14 @@ class Sandbox:
     named, its network and the volumes it recorded. A context manager, or call cleanup().
     """
 
+    # Every sandbox id made by this process: what is labelled with any other is another test
+    # process's (the suite runs in shards at once: .ci/run), see owned_elsewhere().
+    made_here: ClassVar[set[str]] = set()
+
     def __init__(self, client: docker.DockerClient, tmp_path: Path) -> None:
         self.client = client
         self.id = "t" + uuid.uuid4().hex[:6]
+        Sandbox.made_here.add(self.id)
         self.network = f"sa-{self.id}"
         self.tmp = tmp_path
         self.labels = {TEST_LABEL: self.id}
@@ -72,3 +78,17 @@ class Sandbox:
                 self.client.volumes.get(name).remove(force=True)
             except docker.errors.NotFound:
                 pass
+
+
+def owned_elsewhere(labels: dict[str, str] | None) -> bool:
+    """Whether an engine object belongs to a sandbox of another test process (its test label,
+    or the agent instance it was made for, names a sandbox this process did not make). Objects
+    without either label, and this process's own, are not: a "nothing changed" check keeps
+    them all."""
+    labels = labels or {}
+    test = labels.get(TEST_LABEL)
+    if test is not None and test not in Sandbox.made_here:
+        return True
+    instance = labels.get(AGENT_INSTANCE_LABEL) or ""
+    made_by_a_sandbox = re.match(r"t[0-9a-f]{6}", instance)
+    return bool(made_by_a_sandbox) and instance[:7] not in Sandbox.made_here

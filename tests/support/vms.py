@@ -2,7 +2,8 @@
 (Docker-in-Docker) and sshd, on a private network with fixed addresses; and what a lab of them
 needs: the registry's images, the zipapp copied in, files sent in.
 
-Shared by tests/integration/test_vms.py, test_ray_up.py and the soak (through test_vms).
+Shared by tests/integration/test_vms.py, test_ray_up.py and the soak: one lab for the three
+(the `vm_lab` fixture of tests/conftest.py), four new VMs for each.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import io
 import json
 import subprocess
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ import docker
 import docker.models.containers
 
 from agent.waits import poll
+from tests.integration.agent_helpers import start_registry
 from tests.support.constants import REPO, TEST_LABEL
 from tests.support.sandbox import Sandbox
 
@@ -68,9 +72,17 @@ class VM:
         return out
 
 
+NAMES = ("head", "w1", "w2", "app")  # the lab's VMs: vm-NAME at PREFIX.(10 + n)
+
+
 @dataclass
 class Lab:
-    """The simulated VMs on their private network, and the registry they pull from."""
+    """The simulated VMs on their private network, and the registry they pull from.
+
+    One lab serves every module that needs VMs (test_ray_up, test_vms, the short soak): the
+    network, the registry with its pushed images and the zipapp are made once; each module
+    starts from four new VMs (`fresh()`: new engines, new disks), so none sees another's.
+    """
 
     sandbox: Sandbox
     vms: dict[str, VM]
@@ -86,6 +98,56 @@ class Lab:
         copy_file(vm, zipapp(), "/usr/local/bin", "syntho-agent")
         self.vms[name] = vm
         return vm
+
+    def fresh(self) -> dict[str, VM]:
+        """Every VM there is removed (its container and disk) and the four booted anew, as the
+        module before found them; the VMs."""
+        self.remove_vms()
+        for n, name in enumerate(NAMES):
+            vm = start_vm(self.sandbox, self.lan, self.registry, self.image, name,
+                          f"{self.prefix}.{10 + n}")
+            self.vms[name] = vm
+        binary = zipapp()
+        for vm in self.vms.values():
+            if not poll(functools.partial(docker_answers, vm), 120, f"{vm.name} engine"):
+                raise RuntimeError(f"vm-{vm.name}: its engine did not start")
+            copy_file(vm, binary, "/usr/local/bin", "syntho-agent")
+        print(f"lab: four new VMs ({', '.join(NAMES)}) on {self.lan}", flush=True)
+        return self.vms
+
+    def remove_vms(self) -> None:
+        client = self.sandbox.client
+        for name in list(self.vms):
+            del self.vms[name]
+        for c in client.api.containers(all=True, filters={
+                "label": f"{TEST_LABEL}={self.sandbox.id}"}):
+            if any(n.startswith(f"/{self.sandbox.id}-vm-") for n in c.get("Names") or []):
+                client.api.remove_container(c["Id"], force=True, v=True)
+        for v in client.api.volumes(filters={"label": f"{TEST_LABEL}={self.sandbox.id}"}
+                                    ).get("Volumes") or []:
+            if v["Name"].startswith(f"{self.sandbox.id}-vm-"):
+                client.api.remove_volume(v["Name"], force=True)
+
+
+@contextmanager
+def lab_of_vms(client: docker.DockerClient, images: dict[str, str], tmp: Path) -> Iterator[Lab]:
+    """The lan, the registry (its images pushed) and the zipapp; no VM until `fresh()`.
+    Everything removed afterwards, pass or fail."""
+    sandbox = Sandbox(client, tmp)
+    registry_proc = None
+    try:
+        lan, gateway = fixed_lan(client, sandbox)
+        prefix = gateway.rsplit(".", 1)[0]
+        # The registry, on the host: the VMs reach it at the network's gateway.
+        registry_proc, port = start_registry(sandbox.tmp, USER, PASSWORD, listen="0.0.0.0")
+        push_images(client, images, port)
+        zipapp()
+        yield Lab(sandbox, {}, f"{gateway}:{port}", str(lan.name), prefix, images["vm"])
+    finally:
+        sandbox.cleanup()
+        if registry_proc is not None:
+            registry_proc.terminate()
+            registry_proc.wait(timeout=10)
 
 
 def fixed_lan(docker_client: docker.DockerClient,

@@ -41,10 +41,21 @@ def test_round_trip(tmp_path: Path, key: bytes | None) -> None:
         assert b"k" * 44 not in path.read_bytes() and b"A='b c'" not in path.read_bytes()
 
 
-def test_an_empty_last_chunk_and_a_small_archive(tmp_path: Path) -> None:
+NAMES = ("core.dump", "secrets/core-secret-key", "app.env")
+
+
+@pytest.mark.parametrize("key", [None, KEY])
+def test_an_empty_last_chunk_and_a_small_archive(tmp_path: Path, key: bytes | None) -> None:
     for size in (0, archive.CHUNK - 51, archive.CHUNK):  # with the two small parts: edges
-        path = make(tmp_path / str(size), KEY, big=size)
-        archive.extract(path, KEY, tmp_path / f"out{size}")
+        path = make(tmp_path / str(size), key, big=size)
+        into = tmp_path / f"out{size}"
+        archive.extract(path, key, into)
+        src = tmp_path / str(size) / "src"
+        extracted = sorted(str(p.relative_to(into)) for p in into.rglob("*") if p.is_file())
+        assert extracted == sorted(NAMES), size
+        for name in NAMES:  # byte for byte what went in
+            assert (into / name).read_bytes() == (src / name).read_bytes(), (size, name)
+        assert (into / "core.dump").stat().st_size == size
 
 
 def flip(path: Path, offset_from_end: int) -> None:

@@ -151,3 +151,26 @@ def test_the_firewall_table_names_every_port_of_the_role() -> None:
 
 def test_ranges() -> None:
     assert check._ranges([6379, 6380, 6381, 8265, 10001, 10002]) == "6379-6381, 8265, 10001-10002"
+
+
+def test_a_nofile_the_host_refuses_stops_a_run_as_bad_input_as_the_engine_does(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """README "Exit codes": a nofile limit the host refuses is 2, whether the quick host check
+    or the engine (agent.engine.start) catches it; other failed checks stay 3."""
+    from agent.errors import EXIT_USAGE, EnvironmentProblem
+
+    class Engine:
+        def info(self) -> EngineInfo:
+            return info()
+
+    monkeypatch.setattr(check, "nofile_allowed", lambda: 20000)
+    monkeypatch.setattr(check, "ports", lambda *args: [])
+    monkeypatch.setattr(check, "free_bytes", lambda path: 100 * GB)
+    said: list[str] = []
+    with pytest.raises(UsageError) as refused:
+        check.before_run(Engine(), HeadSettings(nofile=65536), said.append)  # type: ignore[arg-type]
+    assert refused.value.exit_code == EXIT_USAGE and "--nofile" in str(refused.value)
+    assert said and said[0].startswith("fail  nofile:")
+    with pytest.raises(EnvironmentProblem):  # the environment: still 3
+        check.before_run(Engine(), HeadSettings(nofile=10000, shm_size=100000 * GB),  # type: ignore[arg-type]
+                         said.append)

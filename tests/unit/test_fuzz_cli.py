@@ -29,6 +29,7 @@ import shlex
 import signal
 import string
 import subprocess
+import sys
 import time
 import traceback
 from collections import Counter
@@ -55,6 +56,7 @@ from agent.config import (
     Settings,
     WorkerSettings,
 )
+from tests.support import summary
 from tests.support.agent_cli import run_agent
 from tests.support.constants import REPO
 
@@ -92,11 +94,18 @@ M = "{m}"  # where a secret's marker goes: a random word the output must never c
 LONG = "x" * 5000  # longer than a file name may be, and than any host, number or word
 # Bad values by parser: each is wrong whatever the parser currently says about it.
 BAD: dict[Callable[..., Any], tuple[str, ...]] = {
-    validate.port: ("abc", "-1", "0", "70000", "1.5", "", "0x10", "80 80", " ", LONG),
-    validate.positive_int: ("abc", "-1", "0", "1.5", "", "0x10", "1e3", "nan"),
-    validate.count: ("abc", "-1", "1.5", "", "0x10", "many"),
-    validate.positive_float: ("abc", "-1", "0", "", "nan", "inf", "-inf", "1e999", "0x10"),
-    validate.wait: ("abc", "-1", "", "nan", "inf", "1e999", "0x10", "-0.5", "5s"),
+    validate.port: ("abc", "-1", "0", "70000", "1.5", "", "0x10", "80 80", " ", LONG, "8_0",
+                    "\uff18\uff10"),
+    validate.positive_int: ("abc", "-1", "0", "1.5", "", "0x10", "1e3", "nan", "1_000",
+                            "\uff14", "1000001", "9" * 30),
+    validate.nofile: ("abc", "-1", "0", "1.5", "", "65_536", "\uff16\uff15\uff15\uff13\uff16",
+                      "9" * 30, str(2**31)),
+    validate.seconds: ("abc", "-1", "0", "1.5", "", "6_0", "\uff16\uff10", "9" * 30),
+    validate.count: ("abc", "-1", "1.5", "", "0x10", "many", "1_0", "\uff11\uff10", "9" * 30),
+    validate.positive_float: ("abc", "-1", "0", "", "nan", "inf", "-inf", "1e999", "0x10",
+                              "1_5", "\uff11.5", "1e7"),
+    validate.wait: ("abc", "-1", "", "nan", "inf", "1e999", "0x10", "-0.5", "5s", "3_0",
+                    "\uff13\uff10", "1e300"),
     validate.size: ("4xb", "-1gb", "0", "", "gb", "4 g b", "nan", "1e3", "9" * 400, "0.1b"),
     validate.image: ("Bad Image", "UPPER/x", "", "x:", ":tag", "a//b", "-x", "x@sha256:zz",
                      "x y:1"),
@@ -512,6 +521,31 @@ def report(failures: list[tuple[Case, list[str]]], total: int) -> str:
 
 
 # ---- the tests -----------------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True, scope="module")
+def _seed_in_the_summary() -> None:
+    """The seed is named at the end of every run of these tests (tests/conftest.py), passing or
+    failing, so CI's log says how to replay it."""
+    summary.note("tests/unit/test_fuzz_cli.py", f"random seed SYNTHO_FUZZ_SEED={SEED} (replays it)")
+
+
+def test_the_seed_is_taken_from_syntho_fuzz_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYNTHO_FUZZ_SEED", " 4242 ")
+    assert _seed() == 4242
+    monkeypatch.delenv("SYNTHO_FUZZ_SEED")
+    assert 0 <= _seed() < 2**32
+
+
+def test_every_run_names_its_seed_in_the_summary() -> None:
+    """In `pytest -q` (passing tests' prints hidden): the seed given, and the cases it made."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "tests/unit/test_fuzz_cli.py::test_every_option_of_the_table_is_a_flag_of_its_command"],
+        cwd=REPO, env={**os.environ, "SYNTHO_FUZZ_SEED": "4242"}, capture_output=True,
+        text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ("\ntests/unit/test_fuzz_cli.py: random seed SYNTHO_FUZZ_SEED=4242 (replays it)\n"
+            in done.stdout), done.stdout
 
 def test_every_option_of_the_table_is_a_flag_of_its_command() -> None:
     """The fuzz draws from the option table: every option in it must reach its command."""

@@ -2,7 +2,8 @@
 settings. A change to a container's contract (an env value, a flag, a port, a health check)
 or to its config hash shows up here as a readable diff in review.
 
-After a deliberate change: UPDATE_GOLDEN=1 make unit, then read the diff of tests/unit/golden/.
+After a deliberate change: UPDATE_GOLDEN=1 make unit (it rewrites the files, and those tests fail:
+a run that rewrote them proves nothing), then read the diff of tests/unit/golden/ and run again.
 A changed `config_hash` means every VM recreates that container on the agent's next run.
 """
 
@@ -91,9 +92,13 @@ def produced(case: str) -> tuple[str, str]:
 
 
 def compare(path: Path, text: str) -> None:
+    """The golden file holds text; with UPDATE_GOLDEN set, write it and fail (a run that rewrote
+    the golden files proves nothing until someone reviews the diff)."""
     if os.environ.get("UPDATE_GOLDEN"):
         path.parent.mkdir(exist_ok=True)
         path.write_text(text)
+        pytest.fail(f"{path.name} rewritten: review the diff (git diff tests/unit/golden/), "
+                    "then run the tests again without UPDATE_GOLDEN", pytrace=False)
     assert path.exists(), f"{path} is missing: UPDATE_GOLDEN=1 make unit writes it"
     assert text == path.read_text(), (
         f"{path.name} differs from what the code produces: if the change is deliberate, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 from agent import spec as s
 from agent.engine import Observed
@@ -63,3 +64,37 @@ def test_a_container_made_before_the_field_hashes_gets_the_plain_reason() -> Non
     old = made(BASE)
     old = replace(old, labels=tuple(kv for kv in old.labels if kv[0] != LABEL_FIELDS))
     assert reason(old, replace(BASE, shm_size=2048)) == "recreate: configuration changed"
+
+
+class _NoImages:
+    """An engine that has none of the images asked for (a plan only looks)."""
+
+    def image_id(self, ref: str) -> None:
+        return None
+
+
+def _planned(found: Observed, wanted: s.Container, how: str = "registry") -> tuple[str, str]:
+    from agent.config import HeadSettings
+    from agent.deploy import Preview, ensure_images
+    from agent.preview import action_line
+
+    settings = HeadSettings(registry="reg.example") if how == "registry" else \
+        HeadSettings(images=Path("/bundle.tar"))
+    preview = Preview()
+    ids = ensure_images(_NoImages(), settings, {"img": "web"}, print, preview)  # type: ignore[arg-type]
+    [action] = plan(s.Spec("app", "", (wanted,), secrets=(SECRET,)), [found], ids)
+    return f"{action.verb}: {action.reason}", action_line(action)
+
+
+def test_an_image_missing_from_the_engine_is_a_pull_not_a_change_of_image_id() -> None:
+    """The container runs an image the reference may name again once pulled: the plan cannot
+    know before the pull, and says so instead of `configuration changed: image_id`."""
+    verb_reason, line = _planned(made(BASE), BASE)
+    assert "image_id" not in verb_reason
+    assert line == "web: would pull img; recreate only if the pulled image differs"
+    _, line = _planned(made(BASE), BASE, how="bundle")
+    assert line == "web: would load img; recreate only if the loaded image differs"
+    # Another change too: a recreate for it, the image still not named as changed.
+    verb_reason, line = _planned(made(BASE), replace(BASE, shm_size=2048))
+    assert verb_reason == "recreate: configuration changed: shm_size (and img would be pulled)"
+    assert line == "recreate web: configuration changed: shm_size (and img would be pulled)"

@@ -69,3 +69,80 @@ def test_dead_nodes_are_counted_and_listed_unless_back_alive() -> None:
         "  worker  10.0.0.6         2 CPU",
         "  worker  10.0.0.7         2 CPU  dead",
     ]
+
+
+# ---- a killed backup's throw-away client ----------------------------------------------------
+
+def _observed(name: str, labels: dict[str, str], status: str = "running") -> Any:
+    from agent.engine import Observed
+
+    return Observed(
+        id=f"id-{name}", name=name, labels=tuple(sorted(labels.items())), status=status,
+        health=None, health_log=(), image_id="sha256:1", image="postgres:14.5", env=(),
+        command=(), entrypoint=(), restart_policy="no", network_mode="syntho", endpoints=(),
+        published=(), started_at="2023-11-14T22:13:20Z", restart_count=0)
+
+
+class _Engine:
+    """What status and down ask of the engine: the containers the agent labelled."""
+
+    def __init__(self, found: list[Any]) -> None:
+        self.found = found
+        self.removed: list[str] = []
+
+    def managed(self, instance: str, role: str | None = None) -> list[Any]:
+        return [o for o in self.found if role is None or o.role == role]
+
+    def remove(self, cid: str) -> None:
+        self.removed.append(cid)
+
+    def networks(self, labels: list[str]) -> list[Any]:
+        return []
+
+
+def _client(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The labels pgclient.run gives the client container of a backup."""
+    from agent import pgclient
+    from agent.config import BackupSettings
+
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "postgres-password").write_text("pw-0123456789\n")
+    given: dict[str, Any] = {}
+
+    class Running:
+        def observe(self, name: str) -> Any:
+            return _observed(name, {})
+
+        def run_to(self, image: str, cmd: list[str], network: str, out: Any,
+                   **kw: Any) -> tuple[int, str]:
+            given.update(kw)
+            return 0, ""
+
+    settings = BackupSettings(data_dir=tmp_path)
+    pgclient.run(Running(), settings, ["pg_restore", "-l"], None, dumps=tmp_path)  # type: ignore[arg-type]
+    return _observed(given.get("name") or "festive_turing", given["labels"], status="exited")
+
+
+def test_a_killed_backups_client_is_named_as_such_not_as_a_service(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.spec import LABEL_INSTANCE, LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE
+
+    leftover = _client(tmp_path, monkeypatch)
+    core = _observed("core", {LABEL_MANAGED: "true", LABEL_INSTANCE: "", LABEL_ROLE: "app",
+                              LABEL_SERVICE: "core"})
+    engine = _Engine([leftover, core])
+    said: list[str] = []
+    not_ready = ops.status(engine, tmp_path, "", said.append)  # type: ignore[arg-type]
+    assert not_ready == 0, said  # an exited leftover is not a service that is down
+    table = [line for line in said if leftover.name in line]
+    assert table == [f"{leftover.name}: a backup's leftover client container (exited), removed "
+                     "by the next backup or down"], said
+    report = ops.status_report(ops.managed(engine, ""), tmp_path, "")  # type: ignore[arg-type]
+    assert report["roles"] == ["app"]
+    assert [c["name"] for c in report["containers"]] == ["core"]
+    # down removes it, as before, and says what it was.
+    said.clear()
+    ops.down(engine, tmp_path, "", False, said.append)  # type: ignore[arg-type]
+    assert set(engine.removed) == {leftover.id, core.id}
+    assert f"removed {leftover.name} (a backup's leftover client container)" in said

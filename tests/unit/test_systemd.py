@@ -1,5 +1,6 @@
 """install/uninstall write a unit and a config file that loads back to the same settings."""
 
+import io
 import shutil
 import stat
 import subprocess
@@ -338,3 +339,93 @@ def test_stop_watchers_stops_an_installed_active_unit_only(
                        "failed: Job for syntho-agent-app.service failed.$"):
         systemd.stop_watchers(root, said.append)
     assert said == []
+
+
+@pytest.mark.parametrize("source", ["flag", "env"])
+def test_install_refuses_registry_password_stdin_naming_the_alternatives(
+        tmp_path: Path, source: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A unit has no standard input to read a password from: one line, exit 2, nothing
+    written."""
+    from agent.images import PASSWORD_ENV
+
+    args = ["install", "head", "--root", str(tmp_path), "--no-enable",
+            "--registry", "registry.example.com"]
+    env = {}
+    if source == "flag":
+        args.append("--registry-password-stdin")
+    else:
+        env["SYNTHO_AGENT_REGISTRY_PASSWORD_STDIN"] = "true"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
+    with pytest.raises(SystemExit) as exited:
+        cli.main(args)
+    assert exited.value.code == EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    named = "_REGISTRY_PASSWORD_STDIN" if source == "env" else "--registry-password-stdin"
+    assert named in err
+    assert "--registry-password-file" in err and PASSWORD_ENV in err
+    assert "s3cret" not in err
+    assert not (tmp_path / "etc").exists() or not any((tmp_path / "etc").rglob("*.*"))
+
+
+def _installed(tmp_path: Path, role: str, *more: str) -> None:
+    head = [] if role == "head" else ["--head", "10.0.0.4"]
+    result = CliRunner().invoke(cli.cli, ["install", role, "--root", str(tmp_path),
+                                          "--no-enable", *head, *more],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("command", ["status", "logs", "down"])
+def test_day_two_commands_read_what_install_wrote(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    """`syntho-agent status` on a VM installed with --data-dir /srv/syntho looks there (and at
+    the --instance installed), as the unit does, without --config; flags still win."""
+    from agent import ops
+
+    data = tmp_path / "srv/syntho"
+    _installed(tmp_path, "worker", "--data-dir", str(data), "--instance", "blue")
+    seen: list[tuple[Path, str]] = []
+    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: None))
+
+    def status(engine: Engine, data_dir: Path, instance: str, say: object) -> int:
+        seen.append((data_dir, instance))
+        return 0
+
+    monkeypatch.setattr(ops, "status", status)
+    monkeypatch.setattr(ops, "logs", lambda e, d, i, *a: seen.append((d, i)))
+    monkeypatch.setattr(ops, "down", lambda e, d, i, *a, **k: seen.append((d, i)))
+    monkeypatch.delenv("SYNTHO_AGENT_DATA_DIR", raising=False)
+    monkeypatch.delenv("SYNTHO_AGENT_INSTANCE", raising=False)
+    runner = CliRunner()
+    result = runner.invoke(cli.cli, [command, "--root", str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert seen == [(data, "blue")]
+    # A flag wins over the installed file.
+    result = runner.invoke(cli.cli, [command, "--root", str(tmp_path), "--instance", "red"],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert seen[-1] == (data, "red")
+    # The app installed too, with the same data dir and instance: one place still.
+    _installed(tmp_path, "app", "--data-dir", str(data), "--instance", "blue",
+               "--backup-every", "0")
+    result = runner.invoke(cli.cli, [command, "--root", str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 0 and seen[-1] == (data, "blue"), result.output
+
+
+def test_installed_roles_that_disagree_are_named_and_nothing_is_guessed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("SYNTHO_AGENT_DATA_DIR", raising=False)
+    monkeypatch.delenv("SYNTHO_AGENT_INSTANCE", raising=False)
+    _installed(tmp_path, "head", "--data-dir", str(tmp_path / "a"))
+    _installed(tmp_path, "app", "--data-dir", str(tmp_path / "b"), "--backup-every", "0")
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["status", "--root", str(tmp_path)])
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--data-dir" in err and "--config" in err
+    assert "head.yaml" in err and "app.yaml" in err

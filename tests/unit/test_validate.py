@@ -111,3 +111,53 @@ def test_a_printable_path_is_shown_as_typed() -> None:
     with pytest.raises(ValueError, match="^no-such-file is not a readable file$"):
         validate.existing_file("no-such-file")
     assert validate.wait("0") == 0 and validate.positive_float("1.5") == 1.5
+
+
+# ---- numbers: ASCII digits only, and a bound for each ------------------------------------------
+
+FULL_WIDTH_80 = "\uff18\uff10"  # 80 in full-width digits: int() takes it, as it takes 1_000
+
+
+@pytest.mark.parametrize("parse,value", [
+    (validate.port, FULL_WIDTH_80), (validate.port, "8_0"), (validate.port, "١٢٣"),
+    (validate.positive_int, FULL_WIDTH_80), (validate.positive_int, "1_000"),
+    (validate.count, FULL_WIDTH_80), (validate.count, "1_000"),
+    (validate.nofile, "65_536"), (validate.nofile, "\uff16\uff15\uff15\uff13\uff16"),
+    (validate.seconds, "6_0"), (validate.positive_float, "1_5"),
+    (validate.positive_float, "\uff11.5"), (validate.wait, "3_0"), (validate.wait, FULL_WIDTH_80),
+    (validate.size, "\uff14gb"), (validate.size, "4_096"), (validate.duration, "\uff11\uff12h"),
+    (validate.since, "\uff11\uff10m"),
+])
+def test_numbers_take_ascii_digits_only(parse: Callable[[str], object], value: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        parse(value)
+    assert str(refused.value).isprintable()
+
+
+@pytest.mark.parametrize("parse,value,most", [
+    (validate.nofile, str(validate.NOFILE_MAX + 1), validate.NOFILE_MAX),
+    (validate.nofile, "9" * 30, validate.NOFILE_MAX),
+    (validate.positive_int, str(validate.COUNT_MAX + 1), validate.COUNT_MAX),
+    (validate.positive_int, "9" * 5000, validate.COUNT_MAX),
+    (validate.count, str(validate.COUNT_MAX + 1), validate.COUNT_MAX),
+    (validate.seconds, str(validate.SECONDS_MAX + 1), validate.SECONDS_MAX),
+    (validate.wait, str(validate.SECONDS_MAX + 1), validate.SECONDS_MAX),
+    (validate.wait, "1e300", validate.SECONDS_MAX),
+    (validate.positive_float, str(validate.COUNT_MAX + 1), validate.COUNT_MAX),
+], ids=lambda v: str(v)[:24])
+def test_every_number_has_an_upper_bound(parse: Callable[[str], object], value: str,
+                                          most: int) -> None:
+    with pytest.raises(ValueError) as refused:
+        parse(value)
+    message = str(refused.value)
+    assert f"at most {most}" in message and message.isprintable() and len(message) < 200
+
+
+def test_the_bounds_themselves_and_plain_numbers_are_taken() -> None:
+    assert validate.nofile(str(validate.NOFILE_MAX)) == validate.NOFILE_MAX == 2**31 - 64
+    assert validate.nofile("65536") == 65536 and validate.nofile(" 20000 ") == 20000
+    assert validate.positive_int(str(validate.COUNT_MAX)) == validate.COUNT_MAX
+    assert validate.count("0") == 0 and validate.seconds("60") == 60
+    assert validate.wait(str(validate.SECONDS_MAX)) == validate.SECONDS_MAX
+    assert validate.wait("0.5") == 0.5 and validate.positive_float("1.5e1") == 15.0
+    assert validate.port(" 8080 ") == 8080 and validate.port(443) == 443

@@ -1,0 +1,48 @@
+"""The shards' runner (tests/shards.py): its table and closing line come from pytest's own JUnit
+XML, and every test module is in exactly one shard."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests import shards
+
+DEMO = '''
+import pytest
+def test_a(): pass
+def test_b(): assert 0
+@pytest.mark.skip
+def test_c(): pass
+class TestK:
+    def test_d(self): pass
+@pytest.fixture
+def boom(): raise RuntimeError
+def test_e(boom): pass
+'''
+
+
+def test_the_counts_and_times_are_pytests_own(tmp_path: Path) -> None:
+    module = tmp_path / "test_demo_shard.py"
+    module.write_text(DEMO)
+    junit = tmp_path / "out.xml"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                    f"--junitxml={junit}", str(module)], cwd=tmp_path, capture_output=True)
+    seconds, tests, counts = shards.tally([junit, tmp_path / "missing.xml"])
+    # a failure and an error both fail the run; a skip is neither passed nor failed
+    assert (counts.passed, counts.failed, counts.skipped) == (2, 2, 1)
+    assert sum(tests.values()) == 5 and all(s >= 0 for s in seconds.values())
+    lines = shards.table(seconds, tests)
+    assert lines[-1].strip().endswith("s in all")
+
+
+def test_a_class_is_counted_for_its_module() -> None:
+    assert shards.module_of("tests.unit.test_shards") == "tests/unit/test_shards.py"
+    assert shards.module_of("tests.unit.test_shards.Klass") == "tests/unit/test_shards.py"
+
+
+def test_every_vms_path_exists_and_no_module_is_in_both() -> None:
+    for path in shards.VMS:
+        assert (shards.REPO / path).exists(), path
+    assert "tests/integration/test_faults.py" not in shards.VMS  # it restarts the engine
