@@ -19,16 +19,21 @@ import time
 from dataclasses import dataclass
 from typing import AnyStr, Generic
 
+from tests.support import summary
+
 EARLIEST = 0.05  # seconds after the start: the first slice begins here
 SHARE = 0.8  # of the rounds whose kill must land
 
 
 def fault_seed(variable: str) -> int:
     """The seed in the environment variable `variable`, else a new one (SystemRandom); printed
-    either way, as the assignment that replays the run."""
+    either way, as the assignment that replays the run, and noted for the run's summary (a
+    passing test's prints show only with -s)."""
     given = os.environ.get(variable)
     seed = int(given) if given else random.SystemRandom().randrange(2**32)
-    print(f"{variable}={seed} (set it to replay these kill points)")
+    line = f"{variable}={seed} (set it to replay these kill points)"
+    print(line)
+    summary.note(variable, line)
     return seed
 
 

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from tests.support import summary
 from tests.support.kills import Kill, enough_landed, fault_seed, kill_at, kill_points
 
 
@@ -31,9 +32,11 @@ def test_the_seed_comes_from_its_variable_and_is_printed(
     monkeypatch.setenv("SYNTHO_TEST_SEED", "1234")
     assert fault_seed("SYNTHO_TEST_SEED") == 1234
     assert "SYNTHO_TEST_SEED=1234" in capsys.readouterr().out
+    assert summary.LINES.pop("SYNTHO_TEST_SEED").startswith("SYNTHO_TEST_SEED=1234 ")
     monkeypatch.delenv("SYNTHO_TEST_SEED")
     seed = fault_seed("SYNTHO_TEST_SEED")
     assert f"SYNTHO_TEST_SEED={seed}" in capsys.readouterr().out
+    assert summary.LINES.pop("SYNTHO_TEST_SEED").startswith(f"SYNTHO_TEST_SEED={seed} ")
 
 
 def sleeper(seconds: float) -> tuple[subprocess.Popen[str], float]:
