@@ -140,7 +140,8 @@ def test_sigkill_at_random_points_of_a_backup(stack: App, tmp_path: Path,
     killed = 0
     for _ in range(20):
         done = killed_after(["backup", "--data-dir", str(stack.data_dir), "--instance",
-                        stack.instance, "--output", str(tmp_path)], rng.uniform(0.05, took))
+                             stack.instance, "--output", str(tmp_path)],
+                            rng.uniform(0.05, took))
         killed += done.returncode == -signal.SIGKILL
         archives_verify(tmp_path)  # never a damaged archive under a final name
     assert killed >= 10, f"seed {SEED}: only {killed} of 20 runs were killed midway"
