@@ -187,3 +187,29 @@ def test_overlaps_sees_two_inside_at_once() -> None:
                      (2, "leave", 3.0)])
     assert overlaps([(1, "enter", 1.0), (1, "leave", 2.0), (2, "enter", 1.9),
                      (2, "leave", 3.0)])
+
+
+def test_the_holders_pid_is_named_once_it_is_written(tmp_path: Path) -> None:
+    """The holder writes its pid just after it got the lock: one that looks in between reads
+    an empty file or the previous holder's pid (gone). It looks again for a moment instead of
+    naming that one; '?' when no live pid comes."""
+    marks = tmp_path / "marks"
+    first = holder(tmp_path, marks)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    lock_file = tmp_path / "agent.lock"
+    try:
+        for before in ("", gone):
+            lock_file.write_text(before)
+            writing = threading.Timer(0.03, lock_file.write_text, [str(first.pid)])
+            writing.start()
+            with pytest.raises(LockedError, match=rf"\(pid {first.pid}\)"):
+                with data_dir_lock(tmp_path, 0, print):
+                    pass
+            writing.join()
+        lock_file.write_text(gone)  # and it never comes
+        with pytest.raises(LockedError, match=r"\(pid \?\)"):
+            with data_dir_lock(tmp_path, 0, print):
+                pass
+    finally:
+        release(first)
