@@ -1,14 +1,14 @@
 """Backups under faults, on the real engine with real Postgres: a disk that fills up during a
 backup, rows written while it is taken, and SIGKILL at random points of backups and restores.
 
-The kill points are random (the seed is printed; SYNTHO_FAULT_SEED replays a run); the waits
-between them are the fault's timing, not synchronisation: each outcome is checked by reading
-what is on disk and in the databases.
+The kill points are random (the seed is printed; SYNTHO_BACKUP_SEED replays a run), spread over
+the duration of one uninterrupted run of the same command, and enough of the kills must land
+while the command still runs; the waits between them are the fault's timing, not
+synchronisation: each outcome is checked by reading what is on disk and in the databases.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -24,15 +24,16 @@ from agent import archive
 from tests.integration.agent_helpers import App, engine_snapshot, ok
 from tests.support.agent_cli import agent_cmd, agent_env, run_agent
 from tests.support.constants import REPO
+from tests.support.kills import enough_landed, fault_seed, kill_at, kill_points
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-SEED = int(os.environ.get("SYNTHO_FAULT_SEED", random.randrange(1 << 30)))
+SEED = fault_seed("SYNTHO_BACKUP_SEED")
 
 
 @pytest.fixture(scope="module")
 def rng() -> random.Random:
-    print(f"fault seed {SEED} (replay with SYNTHO_FAULT_SEED={SEED})")
+    print(f"fault seed {SEED} (replay with SYNTHO_BACKUP_SEED={SEED})")
     return random.Random(SEED)
 
 
@@ -120,7 +121,7 @@ def test_a_backup_taken_while_rows_are_written_is_consistent(stack: App,
     assert torn == "0" and 20 <= kept <= len(written), (torn, kept, len(written))
 
 
-def kill_at(args: list[str], after: float) -> subprocess.CompletedProcess[str]:
+def killed_after(args: list[str], after: float) -> subprocess.CompletedProcess[str]:
     proc = subprocess.Popen(agent_cmd(*args), cwd=REPO, env=agent_env(None),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -138,8 +139,9 @@ def test_sigkill_at_random_points_of_a_backup(stack: App, tmp_path: Path,
     took = time.monotonic() - started
     killed = 0
     for _ in range(20):
-        done = kill_at(["backup", "--data-dir", str(stack.data_dir), "--instance",
-                        stack.instance, "--output", str(tmp_path)], rng.uniform(0.05, took))
+        done = killed_after(["backup", "--data-dir", str(stack.data_dir), "--instance",
+                             stack.instance, "--output", str(tmp_path)],
+                            rng.uniform(0.05, took))
         killed += done.returncode == -signal.SIGKILL
         archives_verify(tmp_path)  # never a damaged archive under a final name
     assert killed >= 10, f"seed {SEED}: only {killed} of 20 runs were killed midway"
@@ -155,10 +157,26 @@ def test_sigkill_at_random_points_of_a_restore(stack: App, tmp_path: Path,
     ok(stack.cmd("backup", "--output", str(tmp_path)))
     path = next(tmp_path.glob("*.syntho-backup"))
     secrets = stack.secrets()
-    for _ in range(10):
-        kill_at(["restore", str(path), *stack.args(), "--force"], rng.uniform(0.2, 20))
+    # One uninterrupted restore, timed: the kill points are spread over its duration.
+    started = time.monotonic()
+    out = ok(run_agent("restore", str(path), *stack.args(), "--force"))
+    took = time.monotonic() - started
+    assert "the app is up" in out
+    print(f"one restore takes {took:.1f}s")
+    kills = []
+    for at in kill_points(rng, 10, took):
+        started = time.monotonic()
+        kill = kill_at(subprocess.Popen(
+            agent_cmd("restore", str(path), *stack.args(), "--force"), cwd=REPO,
+            env=agent_env(None), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+            started, at)
+        kills.append(kill)
+        print(f"restore killed at {at:.2f}s: "
+              f"{'landed' if kill.landed else f'came after its end (exit {kill.returncode})'}")
+        assert kill.landed or kill.returncode == 0, (f"seed {SEED}", kill)
         assert stack.secrets() == secrets, f"seed {SEED}"  # the same values, whole files
         archives_verify(stack.data_dir / "backups")
+    assert enough_landed(kills) == "", f"seed {SEED}: {enough_landed(kills)}"
     out = ok(run_agent("restore", str(path), *stack.args(), "--force"))
     assert "the app is up" in out, f"seed {SEED}"
     assert stack.psql("syntho-core", "SELECT v FROM marker") == "before the kills"

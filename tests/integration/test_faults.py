@@ -7,13 +7,14 @@ Run alone with `make faults` (pytest -m faults).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
 import random
-import signal
+import re
+import selectors
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import TypedDict
@@ -24,9 +25,17 @@ import pytest
 from agent import cluster
 from agent.waits import poll
 from tests.integration.agent_helpers import App, HeadVM, Node, http, ip_on, ok
-from tests.support.agent_cli import agent_cmd, run_agent
+from tests.support.agent_cli import agent_cmd, agent_env, run_agent
 from tests.support.constants import NOFILE, REPO
-from tests.support.processes import started
+from tests.support.kills import (
+    EARLIEST,
+    Kill,
+    enough_landed,
+    fault_seed,
+    kill_at,
+    kill_points,
+)
+from tests.support.processes import kill_group, spawn
 from tests.support.sandbox import Sandbox
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -101,13 +110,20 @@ def inject(stack: App, service: str, fault: str) -> None:
             command=attrs["Config"]["Cmd"], entrypoint=attrs["Config"]["Entrypoint"])
 
 
+# How long a run took to heal each (service, fault): the test below times its run, and the SIGKILL
+# rounds spread their kill points over these durations (timing whatever is missing).
+HEAL_SECONDS: dict[tuple[str, str], float] = {}
+
+
 @pytest.mark.parametrize("fault", ["kill", "stop", "remove", "by-hand"])
 @pytest.mark.parametrize("service", SERVICES)
 def test_a_container_fault_is_healed_by_a_rerun_and_nothing_is_lost(
         stack: App, service: str, fault: str) -> None:
     before = remember(stack)
     inject(stack, service, fault)
+    t0 = time.monotonic()
     out = ok(stack.run())
+    HEAL_SECONDS[service, fault] = time.monotonic() - t0  # for the SIGKILL rounds
     assert "the app is up" in out
     if fault == "by-hand":
         assert f"recreated syntho-{service}-{stack.instance}" in out
@@ -135,20 +151,53 @@ def test_a_foreign_container_on_a_managed_name_is_refused_untouched(stack: App) 
     assert_converged(stack)
 
 
+def round_fault(round_: int) -> tuple[str, str]:
+    """The container a kill round breaks first and how, so that each round's run does work."""
+    return SERVICES[round_ % len(SERVICES)], "remove" if round_ % 2 else "by-hand"
+
+
+# A heal's length varies by up to a health-check interval from one run to the next: the kill
+# points are spread over this share of the timed duration, so that few come after the end.
+KILL_SPAN = 0.85
+
+
 def test_the_agent_killed_at_random_points_always_converges(stack: App) -> None:
-    """SYNTHO_FAULT_KILLS rounds (10 in CI; 30 with `make faults`)."""
+    """SYNTHO_FAULT_KILLS rounds (10 in CI; 30 with `make faults`); at least 80% of the kills
+    must land while the agent runs (SYNTHO_FAULT_SEED replays their points).
+
+    How long a run lasts depends on its round's work: healing a container recreated by hand
+    takes 4-15 s (the foreign container is stopped first: Redis stops at once, the others take
+    their stop timeout), a removed one 1.5-4.5 s (the worker has no health check to wait for).
+    So round k of n kills at a point drawn within the k-th of n slices of its own work's
+    duration, as timed by test_a_container_fault_is_healed... (or here, when run alone)."""
     before = remember(stack)
-    rng = random.Random(1234)
+    rounds = int(os.environ.get("SYNTHO_FAULT_KILLS", "10"))
+    rng = random.Random(fault_seed("SYNTHO_FAULT_SEED"))
     secrets_dir = stack.data_dir / "secrets"
-    for round_ in range(int(os.environ.get("SYNTHO_FAULT_KILLS", "10"))):
+    faults = [round_fault(round_) for round_ in range(rounds)]
+    for pair in dict.fromkeys(faults):  # any work not timed yet: one uninterrupted run
+        if pair not in HEAL_SECONDS:
+            inject(stack, *pair)
+            t0 = time.monotonic()
+            assert "the app is up" in ok(stack.run())
+            HEAL_SECONDS[pair] = time.monotonic() - t0
+    print("heals take " + ", ".join(f"{s} {f} {HEAL_SECONDS[s, f]:.1f}s"
+                                    for s, f in dict.fromkeys(faults)))
+    shares = kill_points(rng, rounds, 1.0, earliest=0.0)  # the k-th slice of [0, 1] for round k
+    kills: list[Kill[bytes]] = []
+    for round_, ((victim, fault), share) in enumerate(zip(faults, shares)):
         # Something to do each round, so kills land inside real work.
-        victim = SERVICES[round_ % len(SERVICES)]
-        inject(stack, victim, "remove" if round_ % 2 else "by-hand")
+        inject(stack, victim, fault)
+        at = EARLIEST + share * (KILL_SPAN * HEAL_SECONDS[victim, fault] - EARLIEST)
+        t0 = time.monotonic()
         proc = subprocess.Popen(agent_cmd("app", *stack.args()), cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.05, 2.5))  # a random point of the run, not a synchronisation
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kill = kill_at(proc, t0, at)  # a random point of the run, not a synchronisation
+        kills.append(kill)
+        print(f"round {round_} ({victim} {fault}): kill at {at:.2f}s "
+              f"{'landed' if kill.landed else f'came after its end (exit {kill.returncode})'}")
+        # A run that ended before its kill ended as any run must.
+        assert kill.landed or kill.returncode == 0, (round_, kill)
         # Never a half-written file: no temporary file left, every secret whole.
         leftovers = [p.name for p in stack.data_dir.rglob(".*") if p.name.startswith(".") and
                      p.name not in KEPT_HIDDEN and p.is_file()]
@@ -157,23 +206,123 @@ def test_the_agent_killed_at_random_points_always_converges(stack: App) -> None:
         out = ok(stack.run())
         assert "the app is up" in out, round_
         assert_converged(stack)
+    assert enough_landed(kills) == "", enough_landed(kills)
     assert sorted(p.name for p in secrets_dir.iterdir()) == sorted(before["secrets"])
     assert_nothing_lost(stack, before)
 
 
-def test_two_agents_at_once_one_waits_or_refuses_and_nothing_is_corrupted(stack: App) -> None:
+class Stamped:
+    """Agent runs whose output lines are stamped (time.monotonic()) as they come, by one
+    reader over every pipe: a line written before another one (by any of the runs) never gets
+    a later stamp, as each is stamped at the first look that finds it. Each run in a process
+    group of its own, killed when the with-block ends."""
+
+    def __init__(self, *cmds: list[str]) -> None:
+        self.procs = []
+        self.started = []
+        for cmd in cmds:
+            self.started.append(time.monotonic())
+            self.procs.append(spawn(cmd, cwd=REPO, env=agent_env(), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE))
+        # (stamp, which run, "out" or "err", the line), in the order read
+        self.lines: list[tuple[float, int, str, str]] = []
+        self._reader = threading.Thread(target=self._read)
+        self._reader.start()
+
+    def _read(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            for i, proc in enumerate(self.procs):
+                assert proc.stdout is not None and proc.stderr is not None
+                sel.register(proc.stdout, selectors.EVENT_READ, (i, "out"))
+                sel.register(proc.stderr, selectors.EVENT_READ, (i, "err"))
+            partial: dict[tuple[int, str], bytes] = {}
+            while sel.get_map():
+                ready = sel.select(timeout=600)
+                stamp = time.monotonic()  # one per look: every line it finds
+                for key, _ in ready:
+                    data = os.read(key.fd, 65536)
+                    if not data:
+                        sel.unregister(key.fileobj)
+                        data = b"\n" if partial.get(key.data) else b""
+                    *whole, partial[key.data] = (partial.get(key.data, b"") + data).split(b"\n")
+                    self.lines += [(stamp, *key.data, line.decode(errors="replace"))
+                                   for line in whole]
+
+    def __enter__(self) -> Stamped:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:  # each one's process group, however the block ended
+            kill_group(proc)
+        self._reader.join(timeout=60)
+
+    def wait(self) -> list[int]:
+        codes = [proc.wait(timeout=600) for proc in self.procs]
+        self._reader.join(timeout=60)
+        return codes
+
+    def of(self, i: int, stream: str = "out") -> list[tuple[float, str]]:
+        return [(at, line) for at, j, s, line in self.lines if j == i and s == stream]
+
+
+@pytest.mark.parametrize("lock_wait", ["0", "300"])
+def test_two_agents_at_once_one_waits_or_refuses_and_nothing_is_corrupted(
+        stack: App, lock_wait: str) -> None:
+    """Two agents on one data dir, started together, with a container to recreate so that the
+    first one's run lasts. --lock-wait 300 (longer than a run): one waits for the other, says
+    for whom and how long, and finds nothing left to do. --lock-wait 0: one is refused, naming
+    the other, and does nothing. Their output, stamped as it comes, shows that the two never ran
+    the reconcile at the same time."""
     before = remember(stack)
-    with contextlib.ExitStack() as running:  # (both killed if the wait times out)
-        procs = [running.enter_context(started(
-            agent_cmd("app", *stack.args(), "--lock-wait", "0"), cwd=REPO,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)) for _ in range(2)]
-        results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
-    codes = sorted(r[0] for r in results)
-    # Either they ran one after the other (both 0), or one was refused with exit 5.
-    assert codes in ([0, 0], [0, 5]), results
-    for code, _, err in results:
-        if code == 5:
-            assert "another syntho-agent" in err and err.count("\n") == 1
+    inject(stack, "backend", "remove")
+    with Stamped(*[agent_cmd("app", *stack.args(), "--lock-wait", lock_wait)
+                   for _ in range(2)]) as runs:  # (both killed if the wait times out)
+        codes = runs.wait()
+    dump = "\n".join(f"{at:.3f} {i} {s} {line}" for at, i, s, line in runs.lines)
+    assert abs(runs.started[1] - runs.started[0]) < 1, dump  # within one lock-wait
+    pids = [p.pid for p in runs.procs]
+    waiting = [i for i in (0, 1) if any("waiting for another syntho-agent" in line
+                                        for _, line in runs.of(i))]
+    data_dir = stack.data_dir
+    if lock_wait == "0":
+        # Not one after the other (both 0): with a container to recreate, the first one's run
+        # outlasts the other's start, so the other is refused, with exit 5.
+        assert sorted(codes) == [0, 5], dump
+        refused = codes.index(5)
+        first = 1 - refused
+        err = "".join(f"{line}\n" for _, line in runs.of(refused, "err"))
+        assert "another syntho-agent" in err and err.count("\n") == 1, dump
+        assert (f"another syntho-agent (pid {pids[first]}) is working on {data_dir}"
+                in err), dump
+        assert runs.of(refused) == [] and waiting == [], dump  # it did nothing, said nothing
+        # It was refused while the other one ran, before that one's last line.
+        assert runs.of(refused, "err")[0][0] <= runs.of(first)[-1][0], dump
+    else:
+        # One waited (the one that printed so), then had the lock once the other let go.
+        assert codes == [0, 0], dump
+        assert len(waiting) == 1, dump
+        waiter = waiting[0]
+        first = 1 - waiter
+        said = runs.of(waiter)
+        assert said[0][1] == (f"waiting for another syntho-agent (pid {pids[first]}) on "
+                              f"{data_dir}"), dump
+        got_at, got_line = said[1]
+        match = re.fullmatch(rf"got the lock on {re.escape(str(data_dir))} after (\d+\.\d) s",
+                             got_line)
+        assert match, dump
+        waited = float(match.group(1))
+        assert waited > 0.1 and abs(waited - (got_at - said[0][0])) < 0.5, (waited, dump)
+        # Non-overlapping: every line of the first run came before the waiter had the lock
+        # (and so before anything the waiter did with it).
+        assert runs.of(first)[-1][0] <= got_at, dump
+        # It found the other run's work done: nothing left to do.
+        after = [line for _, line in said[2:]]
+        assert any(line.startswith("nothing to do") for line in after), dump
+        assert not any("created" in line for line in after), dump
+        assert not any("another syntho-agent" in line for _, line in runs.of(first)), dump
+    first_out = [line for _, line in runs.of(first)]
+    assert any(f"created syntho-backend-{stack.instance}" in line for line in first_out), dump
+    assert any("the app is up" in line for line in first_out), dump
     assert_converged(stack)
     assert_nothing_lost(stack, before)
 

@@ -12,6 +12,7 @@ One copy of each, in a module named for what it does:
 - `releases`: releases A and B of an image, built on this engine;
 - `vms`: the simulated VMs (Docker-in-Docker), their network and registry, files into them;
 - `fake_cluster`: a `launcher-config` file as a config for Ray's fake multi-node provider;
+- `kills`: the SIGKILL rounds' seed, kill points and whether each kill landed;
 - `processes`: default signal dispositions for every child, long-lived children in a process
   group of their own, killed with it (started, spawn, kill_group);
 - `summary`: lines for the run's terminal summary (a random seed, the Pythons a test ran on).
