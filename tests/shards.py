@@ -44,6 +44,11 @@ ISOLATED = (
     "tests/integration/test_status_logs.py",
     "tests/integration/test_images.py",
     "tests/integration/test_watch_engine.py",
+    "tests/integration/test_reconcile.py",
+    "tests/integration/test_systemd_units.py",
+    "tests/integration/test_env_file_compose.py",
+    "tests/integration/test_examples.py",
+    "tests/unit",
 )
 ALONE = "engine_restart"
 HEARTBEAT = 60.0

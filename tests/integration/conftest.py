@@ -8,10 +8,26 @@ import docker
 import pytest
 
 from agent import cluster
-from tests.integration.agent_helpers import App, HeadVM, Node, ok
+from tests.integration.agent_helpers import App, HeadVM, Node, ok, start_registry
 from tests.support.agent_cli import run_agent
 from tests.support.constants import NOFILE
+from tests.support.releases import PASSWORD, USER, ReleaseRegistry, remove_local
 from tests.support.sandbox import Sandbox
+
+
+@pytest.fixture(scope="session")
+def release_registry(docker_client: docker.DockerClient, images: dict[str, str],
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReleaseRegistry]:
+    """The registry of the release tests (test_release_faults, test_release_images,
+    test_releases): each release built and pushed once per run."""
+    proc, port = start_registry(tmp_path_factory.mktemp("release-registry"), USER, PASSWORD)
+    shared = ReleaseRegistry(docker_client, images, f"127.0.0.1:{port}")
+    try:
+        yield shared
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        remove_local(docker_client, shared.refs())
 
 
 @pytest.fixture(scope="module")

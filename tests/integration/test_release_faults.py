@@ -30,11 +30,12 @@ import docker
 import pytest
 
 from tests.integration.agent_helpers import engine_snapshot, ok
-from tests.integration.test_releases import PASSWORD, USER, Deployment, release_lab
+from tests.integration.test_releases import Deployment, release_lab
 from tests.support.agent_cli import agent_cmd, agent_env, run_agent
 from tests.support.constants import REPO
 from tests.support.kills import Kill, enough_landed, fault_seed, kill_at, kill_points
 from tests.support.ports import free_port
+from tests.support.releases import PASSWORD, USER, ReleaseRegistry
 
 pytestmark = pytest.mark.integration
 
@@ -45,10 +46,10 @@ Refusal = tuple[subprocess.CompletedProcess[str], int, str]
 
 
 @pytest.fixture(scope="module")
-def faults(docker_client: docker.DockerClient, images: dict[str, str],
+def faults(release_registry: ReleaseRegistry,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """Registry with releases A and B, a head on A, the app on A with one row written."""
-    with release_lab(docker_client, images, tmp_path_factory.mktemp("release-faults"),
+    with release_lab(release_registry, tmp_path_factory.mktemp("release-faults"),
                      {"A": {}, "B": {}}) as d:
         ok(d.app("--release", "A"))
         assert d.running_release() == {"A"}

@@ -19,21 +19,21 @@ import docker
 import pytest
 
 from agent.waits import poll, tcp_open
-from tests.integration.agent_helpers import http, start_registry
+from tests.integration.agent_helpers import http
 from tests.support.constants import REPO, TEST_LABEL
 from tests.support.ports import free_port
 from tests.support.releases import (
+    AUTH,
+    USER,
     PushFailed,
+    ReleaseRegistry,
     health_version,
-    make_release,
     remove_local,
     retag_and_push,
 )
 
 pytestmark = pytest.mark.integration
 
-USER, PASSWORD = "syntho", "release-pass-4c1d"
-AUTH = {"username": USER, "password": PASSWORD}
 SYNTHO = ["ray", "core", "backend", "frontend"]
 OTHER_RAY = "2.59.9"
 STANDIN = REPO / "tests" / "images" / "standin" / "standin.py"
@@ -46,28 +46,20 @@ class Releases:
     b: dict[str, str]
     broken: dict[str, str]  # "Bx": B with a core whose health answers 503
     ray: dict[str, str]  # "R": A's, with a Ray image that claims OTHER_RAY
-    made: list[str]  # every tag the tests put on the engine (removed at the end)
+    made: list[str]  # every tag the tests added on the engine (removed at the end)
 
 
 @pytest.fixture(scope="module")
-def releases(docker_client: docker.DockerClient, images: dict[str, str],
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Releases]:
-    proc, port = start_registry(tmp_path_factory.mktemp("registry"), USER, PASSWORD)
-    registry = f"127.0.0.1:{port}"
+def releases(docker_client: docker.DockerClient,
+             release_registry: ReleaseRegistry) -> Iterator[Releases]:
+    r = release_registry
     made: list[str] = []
     try:
-        def release(tag: str, **more: Any) -> dict[str, str]:
-            refs = make_release(docker_client, images, registry, tag, AUTH, **more)
-            made.extend(refs.values())
-            return refs
-
-        yield Releases(registry, a=release("A"), b=release("B"),
-                       broken=release("Bx", broken=frozenset({"core"})),
-                       ray=release("R", ray_version=OTHER_RAY), made=made)
+        yield Releases(r.registry, a=r.release("A"), b=r.release("B"),
+                       broken=r.release("Bx", broken=frozenset({"core"})),
+                       ray=r.release("R", ray_version=OTHER_RAY), made=made)
     finally:
-        remove_local(docker_client, sorted(set(made)))
-        proc.terminate()
-        proc.wait(timeout=10)
+        remove_local(docker_client, sorted(set(made)))  # the tags the tests added
 
 
 def image_id(client: docker.DockerClient, ref: str) -> str:

@@ -24,24 +24,24 @@ import pytest
 
 from agent import cluster
 from agent.waits import poll
-from tests.integration.agent_helpers import ok, start_registry
+from tests.integration.agent_helpers import ok
 from tests.support.agent_cli import agent_cmd, agent_env, run_agent
 from tests.support.constants import NOFILE, REPO
 from tests.support.engine_calls import CallCounter, counting_engine
 from tests.support.ports import free_port
 from tests.support.processes import started
 from tests.support.releases import (
+    PASSWORD,
     RELEASE_LABEL,
+    USER,
+    ReleaseRegistry,
     health_version,
-    make_release,
-    remove_local,
     retag_and_push,
 )
 from tests.support.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
 
-USER, PASSWORD = "syntho", "registry-pass-release-1"
 SERVICES = ("core", "core_worker", "backend", "worker", "frontend")
 
 
@@ -129,36 +129,25 @@ class Deployment:
 
 
 @contextlib.contextmanager
-def release_lab(client: docker.DockerClient, images: dict[str, str], tmp: Path,
+def release_lab(shared: ReleaseRegistry, tmp: Path,
                 releases: dict[str, dict[str, Any]]) -> Iterator[Deployment]:
-    """A registry holding these releases (tag -> make_release's options), a head on A, and
-    the app's place (not started); everything removed afterwards."""
-    proc, port = start_registry(tmp, USER, PASSWORD)
-    registry = f"127.0.0.1:{port}"
-    auth = {"username": USER, "password": PASSWORD}
-    made: list[str] = []
-    try:
-        with Sandbox(client, tmp) as box:
-            refs = {tag: make_release(client, images, registry, tag, auth, **options)
-                    for tag, options in releases.items()}
-            made = [ref for rel in refs.values() for ref in rel.values()]
-            head_dir, head_instance = tmp / "head", box.instance("head")
-            ok(run_agent("head", "--data-dir", str(head_dir), "--instance", head_instance,
-                         "--registry", registry, "--registry-user", USER, "--release", "A",
-                         "--shm-size", "1gb", "--nofile", NOFILE,
-                         env={"SYNTHO_AGENT_REGISTRY_PASSWORD": PASSWORD}))
-            yield Deployment(box, registry, refs, head_dir, head_instance, tmp / "app",
-                             box.instance("app"), free_port(), free_port())
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        remove_local(client, made)
+    """The run's release registry with these releases (tag -> make_release's options), a head
+    on A, and the app's place (not started); the deployment removed afterwards."""
+    with Sandbox(shared.client, tmp) as box:
+        refs = {tag: shared.release(tag, **options) for tag, options in releases.items()}
+        head_dir, head_instance = tmp / "head", box.instance("head")
+        ok(run_agent("head", "--data-dir", str(head_dir), "--instance", head_instance,
+                     "--registry", shared.registry, "--registry-user", USER, "--release", "A",
+                     "--shm-size", "1gb", "--nofile", NOFILE,
+                     env={"SYNTHO_AGENT_REGISTRY_PASSWORD": PASSWORD}))
+        yield Deployment(box, shared.registry, refs, head_dir, head_instance, tmp / "app",
+                         box.instance("app"), free_port(), free_port())
 
 
 @pytest.fixture(scope="module")
-def deployment(docker_client: docker.DockerClient, images: dict[str, str],
+def deployment(release_registry: ReleaseRegistry,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with release_lab(docker_client, images, tmp_path_factory.mktemp("releases"), {
+    with release_lab(release_registry, tmp_path_factory.mktemp("releases"), {
             "A": {}, "B": {}, "Bx": {"broken": frozenset({"core"})},
             "R": {"ray_version": "2.59.9"}}) as d:
         yield d

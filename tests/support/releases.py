@@ -30,6 +30,9 @@ SYNTHO_REPOS = {"ray": "syntho-ray", "core": "syntho-core-api", "backend": "synt
 # The stand-in roles a release can break (STANDIN_BROKEN).
 BREAKABLE = frozenset({"core", "backend", "frontend"})
 RELEASE_LABEL = "org.syntho.test.release"
+# The login of the registry the release tests share (ReleaseRegistry).
+USER, PASSWORD = "syntho", "registry-pass-release-1"
+AUTH = {"username": USER, "password": PASSWORD}
 
 # Run in the Ray image (argv[1]: the version to claim). ray.__version__ is the `version` of
 # ray/_version.py (ray/__init__.py imports it from there); `ray --version` (click) reads the
@@ -161,3 +164,30 @@ def health_version(url: str) -> str:
     except urllib.error.HTTPError as exc:
         body = json.load(exc)
     return str(body["version"])
+
+
+class ReleaseRegistry:
+    """One registry for every release test of a run (the `release_registry` fixture): each
+    release built and pushed once, the first time a module asks for it, and kept (on the
+    engine too, as make_release leaves it) until the run ends."""
+
+    def __init__(self, client: docker.DockerClient, images: dict[str, str],
+                 registry: str) -> None:
+        self.client, self.images, self.registry = client, images, registry
+        self._made: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}
+
+    def release(self, tag: str, **options: Any) -> dict[str, str]:
+        """make_release(tag, **options), or the references of its earlier build; a tag asked
+        again with other options is the caller's mistake."""
+        if tag in self._made:
+            made_with, refs = self._made[tag]
+            if made_with != options:
+                raise ValueError(f"release {tag} was built with {made_with}, not {options}")
+            return refs
+        refs = make_release(self.client, self.images, self.registry, tag, AUTH, **options)
+        self._made[tag] = (options, refs)
+        return refs
+
+    def refs(self) -> list[str]:
+        """Every reference it put on the engine."""
+        return sorted({ref for _, refs in self._made.values() for ref in refs.values()})
