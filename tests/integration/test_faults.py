@@ -8,7 +8,6 @@ Run alone with `make faults` (pytest -m faults).
 from __future__ import annotations
 
 import functools
-import json
 import os
 import random
 import re
@@ -363,19 +362,8 @@ def head_args(head: HeadVM) -> list[str]:
             head.ray_image, "--shm-size", "1gb", "--nofile", NOFILE]
 
 
-# Ray's health checks of its nodes, quicker than its defaults (a check every 3 s, each given
-# 10 s, 5 failed in a row: a silent node is declared dead after about a minute), for a test
-# head that waits for a node's death; never the product's.
-QUICK_HEALTH_CHECKS = "--ray-arg=--system-config=" + json.dumps(
-    {"health_check_initial_delay_ms": 1000, "health_check_period_ms": 1000,
-     "health_check_timeout_ms": 1000, "health_check_failure_threshold": 3})
-
-
 def test_a_worker_cut_off_from_the_head_rejoins_when_the_network_returns(
-        sandbox: Sandbox, images: dict[str, str]) -> None:
-    sandbox.create_network()
-    head = Node(sandbox, images, "head")
-    ok(head.run("head", QUICK_HEALTH_CHECKS))
+        sandbox: Sandbox, images: dict[str, str], head: Node) -> None:
     token = (head.data_dir / "ray-token").read_text().strip()
     head_ip = ip_on(head.container("ray-head"), sandbox.network)
     worker = Node(sandbox, images, "w1")
