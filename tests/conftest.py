@@ -16,6 +16,7 @@ import docker.errors
 import pytest
 from _pytest.terminal import TerminalReporter
 
+from tests import shards
 from tests.images import build as image_build
 from tests.support import summary
 from tests.support.engine import connect
@@ -98,8 +99,5 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
     if not _MODULE_SECONDS:
         return
     terminalreporter.write_sep("=", "time per module (slowest first)")
-    total = sum(_MODULE_SECONDS.values())
-    for module, seconds in sorted(_MODULE_SECONDS.items(), key=lambda kv: -kv[1]):
-        terminalreporter.write_line(f"{seconds:8.1f} s {100 * seconds / total:5.1f}% "
-                                    f"{_MODULE_TESTS.get(module, 0):4d} tests  {module}")
-    terminalreporter.write_line(f"{total:8.1f} s in all")
+    for line in shards.table(_MODULE_SECONDS, _MODULE_TESTS)[1:]:  # the rows, as the runner's
+        terminalreporter.write_line(line)

@@ -158,7 +158,7 @@ def table(seconds: dict[str, float], tests: dict[str, int]) -> list[str]:
     total = sum(seconds.values()) or 1.0
     lines = ["time per module, slowest first (setup, call and teardown; the shards ran at once)"]
     for module, secs in sorted(seconds.items(), key=lambda kv: -kv[1]):
-        lines.append(f"{secs:8.1f} s {100 * secs / total:5.1f}% {tests[module]:4d} tests  "
+        lines.append(f"{secs:8.1f} s {100 * secs / total:5.1f}% {tests.get(module, 0):4d} tests  "
                      f"{module}")
     lines.append(f"{sum(seconds.values()):8.1f} s in all")
     return lines
