@@ -5,9 +5,10 @@ Why shards: most of the suite waits (on Ray, on the engine, on health checks) ra
 computes, so two pytest processes share this 2-core machine well. Their tests must not see each
 other:
 - the `isolated` shard holds the modules whose deployments live inside simulated VMs (each its
-  own Docker engine) or on Docker networks of their own, never on this host's network or
-  ports, and that build no image; every build of the zipapp is there too (one after the
-  other);
+  own Docker engine) or on Docker networks of their own (a module whose `head_vm` is marked
+  `head_on_a_network`; the fixture fails a host-network head in this shard), never on this
+  host's network or ports, and that build no image; every build of the zipapp is there too
+  (one after the other);
 - the `host` shard holds the rest: Ray heads on the host network, image builds, the "nothing
   changed" checks (which leave out what the other shard's sandboxes own:
   tests/support/sandbox.py);
@@ -48,6 +49,8 @@ ISOLATED = (
     "tests/integration/test_systemd_units.py",
     "tests/integration/test_env_file_compose.py",
     "tests/integration/test_examples.py",
+    "tests/integration/test_faults.py",  # these two: head_on_a_network
+    "tests/integration/test_backup.py",
     "tests/unit",
 )
 ALONE = "engine_restart"
@@ -80,7 +83,8 @@ class Phase:
         self.began = time.monotonic()
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL,
+                                         env={**os.environ, "SYNTHO_TEST_SHARD": self.name})
 
     def poll(self) -> bool:
         """Whether it has ended (and its exit code is known)."""

@@ -110,6 +110,7 @@ class HeadVM:
     token: str
     instance: str
     ray_image: str
+    address: str = "127.0.0.1"  # where the app's agent finds it: on its own network, node_ip
 
 
 @dataclass
@@ -131,7 +132,7 @@ class App:
     def args(self) -> list[str]:
         i = self.images
         return ["--data-dir", str(self.data_dir), "--instance", self.instance,
-                "--head", "127.0.0.1", "--token-file", str(self.head.data_dir / "ray-token"),
+                "--head", self.head.address, "--token-file", str(self.head.data_dir / "ray-token"),
                 "--core-image", i["core"], "--backend-image", i["backend"],
                 "--frontend-image", i["frontend"], "--postgres-image", i["postgres"],
                 "--redis-image", i["redis"], "--frontend-port", str(self.frontend_port),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import docker
 import pytest
 
 from agent import cluster
-from tests.integration.agent_helpers import App, HeadVM, Node, ok, start_registry
+from tests.integration.agent_helpers import App, HeadVM, Node, ip_on, ok, start_registry
 from tests.support.agent_cli import run_agent
 from tests.support.constants import NOFILE
 from tests.support.releases import PASSWORD, USER, ReleaseRegistry, remove_local
@@ -38,16 +39,29 @@ def module_sandbox(docker_client: docker.DockerClient,
 
 
 @pytest.fixture(scope="module")
-def head_vm(module_sandbox: Sandbox, images: dict[str, str]) -> HeadVM:
-    """The Ray head on the host network, as on a VM."""
+def head_vm(request: pytest.FixtureRequest, module_sandbox: Sandbox,
+            images: dict[str, str]) -> HeadVM:
+    """The Ray head on the host network, as on a VM; on the module's own Docker network when
+    the module is marked `head_on_a_network` (so that it can run beside the other shard, whose
+    heads use the host's ports)."""
     data_dir = module_sandbox.tmp / "head"
     instance = module_sandbox.instance("head")
+    own = request.node.get_closest_marker("head_on_a_network") is not None
+    if not own and os.environ.get("SYNTHO_TEST_SHARD") == "isolated":
+        pytest.fail("a Ray head on the host network in the isolated shard: mark the module "
+                    "head_on_a_network, or take it out of tests/shards.py's ISOLATED")
+    network: list[str] = []
+    if own:  # the app's network and the head's route to each other, as VMs' would
+        module_sandbox.route_network()
+        network = ["--network", module_sandbox.network]
     ok(run_agent("head", "--data-dir", str(data_dir), "--instance", instance, "--ray-image",
-                 images["ray"], "--shm-size", "1gb", "--nofile", NOFILE))
+                 images["ray"], "--shm-size", "1gb", "--nofile", NOFILE, *network))
+    address = (ip_on(module_sandbox.client.containers.get(f"ray-head-{instance}"),
+                     module_sandbox.network) if own else "127.0.0.1")
     token = (data_dir / "ray-token").read_text().strip()
-    heads = [n for n in cluster.alive_nodes("127.0.0.1", token) if n.get("is_head_node")]
+    heads = [n for n in cluster.alive_nodes(address, token) if n.get("is_head_node")]
     assert heads, "the head lists itself"
-    return HeadVM(data_dir, str(heads[0]["node_ip"]), token, instance, images["ray"])
+    return HeadVM(data_dir, str(heads[0]["node_ip"]), token, instance, images["ray"], address)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from tests.integration.agent_helpers import App, HeadVM, engine_snapshot, http, 
 from tests.support.agent_cli import run_agent
 from tests.support.sandbox import Sandbox
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.head_on_a_network]
 
 SECRET_VALUE = "a value only the core's key opens"
 

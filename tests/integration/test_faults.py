@@ -37,7 +37,7 @@ from tests.support.kills import (
 from tests.support.processes import kill_group, spawn
 from tests.support.sandbox import Sandbox
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.head_on_a_network]
 SERVICES = ["postgres", "redis", "core", "core_worker", "backend", "worker", "frontend"]
 
 

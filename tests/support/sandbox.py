@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,6 +35,7 @@ class Sandbox:
         self.labels = {TEST_LABEL: self.id}
         self.instances: list[str] = []
         self.extra_volumes: list[str] = []
+        self.routes: list[list[str]] = []  # iptables rules (route_network), removed by cleanup
 
     def __enter__(self) -> Sandbox:
         return self
@@ -48,8 +50,24 @@ class Sandbox:
         return full
 
     def create_network(self) -> str:
-        self.client.networks.create(self.network, driver="bridge", labels=self.labels)
+        """The sandbox's bridge network, created on the first call (fixtures share it)."""
+        if not any(n.name == self.network for n in self.client.networks.list(names=[self.network])):
+            self.client.networks.create(self.network, driver="bridge", labels=self.labels)
         return self.network
+
+    def route_network(self) -> None:
+        """Let the sandbox network's containers and those of every other bridge network reach
+        each other, as VMs on one subnet do. The engine keeps its bridge networks apart
+        (DOCKER-ISOLATION); rules in DOCKER-USER, the chain the engine leaves to the
+        administrator and looks at first, accept what comes from or goes to this network's
+        subnet. cleanup() removes them."""
+        net = self.client.networks.get(self.create_network())
+        subnet = net.attrs["IPAM"]["Config"][0]["Subnet"]
+        for way in ("-s", "-d"):
+            rule = ["DOCKER-USER", way, subnet, "-m", "comment", "--comment",
+                    f"syntho-tests {self.id}", "-j", "ACCEPT"]
+            subprocess.run(["iptables", "-I", *rule], check=True)
+            self.routes.append(rule)
 
     def run(self, image: str, name: str, labels: dict[str, str] | None = None,
             **kwargs: Any) -> docker.models.containers.Container:
@@ -60,6 +78,9 @@ class Sandbox:
         return container
 
     def cleanup(self) -> None:
+        for rule in self.routes:
+            subprocess.run(["iptables", "-D", *rule], check=True)
+        self.routes.clear()
         filters = [{"label": f"{TEST_LABEL}={self.id}"}]
         filters += [{"label": f"{AGENT_INSTANCE_LABEL}={i}"} for i in self.instances]
         for f in filters:
