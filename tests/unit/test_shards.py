@@ -3,6 +3,7 @@ XML, and every test module is in exactly one shard."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,4 +46,16 @@ def test_a_class_is_counted_for_its_module() -> None:
 def test_every_isolated_path_exists_and_no_module_is_in_both() -> None:
     for path in shards.ISOLATED:
         assert (shards.REPO / path).exists(), path
-    assert "tests/integration/test_faults.py" not in shards.ISOLATED  # it restarts the engine
+
+
+def test_an_isolated_module_with_the_shared_stack_has_its_head_on_a_network() -> None:
+    """head_vm's own check, ahead of a run: a module in the isolated shard that asks for the
+    `stack` or `head_vm` fixture must be marked head_on_a_network (else its head would take
+    the host's Ray ports, which the other shard's heads use). Its tests marked engine_restart
+    run alone whatever the shard."""
+    for path in shards.ISOLATED:
+        for module in sorted((shards.REPO / path).rglob("test_*.py")) if (
+                shards.REPO / path).is_dir() else [shards.REPO / path]:
+            text = module.read_text()
+            if re.search(r"def test_\w+\([^)]*\b(stack|head_vm)\b", text):
+                assert "pytest.mark.head_on_a_network" in text, module
