@@ -26,7 +26,7 @@ from agent import cluster
 from agent.waits import poll
 from tests.integration.agent_helpers import ok
 from tests.support.agent_cli import agent_cmd, agent_env, run_agent
-from tests.support.constants import NOFILE, REPO
+from tests.support.constants import AGENT_INSTANCE_LABEL, NOFILE, REPO
 from tests.support.engine_calls import CallCounter, counting_engine
 from tests.support.ports import free_port
 from tests.support.processes import started
@@ -115,7 +115,7 @@ class Deployment:
         """Containers of the app that are not one of its services' (kept or replaced)."""
         names = {f"syntho-{s}-{self.app_instance}" for s in (*SERVICES, "postgres", "redis")}
         return [c.name or "" for c in self.sandbox.client.containers.list(
-            all=True, filters={"label": f"syntho-agent.instance={self.app_instance}"})
+            all=True, filters={"label": f"{AGENT_INSTANCE_LABEL}={self.app_instance}"})
             if c.name not in names]
 
     def head_ip(self) -> str:
