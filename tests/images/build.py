@@ -200,10 +200,16 @@ def _build_derived(client: docker.DockerClient, name: str, tag: str) -> None:
 def _remove_stale(client: docker.DockerClient, tag: str) -> None:
     """Drop older builds of the same image (other recipe hashes), keeping the disk small."""
     repo = tag.rsplit(":", 1)[0]
-    for image in client.images.list(name=repo):
-        if tag not in image.tags:
-            for old in image.tags:
-                client.images.remove(old, noprune=False)
+    # The low-level list (no inspect of each image), and a removal that may find the image
+    # gone: another test process (the shards run at once) may be removing the same ones.
+    for image in client.api.images(name=repo):
+        tags = image.get("RepoTags") or []
+        if tag not in tags:
+            for old in tags:
+                try:
+                    client.images.remove(old, noprune=False)
+                except docker.errors.ImageNotFound:
+                    pass
 
 
 def _exists(client: docker.DockerClient, tag: str) -> bool:
