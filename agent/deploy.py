@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from agent import cluster, history, images, proxy, ray_release, release, store, tls
+from agent import cluster, history, images, proxy, ray_release, relay, release, store, tls
 from agent.app_setup import (
     ADMIN_PASSWORD,
     BACKEND_KEY,
@@ -636,6 +636,7 @@ def converge_app(engine: Engine, settings: AppSettings, say: Say,
     spec = app.app_spec(settings, values)
     postgres = next((c for c in spec.containers if c.service == "postgres"), None)
     front = next((c for c in spec.containers if c.service == "proxy"), None)
+    relay.write_files(settings.data_dir)
     if site is not None:
         proxy.write_files(settings, site)
         if site.cert is not None:
@@ -929,7 +930,7 @@ class Forecast:
 @contextmanager
 def scratch_data_dir(data_dir: Path) -> Iterator[Path]:
     """A private copy (0700, in memory where /dev/shm allows) of what resolution reads in the
-    data dir: its files, secrets/, postgres-init/ and proxy/ (not backups/). A plan resolves
+    data dir: its files, secrets/, postgres-init/, proxy/ and relay/ (not backups/). A plan resolves
     into it with the run's own functions, so what they would write lands here, never in
     data_dir; it is deleted when the plan ends."""
     shm = Path("/dev/shm")
@@ -953,7 +954,7 @@ def _resolution_files(data_dir: Path) -> list[Path]:
     if not data_dir.is_dir():
         return []
     found = [p for p in data_dir.iterdir() if p.is_file()]
-    for sub in ("secrets", "postgres-init", app.PROXY_DIR):
+    for sub in ("secrets", "postgres-init", app.PROXY_DIR, relay.DIR):
         if (data_dir / sub).is_dir():
             found += [p for p in (data_dir / sub).iterdir() if p.is_file()]
     return sorted(found)
@@ -1013,6 +1014,7 @@ def forecast(engine: Engine, settings: RoleSettings) -> Forecast:
             values = app.app_values(settings, inputs.secrets, inputs.ray_host, inputs.site)
             spec = app.app_spec(settings, values)
             write_env_file(dry, app.env_file(settings, values), said.append)
+            relay.write_files(dry.data_dir)
             if inputs.site is not None:
                 proxy.write_files(dry, inputs.site)
             if inputs.rotate_to is not None:

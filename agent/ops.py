@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from agent import cluster, history, proxy, ray_release, store, tls, validate
+from agent import cluster, history, proxy, ray_release, relay, store, tls, validate
 from agent import spec as s
 from agent.config import RAY_PORTS
 from agent.engine import Engine, Observed
@@ -283,6 +283,25 @@ def status_report(observed: list[Observed], data_dir: Path, instance: str) -> di
             "releases": _releases(roles, data_dir), "https": _https(observed, data_dir)}
 
 
+def engine_report(engine: Engine, observed: list[Observed], data_dir: Path,
+                  instance: str) -> dict[str, Any]:
+    """status_report, and what only the engine can tell: the leftovers, and whether the
+    backend's path to the Ray dashboard (the relay) works, asked from inside the relay."""
+    report = status_report(observed, data_dir, instance)
+    report["leftovers"] = leftovers(engine, instance)
+    box = next((o for o in observed if o.service == relay.SERVICE), None)
+    app_ray = report["ray"].get("app")
+    if box is not None and app_ray is not None:
+        path = (relay.probe(engine, box.name) if box.status == "running" else
+                {"works": False, "ray_version": None, "error": f"{box.name} is not running"})
+        app_ray["backend_path"] = path
+        if not path["works"]:
+            report["not_ready"].append(f"the backend's path to the Ray dashboard ({box.name}): "
+                                       f"{path['error']}")
+            report["ready"] = False
+    return report
+
+
 def _age(seconds: int | None) -> str:
     if seconds is None:
         return "-"
@@ -328,6 +347,12 @@ def _ray_lines(ray: dict[str, Any]) -> list[str]:
     elif app:
         lines.append(f"the app's ray cluster at {app['head']}:{GCS_PORT}: "
                      f"{_dashboard_problem(app)}")
+    path = (app or {}).get("backend_path")
+    if path is not None and path["works"]:
+        lines.append(f"the backend reaches the Ray dashboard through the relay (Ray "
+                     f"{path['ray_version']})")
+    elif path is not None:
+        lines.append(f"the backend does NOT reach the Ray dashboard: {path['error']}")
     return lines
 
 
@@ -340,8 +365,7 @@ def _dashboard_problem(info: dict[str, Any]) -> str:
 def status(engine: Engine, data_dir: Path, instance: str, say: Say) -> int:
     """Print what runs here; returns how many things are not ready."""
     observed = managed(engine, instance)
-    report = status_report(observed, data_dir, instance)
-    report["leftovers"] = leftovers(engine, instance)
+    report = engine_report(engine, observed, data_dir, instance)
     if not report["containers"]:
         where = f" (instance {instance})" if instance else ""
         say(f"nothing managed by syntho-agent here{where}")
@@ -380,8 +404,7 @@ def _release_lines(report: dict[str, Any]) -> list[str]:
 
 def status_json(engine: Engine, data_dir: Path, instance: str, say: Say) -> int:
     """status as JSON (README "status --json"); returns how many things are not ready."""
-    report = status_report(managed(engine, instance), data_dir, instance)
-    report["leftovers"] = leftovers(engine, instance)
+    report = engine_report(engine, managed(engine, instance), data_dir, instance)
     say(json.dumps(report, indent=2))
     return len(report["not_ready"])
 

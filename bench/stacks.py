@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
+from agent import relay, store
 from agent import spec as s
-from agent import store
 from agent.app_setup import write_init_script
 from agent.config import AppSettings
 from agent.engine import create_args
@@ -155,9 +155,11 @@ def fresh_secrets(token: str | None) -> app.Secrets:
 
 
 def app_spec_for(settings: AppSettings, head: Head) -> s.Spec:
-    """The agent's Spec for these settings, with fresh secrets and the init script in place."""
+    """The agent's Spec for these settings, with fresh secrets, and the init script and the
+    Ray relay's program in place."""
     store.ensure_dir(settings.data_dir)
     write_init_script(settings)
+    relay.write_files(settings.data_dir)
     return app.app_spec(settings, app.app_values(settings, fresh_secrets(head.token), head.ip))
 
 

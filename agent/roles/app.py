@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
+from agent import relay, tls
 from agent import spec as s
-from agent import tls
 from agent.config import AppSettings
 from agent.roles.ray import DASHBOARD_PORT, LICENSE_ENV, auth_env
 
@@ -171,7 +171,7 @@ def app_spec(settings: AppSettings, values: AppValues) -> s.Spec:
     backend_env = dict(
         worker_env, SECURE_COOKIES=str(https), USER_NAME=settings.admin_username,
         USER_PASSWORD=secrets.admin_password, USER_EMAIL=settings.admin_email,
-        DATA_ACCESS="True", RAY_URL=f"http://{ray}:{DASHBOARD_PORT}",
+        DATA_ACCESS="True", RAY_URL=relay.URL,  # the relay adds the token (relay.py)
         EXTRA_ALLOWED_HOSTS=f"backend {values.frontend_domain}",
     )
 
@@ -202,7 +202,9 @@ def app_spec(settings: AppSettings, values: AppValues) -> s.Spec:
         box("core_worker", settings.core_image, restart="on-failure", after=infra,
             command=("celery", "-A", "app.celery", "worker", "--loglevel=info"),
             env=s.env_pairs(**core_env)),
-        box("backend", settings.backend_image, restart="on-failure", after=infra,
+        ray_relay(settings, ray, secrets.ray_token),
+        box("backend", settings.backend_image, restart="on-failure",
+            after=(*infra, relay.SERVICE),
             env=s.env_pairs(**backend_env),
             ports=_app_port(settings, site, 8000, "backend"),
             health=_http_probe("http://backend:8000/api/docs/")),
@@ -230,6 +232,24 @@ def app_spec(settings: AppSettings, values: AppValues) -> s.Spec:
             ("syntho-database-data", bundled_db), (PROXY_DATA, site is not None),
             (PROXY_CONFIG, site is not None)) if wanted),
         secrets=tuple(v for v in secret_values if v),
+    )
+
+
+def ray_relay(settings: AppSettings, ray_host: str, token: str | None) -> s.Container:
+    """The backend's way to the Ray dashboard (relay.py): the core's image running the
+    relay's program, on the app's network only, the token in its environment only."""
+    name = relay.file_name(relay.program())
+    probe = (f"import urllib.request as u; u.urlopen('http://127.0.0.1:{relay.PORT}"
+             f"{relay.ALIVE}', timeout=3)")
+    return s.Container(
+        service=relay.SERVICE, name=settings.suffix(f"syntho-{relay.SERVICE}"),
+        image=settings.core_image, network=settings.suffix("syntho"), aliases=(relay.SERVICE,),
+        restart="always", entrypoint=("python3", f"{relay.INSIDE}/{name}"),
+        env=s.env_pairs(RAY_DASHBOARD_HOST=ray_host, RAY_DASHBOARD_PORT=str(DASHBOARD_PORT),
+                        RELAY_PORT=str(relay.PORT), PYTHONUNBUFFERED="1", RAY_TOKEN=token),
+        mounts=(s.Mount(str(settings.data_dir / relay.DIR), relay.INSIDE, read_only=True),),
+        health=s.Health(test=("CMD", "python3", "-c", probe), interval=2.0, timeout=5.0,
+                        retries=30, start_period=5.0),
     )
 
 
@@ -350,7 +370,11 @@ def _differences(settings: AppSettings, values: AppValues) -> list[str]:
     notes = ["backend and worker get BACKEND_SECRET_KEY as SECRET_KEY (the vendor's file "
              "writes $${BACKEND_SECRET_KEY}: the literal text, not the variable)",
              "frontend gets NODE_ENV=production, the vendor's Helm chart's default (the "
-             "vendor's compose file sets development)"]
+             "vendor's compose file sets development)",
+             f"backend gets RAY_URL={relay.URL}, the agent's relay to the Ray dashboard "
+             "(the ray-relay container, on the core's image), which adds the cluster's token: "
+             "the vendor's file gives http://${CORE_RAY_ADDRESS}:8265, which Ray's token "
+             "authentication refuses"]
     if values.secrets.ray_token:
         notes.append("core and core_worker also get RAY_AUTH_MODE=token and RAY_AUTH_TOKEN "
                      "(the cluster's Ray token, ray-token beside this file)")

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_the_stack_is_healthy_wired_and_reachable(stack: App, head_vm: HeadVM) -> None:
-    for service in ["postgres", "redis", "core", "backend", "frontend"]:
+    for service in ["postgres", "redis", "core", "ray-relay", "backend", "frontend"]:
         assert stack.container(service).attrs["State"]["Health"]["Status"] == "healthy", service
     for service in ["core_worker", "worker"]:
         assert stack.container(service).status == "running"
@@ -33,6 +33,10 @@ def test_the_stack_is_healthy_wired_and_reachable(stack: App, head_vm: HeadVM) -
     assert code == 200 and body["dependencies"]["backend"]["ok"]
     code, body = http(f"http://localhost:{stack.backend_port}/api/docs/")
     assert code == 200 and body["dependencies"]["core"]["ok"]
+    # The backend called the real dashboard at its RAY_URL (version and cluster status),
+    # through the relay, which added the token the backend does not have.
+    dashboard = body["dependencies"]["ray_dashboard"]
+    assert dashboard["ok"] and dashboard["detail"].startswith("Ray "), dashboard
     # core ran a real Ray task on the cluster: head + worker.
     code, out = stack.container("core").exec_run(
         ["curl", "-fsS", "http://localhost:8080/api/v1/status"])
@@ -46,12 +50,60 @@ def test_the_stack_is_healthy_wired_and_reachable(stack: App, head_vm: HeadVM) -
     assert http(url, {"username": "admin", "password": "guess"})[0] == 401
     # The contract's wiring, as the containers have it.
     env = dict(e.split("=", 1) for e in stack.container("backend").attrs["Config"]["Env"])
-    assert env["RAY_URL"] == f"http://{head_vm.node_ip}:8265"
+    assert env["RAY_URL"] == "http://ray-relay:8265"
+    assert not any(head_vm.token in value for value in env.values())
+    relay = stack.container("ray-relay")
+    relay_env = dict(e.split("=", 1) for e in relay.attrs["Config"]["Env"])
+    assert relay_env["RAY_TOKEN"] == head_vm.token
+    assert relay_env["RAY_DASHBOARD_HOST"] == head_vm.node_ip
+    assert not relay.attrs["HostConfig"]["PortBindings"]  # the app's network only
     assert env["SYNTHO_ENGINE_URL"] == "http://core:8080/api"
     assert env["DB_NAME"] == "syntho-backend" and env["REDIS_DB_INDEX"] == "1"
     status = ok(stack.cmd("status"))
     assert f"open the app at http://<this VM>:{stack.frontend_port}" in status
     assert "syntho-frontend" in status and "healthy" in status
+    assert "the backend reaches the Ray dashboard through the relay (Ray 2." in status
+
+
+def test_a_wrong_token_at_the_relay_fails_the_backends_check_and_a_run_heals_it(
+        stack: App, head_vm: HeadVM) -> None:
+    """The relay re-made by hand with a wrong token: the backend's own call of RAY_URL fails
+    (the dashboard answers 401), and `status` says so; a run of the agent puts it right."""
+    client = stack.sandbox.client
+    relay = stack.container("ray-relay")
+    config = relay.attrs["Config"]
+    wrong = "f" * 64
+    assert wrong != head_vm.token
+    network = f"syntho-{stack.instance}"
+    relay.remove(force=True)
+    api = client.api
+    made = api.create_container(
+        config["Image"], name=relay.name, entrypoint=config["Entrypoint"],
+        environment=[e for e in config["Env"] if not e.startswith("RAY_TOKEN=")]
+        + [f"RAY_TOKEN={wrong}"], labels=config["Labels"],
+        host_config=api.create_host_config(binds={
+            str(stack.data_dir / "relay"): {"bind": "/relay", "mode": "ro"}}),
+        networking_config=api.create_networking_config({
+            network: api.create_endpoint_config(aliases=["ray-relay"])}))
+    api.start(made["Id"])
+
+    def refused() -> bool:
+        code, body = http(f"http://localhost:{stack.backend_port}/api/docs/")
+        check = (body or {}).get("dependencies", {}).get("ray_dashboard", {})
+        return code == 503 and not check.get("ok") and "401" in str(check.get("error"))
+
+    assert poll(refused, 60, "the backend's check of the dashboard failing")
+    status = stack.cmd("status")
+    assert status.returncode != 0, status.stdout
+    assert ("the backend does NOT reach the Ray dashboard: the dashboard refuses the relay's "
+            "token (401)") in status.stdout
+    assert wrong not in status.stdout + status.stderr
+    client.containers.get(made["Id"]).remove(force=True)
+    out = ok(stack.run())
+    assert f"created syntho-ray-relay-{stack.instance}" in out
+    code, body = http(f"http://localhost:{stack.backend_port}/api/docs/")
+    assert code == 200 and body["dependencies"]["ray_dashboard"]["ok"]
+    assert "the backend reaches the Ray dashboard" in ok(stack.cmd("status"))
 
 
 def test_postgres_and_redis_are_not_published(stack: App) -> None:

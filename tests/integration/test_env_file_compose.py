@@ -79,7 +79,8 @@ VENDOR_PORTS = {"backend": "${BACKEND_PORT}:8000", "frontend": "${FRONTEND_PORT}
 # Where the agent differs on purpose: app.env's header says so for each.
 DIFFERS = {("backend", "SECRET_KEY"): "BACKEND_SECRET_KEY as SECRET_KEY",
            ("worker", "SECRET_KEY"): "BACKEND_SECRET_KEY as SECRET_KEY",
-           ("frontend", "NODE_ENV"): "NODE_ENV=production"}
+           ("frontend", "NODE_ENV"): "NODE_ENV=production",
+           ("backend", "RAY_URL"): "RAY_URL=http://ray-relay:8265"}
 ONLY_THE_AGENTS = {"RAY_AUTH_MODE": "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN": "RAY_AUTH_TOKEN",
                    "REDIS_PASSWORD": "REDIS_PASSWORD"}
 

@@ -38,7 +38,8 @@ from tests.support.processes import kill_group, spawn
 from tests.support.sandbox import Sandbox
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.head_on_a_network]
-SERVICES = ["postgres", "redis", "core", "core_worker", "backend", "worker", "frontend"]
+SERVICES = ["postgres", "redis", "core", "core_worker", "ray-relay", "backend", "worker",
+            "frontend"]
 
 
 # Hidden files the agent keeps in the data dir (anything else hidden is a temporary file).

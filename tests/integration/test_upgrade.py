@@ -43,12 +43,15 @@ CHANGED_ON_PURPOSE: dict[str, str] = {
                 "manager, agents, metrics, client server and a bounded worker range",
     "ray-worker": "every Ray port pinned in `ray start` (a worker's defaults, apart from the "
                   "head's): node manager, object manager, agents, metrics, worker range",
+    "backend": "RAY_URL names the relay to the Ray dashboard (http://ray-relay:8265), which "
+               "adds the token the backend never had (docs/stack.md)",
 }
 
 # Service -> why the upgrade adds its container (and the volumes that container mounts).
 ADDED_ON_PURPOSE: dict[str, str] = {
     "gcs-redis": "GCS fault tolerance on by default (README \"A head that restarts\"): the head "
                  "keeps the cluster's state in a Redis of its own",
+    "ray-relay": "the backend's path to the Ray dashboard: the relay that adds the token",
 }
 
 CACHE = REPO / "dist" / "upgrade-from"  # <commit>/syntho-agent, one file per old commit

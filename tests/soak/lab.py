@@ -49,7 +49,7 @@ EXPECTED = {
     "w1": ("ray-worker",),
     "w2": ("ray-worker",),
     "app": ("syntho-postgres", "syntho-redis", "syntho-core", "syntho-core_worker",
-            "syntho-backend", "syntho-worker", "syntho-frontend"),
+            "syntho-ray-relay", "syntho-backend", "syntho-worker", "syntho-frontend"),
 }
 SUPERVISOR = """#!/bin/sh
 # As the systemd unit of `syntho-agent install`: Restart=always, RestartSec=5,

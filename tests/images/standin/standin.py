@@ -294,6 +294,18 @@ def backend_common() -> tuple[dict[str, Check], str]:
     return {"postgres": pg_check(*pg), "redis": redis_check(redis_url)}, redis_url
 
 
+def dashboard_check(url: str) -> Check:
+    """What the backend asks the Ray dashboard at RAY_URL, as the vendor's would: its version
+    and the cluster's status, with no token (the agent's relay adds it)."""
+    def check() -> str:
+        answers = {}
+        for path in ("/api/version", "/api/cluster_status"):
+            with urllib.request.urlopen(f"{url}{path}", timeout=10) as resp:
+                answers[path] = json.loads(resp.read())
+        return f"Ray {answers['/api/version']['ray_version']} at {url}"
+    return check
+
+
 def ensure_admin() -> None:
     """Create the admin account from USER_NAME/USER_PASSWORD/USER_EMAIL once, as Django would."""
     import psycopg2
@@ -315,7 +327,7 @@ def backend() -> None:
     engine = env("SYNTHO_ENGINE_URL").rstrip("/")
     checks["core"] = http_check(f"{engine}/v1/status")
     env("FRONTEND_URL")
-    env("RAY_URL")
+    checks["ray_dashboard"] = dashboard_check(env("RAY_URL").rstrip("/"))
     allowed = ["localhost", "127.0.0.1", *env("EXTRA_ALLOWED_HOSTS", "").split()]
 
     def admin_ready() -> dict[str, Any]:
