@@ -113,7 +113,8 @@ class Deployment:
 
     def leftovers(self) -> list[str]:
         """Containers of the app that are not one of its services' (kept or replaced)."""
-        names = {f"syntho-{s}-{self.app_instance}" for s in (*SERVICES, "postgres", "redis")}
+        names = {f"syntho-{s}-{self.app_instance}"
+                 for s in (*SERVICES, "postgres", "redis", "ray-relay")}
         return [c.name or "" for c in self.sandbox.client.containers.list(
             all=True, filters={"label": f"{AGENT_INSTANCE_LABEL}={self.app_instance}"})
             if c.name not in names]
