@@ -16,15 +16,20 @@ shallow one) fails the test: it cannot prove the upgrade.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -260,11 +265,35 @@ class Deployment:
     sandbox: Sandbox
     roles: list[Role] = field(default_factory=list)
     before: dict[str, Seen] = field(default_factory=dict)  # after the old agent converged
+    backend_port: int = 0
+    dashboard_before: dict[str, Any] = field(default_factory=dict)  # the backend's check
+
+
+@pytest.fixture(scope="module")
+def report_only_backend(module_sandbox: Sandbox, images: dict[str, str]) -> str:
+    """The stand-in backend with its check of RAY_URL reported, not counted in its health: the
+    old agent gives the backend the dashboard's own address, which refuses it (no token: the
+    defect the relay fixes), so the stand-in as it is would never be healthy under it."""
+    tag = f"{images['backend'].replace('/backend:', '/backend-report-only:')}"
+    dockerfile = f"FROM {images['backend']}\nENV STANDIN_DASHBOARD_REPORT_ONLY=1\n"
+    module_sandbox.client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag,
+                                       rm=True, forcerm=True)
+    return tag
+
+
+def backend_dashboard_check(port: int) -> dict[str, Any]:
+    """The stand-in backend's own check of RAY_URL, from its health answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/docs/", timeout=20) as resp:
+            body = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        body = json.load(exc)
+    return dict(body["dependencies"]["ray_dashboard"])
 
 
 @pytest.fixture(scope="module")
 def deployment(module_sandbox: Sandbox, images: dict[str, str], old_agent: Agent,
-               new_build: Build) -> Deployment:
+               new_build: Build, report_only_backend: str) -> Deployment:
     """Head (host network), a worker (on a bridge network) and the app (--head 127.0.0.1), on
     this one engine, converged by the old agent."""
     box = module_sandbox
@@ -283,14 +312,16 @@ def deployment(module_sandbox: Sandbox, images: dict[str, str], old_agent: Agent
     assert join, f"no join hint in the old head's output:\n{out}"
     converge("worker", "--network", box.network, "--head", join[1], "--ray-image", images["ray"],
              "--shm-size", "512mb", "--nofile", NOFILE, "--token-file", str(token))
+    deployed.backend_port = free_port()
     out = converge(
         "app", "--head", "127.0.0.1", "--token-file", str(token),
-        "--core-image", images["core"], "--backend-image", images["backend"],
+        "--core-image", images["core"], "--backend-image", report_only_backend,
         "--frontend-image", images["frontend"], "--postgres-image", images["postgres"],
         "--redis-image", images["redis"], "--frontend-port", str(free_port()),
-        "--backend-port", str(free_port()), "--ready-timeout", "240")
+        "--backend-port", str(deployed.backend_port), "--ready-timeout", "240")
     assert "the app is up" in out, out
     deployed.before = managed(box)
+    deployed.dashboard_before = backend_dashboard_check(deployed.backend_port)
     return deployed
 
 
@@ -378,6 +409,16 @@ def test_no_container_is_recreated_or_restarted(deployment: Deployment,
         f"restarted {sorted(restarted) or 'nothing'}; CHANGED_ON_PURPOSE expects exactly "
         f"{sorted(expected) or 'nothing'} recreated (name a container there, with why, when its "
         "settings change on purpose)")
+
+
+def test_the_backend_reaches_the_dashboard_only_after_the_upgrade(
+        deployment: Deployment, upgrade: Upgrade) -> None:
+    """Under the old agent the backend's RAY_URL is refused (no token); the new agent's relay
+    makes the same call work."""
+    before = deployment.dashboard_before
+    assert not before["ok"] and "401" in before["error"], before
+    after = backend_dashboard_check(deployment.backend_port)
+    assert after["ok"] and after["detail"].startswith("Ray "), after
 
 
 def test_status_is_green(deployment: Deployment, upgrade: Upgrade, new_agent: Agent) -> None:
