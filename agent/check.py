@@ -19,6 +19,7 @@ from agent.config import RAY_PORTS, AppSettings, HeadSettings, RoleSettings, Wor
 from agent.engine import Engine, EngineInfo
 from agent.errors import EnvironmentProblem, UsageError
 from agent.roles import ray
+from agent.spec import LABEL_INSTANCE
 from agent.waits import tcp_open
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -132,7 +133,8 @@ def nofile_tried(engine: Engine, settings: RaySettings) -> Result:
         found = nofile_allowed()
         return nofile_against(settings.nofile, found, f"{settings.ray_image} is not here yet "
                                                       "to try it")
-    refused = engine.refuses_nofile(settings.ray_image, settings.nofile, {CHECK_LABEL: "true"})
+    refused = engine.refuses_nofile(settings.ray_image, settings.nofile,
+                                    {CHECK_LABEL: "true", LABEL_INSTANCE: settings.instance})
     if refused:
         cause = refused.split("error during container init: ")[-1]
         return Result(FAIL, f"nofile: the engine refuses --nofile {settings.nofile} ({cause})",

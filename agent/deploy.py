@@ -425,7 +425,8 @@ def resolve_worker(engine: Engine, settings: WorkerSettings, say: Say,
     if preview is None:
         assert settings.head
         ray_release.check(engine, "the worker's Ray", settings.ray_image,
-                          ids[settings.ray_image], settings.data_dir, settings.head, token)
+                          ids[settings.ray_image], settings.data_dir, settings.head, token,
+                          settings.instance)
     return settings, RayInputs(ids, token)
 
 
@@ -603,7 +604,8 @@ def resolve_app(engine: Engine, settings: AppSettings, say: Say,
     if preview is None:
         assert settings.head
         ray_release.check(engine, "the core's Ray client: the", settings.core_image,
-                          ids[settings.core_image], settings.data_dir, settings.head, token)
+                          ids[settings.core_image], settings.data_dir, settings.head, token,
+                          settings.instance)
     return settings, AppInputs(ids, secrets, rotate_to,
                                app_ray_host(settings, token, say, preview), site)
 

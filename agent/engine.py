@@ -535,10 +535,9 @@ class Engine:
         return int(code if code is not None else -1), errors.decode(errors="replace")
 
     @_sdk
-    def run_to(self, image: str, cmd: list[str], network: str, out: IO[bytes] | None,
-               env: dict[str, str] | None = None, binds: dict[str, str] | None = None,
-               labels: dict[str, str] | None = None,
-               name: str | None = None) -> tuple[int, str]:
+    def run_to(self, image: str, cmd: list[str], network: str, out: IO[bytes] | None, *,
+               labels: dict[str, str], env: dict[str, str] | None = None,
+               binds: dict[str, str] | None = None, name: str | None = None) -> tuple[int, str]:
         """Run cmd in a throw-away container on a network (its standard output streamed into
         `out`, binary-safe: attached before it starts, never through the log driver), then
         remove it; (exit code, the tail of its standard error). binds: host dir -> container
@@ -551,7 +550,7 @@ class Engine:
         # more than run it (the Postgres image's starts a server for its own command).
         created = api.create_container(image, cmd[1:], entrypoint=cmd[:1],
                                        environment=env or {}, host_config=host,
-                                       labels=labels or {}, name=name)
+                                       labels=labels, name=name)
         cid = created["Id"]
         try:
             stream = api.attach(cid, stdout=True, stderr=False, stream=True, logs=True)

@@ -24,6 +24,7 @@ from agent import cluster, store
 from agent.engine import Engine, EngineError
 from agent.errors import EnvironmentProblem
 from agent.roles.ray import DASHBOARD_PORT, IMAGE_LABEL, RELEASE_LABEL
+from agent.spec import LABEL_INSTANCE, LABEL_TEMPORARY
 
 CACHE = "ray-versions.json"
 VERSION_SCRIPT = ("python3 -c 'import ray; print(ray.__version__)' 2>/dev/null || "
@@ -66,9 +67,10 @@ def head_version(address: str, token: str | None, timeout: float = 3.0) -> str |
         return None
 
 
-def image_version(engine: Engine, ref: str, image_id: str, data_dir: Path) -> str:
+def image_version(engine: Engine, ref: str, image_id: str, data_dir: Path,
+                  instance: str = "") -> str:
     """The Ray version in an image, read once per image ID (a throw-away container, no
-    network) and cached in the data dir."""
+    network, labelled with the instance it was read for) and cached in the data dir."""
     cache = data_dir / CACHE
     try:
         known = json.loads(cache.read_text())
@@ -78,7 +80,8 @@ def image_version(engine: Engine, ref: str, image_id: str, data_dir: Path) -> st
         return str(known[image_id])
     out = io.BytesIO()
     try:
-        code, errors = engine.run_to(ref, ["sh", "-c", VERSION_SCRIPT], "none", out)
+        code, errors = engine.run_to(ref, ["sh", "-c", VERSION_SCRIPT], "none", out, labels={
+            LABEL_INSTANCE: instance, LABEL_TEMPORARY: "ray-version"})
     except EngineError as exc:
         raise EnvironmentProblem(f"cannot read the Ray version in {ref}: {exc.explanation}") \
             from None
@@ -93,13 +96,13 @@ def image_version(engine: Engine, ref: str, image_id: str, data_dir: Path) -> st
 
 
 def check(engine: Engine, what: str, ref: str, image_id: str, data_dir: Path, head: str,
-          token: str | None) -> None:
+          token: str | None, instance: str = "") -> None:
     """Refuse an image whose Ray is not the head's, naming both versions and what to run.
     A head whose dashboard does not answer is not judged here (the join check follows)."""
     theirs = head_version(head, token)
     if theirs is None:
         return
-    mine = image_version(engine, ref, image_id, data_dir)
+    mine = image_version(engine, ref, image_id, data_dir, instance)
     if mine != theirs:
         raise EnvironmentProblem(
             f"{what} image {ref} has Ray {mine} but the head at {head} runs Ray {theirs}: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import urllib.error
@@ -15,9 +16,10 @@ from typing import Any
 import docker
 import pytest
 
+from agent.spec import LABEL_PREFIX
 from agent.waits import poll, tcp_open
 from tests.support.agent_cli import run_agent
-from tests.support.constants import NOFILE
+from tests.support.constants import NOFILE, TEST_LABEL
 from tests.support.ports import free_port
 from tests.support.sandbox import Sandbox, owned_elsewhere
 
@@ -71,7 +73,8 @@ def engine_snapshot(client: docker.DockerClient,
     """Every container, network and volume with its ID and state: 'nothing changed' is equality.
 
     Only the objects whose labels `keep` accepts: by default all but what another test process
-    owns (the suite runs in shards at once: see owned_elsewhere). A container already being
+    owns (the suite runs in shards at once: see owned_elsewhere); only the containers the agent
+    or a test sandbox labelled (`ours`), and no anonymous volume. A container already being
     removed is left out: it is on its way out from before. One list request per kind, nothing
     inspected one by one (that would race with other tests' removals).
     """
@@ -79,11 +82,23 @@ def engine_snapshot(client: docker.DockerClient,
     found = {("container", c["Names"][0].lstrip("/") if c.get("Names") else "",
               f"{c['Id']}:{c['State']}")
              for c in api.containers(all=True)
-             if c["State"] != "removing" and keep(c.get("Labels"))}
+             if c["State"] != "removing" and ours(c.get("Labels")) and keep(c.get("Labels"))}
     found |= {("network", n["Name"], n["Id"]) for n in api.networks() if keep(n.get("Labels"))}
     found |= {("volume", v["Name"], "") for v in api.volumes().get("Volumes") or []
-              if keep(v.get("Labels"))}
+              if not ANONYMOUS.fullmatch(v["Name"]) and keep(v.get("Labels"))}
     return found
+
+
+# An anonymous volume (an image's VOLUME, made for whichever container started from it): the
+# agent names every volume it makes, and a container that brought one along shows itself.
+ANONYMOUS = re.compile(r"[0-9a-f]{64}")
+
+
+def ours(labels: dict[str, str] | None) -> bool:
+    """Whether a container carries the agent's labels (every container it makes, its
+    throw-away ones included) or a test sandbox's. Others (a test's unlabelled helper with
+    --rm, an image build's intermediate) are not the command under test's."""
+    return any(k == TEST_LABEL or k.startswith(LABEL_PREFIX) for k in labels or {})
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -111,6 +126,7 @@ class HeadVM:
     instance: str
     ray_image: str
     address: str = "127.0.0.1"  # where the app's agent finds it: on its own network, node_ip
+    network: str = ""  # its Docker network (head_on_a_network), "" on the host's
 
 
 @dataclass

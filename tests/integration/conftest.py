@@ -61,7 +61,8 @@ def head_vm(request: pytest.FixtureRequest, module_sandbox: Sandbox,
     token = (data_dir / "ray-token").read_text().strip()
     heads = [n for n in cluster.alive_nodes(address, token) if n.get("is_head_node")]
     assert heads, "the head lists itself"
-    return HeadVM(data_dir, str(heads[0]["node_ip"]), token, instance, images["ray"], address)
+    return HeadVM(data_dir, str(heads[0]["node_ip"]), token, instance, images["ray"], address,
+                  module_sandbox.network if own else "")
 
 
 @pytest.fixture(scope="module")

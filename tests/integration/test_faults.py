@@ -7,6 +7,7 @@ Run alone with `make faults` (pytest -m faults).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import random
@@ -360,7 +361,8 @@ def test_a_damaged_data_dir_file_is_named_and_never_replaced(
 
 def head_args(head: HeadVM) -> list[str]:
     return ["--data-dir", str(head.data_dir), "--instance", head.instance, "--ray-image",
-            head.ray_image, "--shm-size", "1gb", "--nofile", NOFILE]
+            head.ray_image, "--shm-size", "1gb", "--nofile", NOFILE,
+            *(["--network", head.network] if head.network else [])]
 
 
 def test_a_worker_cut_off_from_the_head_rejoins_when_the_network_returns(
@@ -389,6 +391,9 @@ def test_the_engine_restarted_the_deployment_comes_back(stack: App) -> None:
     subprocess.run(["bash", str(REPO / ".ci/engine.sh")], check=True, capture_output=True)
     assert poll(lambda: client.ping(), 60, "dockerd answers")
     ok(run_agent("head", *head_args(stack.head)))
+    if stack.head.network:  # the engine may have given the head another address on its network
+        ip = ip_on(client.containers.get(f"ray-head-{stack.head.instance}"), stack.head.network)
+        stack.head = dataclasses.replace(stack.head, address=ip, node_ip=ip)
     out = ok(stack.run())
     assert "the app is up" in out
     assert_converged(stack)

@@ -12,6 +12,7 @@ from typing import Any
 import docker
 import pytest
 
+from agent import relay
 from agent.waits import poll
 from tests.support.constants import REPO
 from tests.support.sandbox import Sandbox
@@ -146,10 +147,18 @@ def test_standins_are_unhealthy_until_their_dependencies_answer(
                    "DB_USER": "syntho", "DB_PASSWORD": PG_PASSWORD, "DB_PORT": "5432",
                    "REDIS_HOST": f"{sid}-redis", "REDIS_PORT": "6379", "REDIS_DB_INDEX": "1",
                    "USER_NAME": "admin", "USER_PASSWORD": "admin-pass", "USER_EMAIL": "a@b.c",
-                   "FRONTEND_URL": "http://localhost:3000", "RAY_URL": f"http://{sid}-head:8265",
+                   "FRONTEND_URL": "http://localhost:3000", "RAY_URL": f"http://{sid}-relay:8265",
                    "EXTRA_ALLOWED_HOSTS": f"backend {sid}-backend"}
     frontend_env = {"PORT": "3000", "BACKEND_HOST": f"{sid}-backend:8000",
                     "OPEN_API_URL": "http://backend:8000/api/playground/?format=openapi"}
+    # The backend reaches the dashboard as on the app VM: through the agent's relay (relay.py),
+    # which adds the token.
+    relay.write_files(tmp_path)
+    sandbox.run(images["core"], "relay", network=net,
+                entrypoint=["python3", f"{relay.INSIDE}/{relay.file_name(relay.program())}"],
+                environment={"RAY_DASHBOARD_HOST": f"{sid}-head", "RAY_DASHBOARD_PORT": "8265",
+                             "RELAY_PORT": str(relay.PORT), "RAY_TOKEN": "b" * 64},
+                volumes={str(tmp_path / relay.DIR): {"bind": relay.INSIDE, "mode": "ro"}})
     frontend = sandbox.run(images["frontend"], "frontend", network=net, environment=frontend_env)
     backend = sandbox.run(images["backend"], "backend", network=net, environment=backend_env)
     core = sandbox.run(images["core"], "core", network=net, environment=core_env)
@@ -162,7 +171,7 @@ def test_standins_are_unhealthy_until_their_dependencies_answer(
             "core": f"http://{ip_of(core, net)}:{core_port}/api/v1/status"}
 
     # Nothing they depend on runs yet: each answers 503 and names what is missing.
-    failing = {"frontend": ["backend"], "backend": ["postgres", "redis", "core"],
+    failing = {"frontend": ["backend"], "backend": ["postgres", "redis", "core", "ray_dashboard"],
                "core": ["postgres", "broker", "ray"]}
     for name, url in urls.items():
         assert poll(functools.partial(answers, url, 503), 30, f"{name} to answer"), name

@@ -24,3 +24,15 @@ def test_only_another_processs_sandboxes_are_left_out(tmp_path: Path) -> None:
     assert not owned_elsewhere({AGENT_INSTANCE_LABEL: "chk"})  # a test's own fixed name
     assert not owned_elsewhere({"io.syntho.agent.managed": "true"})
     assert not owned_elsewhere(None)
+
+
+def test_a_snapshot_keeps_only_labelled_containers_and_named_volumes() -> None:
+    """engine_snapshot: an unlabelled container (another test's --rm helper, a build's
+    intermediate) and an anonymous volume are nobody's under test; the agent's throw-away
+    containers and a sandbox's are kept."""
+    from tests.integration.agent_helpers import ANONYMOUS, ours
+
+    assert ours({"io.syntho.agent.temporary": "ray-version", "io.syntho.agent.instance": "x"})
+    assert ours({"io.syntho.agent.check": "true"}) and ours({"syntho-test.owner": "t123456"})
+    assert not ours(None) and not ours({}) and not ours({"maintainer": "someone"})
+    assert ANONYMOUS.fullmatch("a" * 64) and not ANONYMOUS.fullmatch("syntho-database-data")
