@@ -14,6 +14,7 @@ running container. The container itself is declared in roles/app.py (`ray_relay`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from importlib import resources
@@ -33,8 +34,17 @@ ASSET = "ray-relay.py"
 PROBE_PATH = "/api/version"  # what `status` asks for through the relay
 
 
+@functools.cache
 def program() -> str:
+    """The relay's program, read once from the package."""
     return (resources.files("agent") / "assets" / ASSET).read_text()
+
+
+def health_command() -> tuple[str, ...]:
+    """The container's health check: the relay itself answers (not the dashboard, whose
+    absence must not make the relay look broken)."""
+    return ("CMD", "python3", "-c", "import urllib.request as u; "
+            f"u.urlopen('http://127.0.0.1:{PORT}{ALIVE}', timeout=3)")
 
 
 def file_name(text: str) -> str:

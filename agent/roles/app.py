@@ -239,8 +239,6 @@ def ray_relay(settings: AppSettings, ray_host: str, token: str | None) -> s.Cont
     """The backend's way to the Ray dashboard (relay.py): the core's image running the
     relay's program, on the app's network only, the token in its environment only."""
     name = relay.file_name(relay.program())
-    probe = (f"import urllib.request as u; u.urlopen('http://127.0.0.1:{relay.PORT}"
-             f"{relay.ALIVE}', timeout=3)")
     return s.Container(
         service=relay.SERVICE, name=settings.suffix(f"syntho-{relay.SERVICE}"),
         image=settings.core_image, network=settings.suffix("syntho"), aliases=(relay.SERVICE,),
@@ -248,8 +246,8 @@ def ray_relay(settings: AppSettings, ray_host: str, token: str | None) -> s.Cont
         env=s.env_pairs(RAY_DASHBOARD_HOST=ray_host, RAY_DASHBOARD_PORT=str(DASHBOARD_PORT),
                         RELAY_PORT=str(relay.PORT), PYTHONUNBUFFERED="1", RAY_TOKEN=token),
         mounts=(s.Mount(str(settings.data_dir / relay.DIR), relay.INSIDE, read_only=True),),
-        health=s.Health(test=("CMD", "python3", "-c", probe), interval=2.0, timeout=5.0,
-                        retries=30, start_period=5.0),
+        health=s.Health(test=relay.health_command(), interval=2.0, timeout=5.0, retries=30,
+                        start_period=5.0),
     )
 
 

@@ -128,6 +128,17 @@ class HeadVM:
     address: str = "127.0.0.1"  # where the app's agent finds it: on its own network, node_ip
     network: str = ""  # its Docker network (head_on_a_network), "" on the host's
 
+    def args(self) -> list[str]:
+        """The head role's arguments that made it (a re-run with them changes nothing)."""
+        return head_role_args(self.data_dir, self.instance, self.ray_image, self.network)
+
+
+def head_role_args(data_dir: Path, instance: str, ray_image: str, network: str) -> list[str]:
+    """The arguments of the shared stack's head (conftest's head_vm), on the host's network
+    unless `network` names one."""
+    return ["--data-dir", str(data_dir), "--instance", instance, "--ray-image", ray_image,
+            "--shm-size", "1gb", "--nofile", NOFILE, *(["--network", network] if network else [])]
+
 
 @dataclass
 class App:

@@ -9,7 +9,15 @@ import docker
 import pytest
 
 from agent import cluster
-from tests.integration.agent_helpers import App, HeadVM, Node, ip_on, ok, start_registry
+from tests.integration.agent_helpers import (
+    App,
+    HeadVM,
+    Node,
+    head_role_args,
+    ip_on,
+    ok,
+    start_registry,
+)
 from tests.support.agent_cli import run_agent
 from tests.support.constants import NOFILE
 from tests.support.releases import PASSWORD, USER, ReleaseRegistry, remove_local
@@ -50,19 +58,17 @@ def head_vm(request: pytest.FixtureRequest, module_sandbox: Sandbox,
     if not own and os.environ.get("SYNTHO_TEST_SHARD") == "isolated":
         pytest.fail("a Ray head on the host network in the isolated shard: mark the module "
                     "head_on_a_network, or take it out of tests/shards.py's ISOLATED")
-    network: list[str] = []
     if own:  # the app's network and the head's route to each other, as VMs' would
         module_sandbox.route_network()
-        network = ["--network", module_sandbox.network]
-    ok(run_agent("head", "--data-dir", str(data_dir), "--instance", instance, "--ray-image",
-                 images["ray"], "--shm-size", "1gb", "--nofile", NOFILE, *network))
+    network = module_sandbox.network if own else ""
+    ok(run_agent("head", *head_role_args(data_dir, instance, images["ray"], network)))
     address = (ip_on(module_sandbox.client.containers.get(f"ray-head-{instance}"),
                      module_sandbox.network) if own else "127.0.0.1")
     token = (data_dir / "ray-token").read_text().strip()
     heads = [n for n in cluster.alive_nodes(address, token) if n.get("is_head_node")]
     assert heads, "the head lists itself"
     return HeadVM(data_dir, str(heads[0]["node_ip"]), token, instance, images["ray"], address,
-                  module_sandbox.network if own else "")
+                  network)
 
 
 @pytest.fixture(scope="module")

@@ -175,8 +175,7 @@ def stray(found: set[tuple[str, int]], role: str) -> set[tuple[str, int]]:
 def test_every_ray_listener_is_pinned_and_reruns_pass_their_own_checks(
         head_vm: HeadVM, module_sandbox: Sandbox, images: dict[str, str],
         docker_client: docker.DockerClient) -> None:
-    head_args = ["--data-dir", str(head_vm.data_dir), "--instance", head_vm.instance,
-                 "--ray-image", images["ray"], "--shm-size", "1gb", "--nofile", NOFILE]
+    head_args = head_vm.args()
     # A no-op re-run: its own container holds the ports, and no check line is printed.
     again = run_agent("head", *head_args)
     assert again.returncode == 0, again.stderr

@@ -24,9 +24,9 @@ import pytest
 
 from agent import cluster
 from agent.waits import poll
-from tests.integration.agent_helpers import App, HeadVM, Node, http, ip_on, ok
+from tests.integration.agent_helpers import App, Node, http, ip_on, ok
 from tests.support.agent_cli import agent_cmd, agent_env, run_agent
-from tests.support.constants import NOFILE, REPO
+from tests.support.constants import REPO
 from tests.support.kills import (
     EARLIEST,
     Kill,
@@ -345,7 +345,7 @@ def test_a_damaged_data_dir_file_is_named_and_never_replaced(
             path.unlink()
             path.mkdir()
         damaged = path.read_bytes() if path.is_file() else None
-        result = (run_agent("head", *head_args(stack.head)) if name == "ray-token"
+        result = (run_agent("head", *stack.head.args()) if name == "ray-token"
                   else stack.run())
         assert result.returncode == 3, result.stdout + result.stderr
         assert str(path) in result.stderr and result.stderr.count("\n") == 1
@@ -357,12 +357,6 @@ def test_a_damaged_data_dir_file_is_named_and_never_replaced(
             path.rmdir()
         path.write_bytes(original)
         path.chmod(0o600)
-
-
-def head_args(head: HeadVM) -> list[str]:
-    return ["--data-dir", str(head.data_dir), "--instance", head.instance, "--ray-image",
-            head.ray_image, "--shm-size", "1gb", "--nofile", NOFILE,
-            *(["--network", head.network] if head.network else [])]
 
 
 def test_a_worker_cut_off_from_the_head_rejoins_when_the_network_returns(
@@ -390,7 +384,7 @@ def test_the_engine_restarted_the_deployment_comes_back(stack: App) -> None:
                 "dockerd stopped")
     subprocess.run(["bash", str(REPO / ".ci/engine.sh")], check=True, capture_output=True)
     assert poll(lambda: client.ping(), 60, "dockerd answers")
-    ok(run_agent("head", *head_args(stack.head)))
+    ok(run_agent("head", *stack.head.args()))
     if stack.head.network:  # the engine may have given the head another address on its network
         ip = ip_on(client.containers.get(f"ray-head-{stack.head.instance}"), stack.head.network)
         stack.head = dataclasses.replace(stack.head, address=ip, node_ip=ip)
