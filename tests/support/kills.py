@@ -5,7 +5,9 @@ Round k of n kills at a point drawn within the k-th of n equal slices of [EARLIE
 (the rounds' order shuffled), so the points cover the whole command instead of bunching
 wherever uniform draws fall. A kill counts as landed only when the process had not exited just
 before SIGKILL was sent and died of it: a point past the command's end proves nothing, and a
-test asserts that enough of its rounds landed (enough_landed).
+test asserts that enough of its rounds landed (enough_landed). kill_rounds runs the rounds of
+one command and shortens the duration it spreads them over to any run that ended on its own
+before its point: a run timed beforehand may be slower than the ones after it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import random
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import AnyStr, Generic
 
@@ -53,13 +56,15 @@ def kill_points(rng: random.Random, rounds: int, duration: float,
 @dataclass
 class Kill(Generic[AnyStr]):
     """One round's kill: its point, whether it landed, the process's exit code and output
-    (None when not piped)."""
+    (None when not piped), and, when the process ended on its own before the point, after how
+    many seconds."""
 
     at: float
     landed: bool
     returncode: int
     stdout: AnyStr | None
     stderr: AnyStr | None
+    ended: float | None = None
 
 
 def kill_at(proc: subprocess.Popen[AnyStr], started: float, at: float) -> Kill[AnyStr]:
@@ -67,7 +72,8 @@ def kill_at(proc: subprocess.Popen[AnyStr], started: float, at: float) -> Kill[A
     started), if it still runs then; its output, if piped, read meanwhile."""
     try:
         out, err = proc.communicate(timeout=max(0.0, started + at - time.monotonic()))
-        return Kill(at, False, proc.returncode, out, err)  # it ended before the kill point
+        # It ended before the kill point.
+        return Kill(at, False, proc.returncode, out, err, time.monotonic() - started)
     except subprocess.TimeoutExpired:
         pass
     running = proc.poll() is None  # still running just before the kill: only then it lands
@@ -75,6 +81,24 @@ def kill_at(proc: subprocess.Popen[AnyStr], started: float, at: float) -> Kill[A
         proc.send_signal(signal.SIGKILL)
     out, err = proc.communicate(timeout=60)
     return Kill(at, running and proc.returncode == -signal.SIGKILL, proc.returncode, out, err)
+
+
+def kill_rounds(rng: random.Random, rounds: int, duration: float,
+                start: Callable[[], subprocess.Popen[AnyStr]],
+                earliest: float = EARLIEST) -> Iterator[Kill[AnyStr]]:
+    """`rounds` runs of start() (it returns the process just started), each killed at a point
+    within its own slice of [earliest, duration]; one Kill per round, yielded as the round ends
+    so that the caller can check what it left. A run that ends on its own before its point
+    sets the duration to its own when that is shorter: the points after it fall within the
+    runs as they are now, not as a slower run timed before them was (the seed replays the
+    slices, the durations are measured again)."""
+    for share in kill_points(rng, rounds, 1.0, earliest=0.0):
+        at = earliest + share * (duration - earliest)
+        started = time.monotonic()
+        kill = kill_at(start(), started, at)
+        if kill.ended is not None and kill.returncode == 0 and kill.ended > earliest:
+            duration = min(duration, kill.ended)
+        yield kill
 
 
 def enough_landed(kills: list[Kill[str]] | list[Kill[bytes]], share: float = SHARE) -> str:

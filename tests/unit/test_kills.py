@@ -11,7 +11,14 @@ import time
 import pytest
 
 from tests.support import summary
-from tests.support.kills import Kill, enough_landed, fault_seed, kill_at, kill_points
+from tests.support.kills import (
+    Kill,
+    enough_landed,
+    fault_seed,
+    kill_at,
+    kill_points,
+    kill_rounds,
+)
 
 
 def test_one_point_in_each_slice_of_the_duration() -> None:
@@ -68,6 +75,18 @@ def test_too_few_landed_kills_fail_the_threshold() -> None:
         kills.append(kill_at(proc, started, at))
     assert sum(k.landed for k in kills) <= 1
     assert enough_landed(kills).startswith(f"only {sum(k.landed for k in kills)} of 5 kills")
+
+
+def test_kill_rounds_shorten_the_duration_to_a_run_that_ended_before_its_point() -> None:
+    """The same overestimate as above (ten times the command's duration), through kill_rounds:
+    after the first run that ends on its own, every point falls within that run's duration,
+    and most kills land."""
+    kills = list(kill_rounds(random.Random(3), 10, 5.0, lambda: sleeper(0.5)[0]))
+    first = next(i for i, k in enumerate(kills) if k.ended is not None)
+    limit = kills[first].ended
+    assert limit is not None and kills[first].returncode == 0
+    assert all(k.at <= limit for k in kills[first + 1:]), kills
+    assert sum(k.landed for k in kills) >= 5, kills
 
 
 @pytest.mark.parametrize("landed, rounds, enough", [
