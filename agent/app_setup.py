@@ -77,9 +77,7 @@ def write_env_file(settings: AppSettings, values: dict[str, str], say: Say) -> N
 
 
 def write_init_script(settings: AppSettings) -> None:
-    folder = settings.data_dir / "postgres-init"
-    folder.mkdir(mode=0o755, exist_ok=True)
-    folder.chmod(0o755)
+    folder = store.ensure_dir(settings.data_dir / "postgres-init", 0o755, exact=True)
     script = (resources.files("agent") / "assets" / app.INIT_SCRIPT).read_text()
     target = folder / app.INIT_SCRIPT
     if not target.exists() or target.read_text() != script:

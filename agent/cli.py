@@ -24,6 +24,7 @@ from agent import (
     buildinfo,
     check,
     deploy,
+    forecast,
     history,
     launcher,
     ops,
@@ -120,7 +121,7 @@ def cli() -> None:
 @click_options(HeadSettings)
 def head(**params: Any) -> None:
     """Run the Ray head on this VM."""
-    _run(deploy.run_head, HeadSettings.from_params(params))
+    _run(deploy.run, HeadSettings.from_params(params))
 
 
 @cli.command()
@@ -130,7 +131,7 @@ def worker(**params: Any) -> None:
     """Run a Ray worker that joins the head at --head."""
     if not params.get("head"):
         raise click.UsageError("worker needs --head (the Ray head's IP address or hostname)")
-    _run(deploy.run_worker, WorkerSettings.from_params(params))
+    _run(deploy.run, WorkerSettings.from_params(params))
 
 
 @cli.command()
@@ -140,7 +141,7 @@ def app(**params: Any) -> None:
     """Run the Syntho application stack, wired to the Ray head at --head."""
     if not params.get("head"):
         raise click.UsageError("app needs --head (the Ray head's IP address or hostname)")
-    _run(deploy.run_app, AppSettings.from_params(params))
+    _run(deploy.run, AppSettings.from_params(params))
 
 
 ROLES: dict[str, type[RoleSettings]] = {
@@ -441,7 +442,7 @@ def plan_group() -> None:
 def _plan_command(role: str) -> click.Command:
     def command(exit_code: bool, **params: Any) -> None:
         settings = _role_settings(f"plan {role}", role, params)
-        found = deploy.forecast(Engine.connect(), settings)
+        found = forecast.forecast(Engine.connect(), settings)
         preview.render(found, role, say)
         sys.exit(1 if exit_code and found.changes else 0)
 

@@ -1,6 +1,6 @@
 """`syntho-agent plan ROLE`: what a run would do, in the words of the run, changing nothing.
 
-The forecast comes from agent.deploy (the run's own resolution and plan); this module only
+The forecast comes from agent.forecast (the run's own resolution and plan); this module only
 says it. No secret value appears: files are named, never shown.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from agent.deploy import Forecast
+from agent.forecast import Forecast
 from agent.reconcile import Action
 
 Say = Callable[[str], None]

@@ -90,9 +90,9 @@ def write_files(settings: AppSettings, site: tls.Site,
     record = {"mode": site.mode, "host": site.host, "address": site.address,
               "https_port": site.https_port, "http_port": site.http_port}
     _put(here / SITE, (json.dumps(record, indent=2) + "\n").encode(), 0o644)
-    for stale in here.iterdir():  # a replaced certificate's copies
+    for stale in here.iterdir() if here.is_dir() else ():  # a replaced certificate's copies
         if stale.name not in keep:
-            stale.unlink()
+            store.remove(stale)
 
 
 def _digest(settings: AppSettings) -> str:

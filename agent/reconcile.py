@@ -31,7 +31,7 @@ LABEL_FIELDS = f"{s.LABEL_PREFIX}.field-hashes"
 SECRET_FIELD = "a secret"
 
 
-# A plan's stand-in for the ID of an image that is not on the engine yet (agent.deploy's
+# A plan's stand-in for the ID of an image that is not on the engine yet (agent.resolve's
 # ensure_images for a preview): the run would pull or load it, and only then know its ID.
 NOT_HERE = "(not on this engine: the run would "
 
@@ -265,7 +265,7 @@ def wait_ready(engine: Engine, c: s.Container, timeout: float, say: Say) -> None
 def apply(engine: Engine, spec: s.Spec, plan: Plan, say: Say, ready_timeout: float,
           steps: dict[str, Step] | None = None, router: Router | None = None) -> int:
     """Carry out the plan; returns how many changes were made. A running container that a
-    `router` serves is replaced by handover (no request dropped), any other by replace."""
+    `router` serves is replaced by handover (no request dropped), any other by swap_in."""
     actions = plan.actions
     changes = 0
     by_service = {c.service: c for c in spec.containers}
@@ -333,7 +333,7 @@ def apply(engine: Engine, spec: s.Spec, plan: Plan, say: Say, ready_timeout: flo
                 say(f"{action.verb}d {c.name} with no request dropped (the proxy moved to "
                     "it once it was ready)" + (f"; {action.reason}" if action.reason else ""))
             else:
-                replace(engine, c, own, old, keep=keep)
+                swap_in(engine, c, own, old, keep=keep)
                 say(f"{action.verb}d {c.name}" + (f" ({action.reason})" if action.reason
                                                    else ""))
         changes += 1
@@ -348,7 +348,7 @@ def wait_all_ready(engine: Engine, spec: s.Spec, plan: Plan, timeout: float, say
             wait_ready(engine, c, timeout, say)
 
 
-def replace(engine: Engine, c: s.Container, labels: dict[str, str],
+def swap_in(engine: Engine, c: s.Container, labels: dict[str, str],
             old: Observed | None, keep: bool = False) -> None:
     """Create and start c; if it fails, put the old container (if any) back as it was.
 

@@ -60,7 +60,7 @@ def recover(engine: Engine, instance: str, role: str, files: list[SecretFile],
                 f"{volume} holds data made with it: a new value would lock that data out; "
                 f"restore {f.path.name} from your backup of {f.path.parent}, then run again")
     for f, value, name in restored:
-        store.write_atomic(f.path, value + "\n")
+        store.write_atomic(f.path, value + "\n", how=f"restore it from the container {name}")
         say(f"restored {f.path} from the container {name} (the file was missing; nothing "
             "else changed)")
 

@@ -56,14 +56,13 @@ def write_files(data_dir: Path) -> None:
     other version of it."""
     text = program()
     name = file_name(text)
-    folder = store.ensure_dir(data_dir / DIR, 0o755)
-    folder.chmod(0o755)
+    folder = store.ensure_dir(data_dir / DIR, 0o755, exact=True)
     target = folder / name
     if not target.exists() or target.read_text() != text:
         store.write_atomic(target, text, mode=0o644)
     for old in folder.glob("ray-relay-*.py"):
         if old.name != name:
-            old.unlink()
+            store.remove(old)
 
 
 def probe_command(path: str = PROBE_PATH) -> list[str]:

@@ -27,6 +27,7 @@ from agent.config import BackupSettings, RestoreSettings
 from agent.engine import Engine
 from agent.errors import ConvergeError, EnvironmentProblem, UsageError
 from agent.lock import data_dir_lock
+from agent.rollout import Extras
 
 Say = Callable[[str], None]
 RESTORING = ".restore-in-progress"  # in the data dir: which archive a restore under way restores
@@ -65,8 +66,8 @@ def run_restore(engine: Engine, settings: RestoreSettings, path: Path, force: bo
         store.write_atomic(marker, _identity(path) + "\n", mode=0o600)  # changes begin
         _put_files(settings, staging, say)
         # The app role's converge, with the databases restored as a step of its plan.
-        deploy.converge_app(engine, settings, say, restore=lambda: _restore_databases(
-            engine, settings, staging, say))
+        deploy.converge(engine, settings, say, Extras(restore=lambda: _restore_databases(
+            engine, settings, staging, say)))
         marker.unlink()
     say(f"restored the app from {path.name}")
 

@@ -6,16 +6,23 @@ never a reason to make a new secret.
 
 The agent's file-system edge: an OSError raised here names the file the operator knows and what
 was being done to it (tag), and the CLI turns it into one line (agent.cli).
+
+Inside dry_run() (`syntho-agent plan`), the writes of this module are held in the process's
+memory instead of made, and its reads see them: the run's own code computes what it would
+write, and nothing is written anywhere, not even a copy of a secret.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import locale
 import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Literal
 
@@ -50,13 +57,57 @@ def purpose_of(exc: OSError) -> str:
     return purpose if isinstance(purpose, str) else ""
 
 
-def ensure_dir(path: Path, mode: int = 0o700) -> Path:
-    """path as a directory, made (with its parents) if missing; OSError tagged otherwise."""
+@dataclass
+class Pending:
+    """A write held by dry_run: the file's content, and how the run would come by it when
+    that is more than writing it ("generate it", "restore it from the container X")."""
+
+    content: bytes
+    how: str = ""
+
+
+@dataclass
+class DryRun:
+    files: dict[Path, Pending] = field(default_factory=dict)
+
+
+_DRY: list[DryRun] = []  # the dry run in progress, if any
+
+
+@contextlib.contextmanager
+def dry_run() -> Iterator[DryRun]:
+    """Writes held in memory (DryRun.files) instead of made, read back by read_secret;
+    directories not made, files not removed. For `syntho-agent plan`."""
+    held = DryRun()
+    _DRY.append(held)
+    try:
+        yield held
+    finally:
+        _DRY.remove(held)
+
+
+def ensure_dir(path: Path, mode: int = 0o700, exact: bool = False) -> Path:
+    """path as a directory, made (with its parents) if missing, and with `exact` given this
+    mode even when it exists; OSError tagged otherwise."""
+    if _DRY:
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True, mode=mode)
+        if exact:
+            path.chmod(mode)
     except OSError as exc:
         raise tag(exc, path, "create") from None
     return path
+
+
+def remove(path: Path) -> None:
+    """Delete a file this agent wrote (a stale copy); gone already is fine."""
+    if _DRY:
+        return
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise tag(exc, path, "remove") from None
 
 
 def check_writable(directory: Path, space: bool = True) -> None:
@@ -75,14 +126,14 @@ def check_writable(directory: Path, space: bool = True) -> None:
         raise tag(exc, directory, "write") from None
 
 
-def write_atomic(path: Path, content: str, mode: int = 0o600) -> None:
+def write_atomic(path: Path, content: str, mode: int = 0o600, how: str = "") -> None:
     """Write a file so that it is either the old one or the whole new one, never half.
 
     Whatever stops it (an error, a full disk, SIGTERM or Ctrl-C), no temporary file is left. An
-    OSError names path (see tag).
+    OSError names path (see tag). `how`: what a plan says the run would do (Pending).
     """
     encoding = locale.getpreferredencoding(False)  # what open(path, "w") would use
-    _atomic(path, mode, lambda f: f.write(content.encode(encoding)))
+    _atomic(path, mode, lambda f: f.write(content.encode(encoding)), how)
 
 
 def copy_atomic(source: Path, path: Path, mode: int) -> None:
@@ -100,7 +151,12 @@ def write_with(path: Path, mode: int, fill: Callable[[BinaryIO], object]) -> Non
     _atomic(path, mode, fill)
 
 
-def _atomic(path: Path, mode: int, fill: Callable[[BinaryIO], object]) -> None:
+def _atomic(path: Path, mode: int, fill: Callable[[BinaryIO], object], how: str = "") -> None:
+    if _DRY:
+        held = io.BytesIO()
+        fill(held)
+        _DRY[-1].files[path] = Pending(held.getvalue(), how)
+        return
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     except OSError as exc:
@@ -138,8 +194,9 @@ def fsync_dir(directory: Path) -> None:
 
 def read_secret(path: Path) -> str | None:
     """The secret stored at path; None if there is none yet. Raises on a damaged file."""
+    held = _DRY[-1].files.get(path) if _DRY else None
     try:
-        text = path.read_text()
+        text = held.content.decode() if held is not None else path.read_text()
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -160,7 +217,7 @@ def secret(path: Path, generate: Callable[[], str]) -> tuple[str, bool]:
     if value is not None:
         return value, False
     value = generate()
-    write_atomic(path, value + "\n")
+    write_atomic(path, value + "\n", how="generate it")
     return value, True
 
 

@@ -35,7 +35,7 @@ import docker.errors
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.config import WorkerSettings
-from agent.deploy import HEAD_POLL
+from agent.resolve import HEAD_POLL
 from agent.roles import ray
 from agent.validate import size
 from bench import common, stacks
@@ -43,7 +43,7 @@ from tests.support.agent_cli import agent_cmd, agent_env
 from tests.support.constants import AGENT_INSTANCE_LABEL, NOFILE, REPO
 
 FLOOR = Path(__file__).resolve().parent / "floor.py"
-POLL_CEILING = HEAD_POLL  # agent/deploy.py wait_for_head: a look every 0.5 s at most
+POLL_CEILING = HEAD_POLL  # agent/resolve.py wait_for_head: a look every 0.5 s at most
 ANSWERS = f":{ray.GCS_PORT} answers"  # wait_for_head's line once the port took a connection
 SETTLE = 3.0  # seconds the worker side waits before the port opens (its back-off is capped)
 REJECT = ["INPUT", "-p", "tcp", "--dport", str(ray.GCS_PORT), "-j", "REJECT",
@@ -226,7 +226,7 @@ def main() -> None:
         common.log("b. the head started from nothing while the worker waits ...")
         common.interleave(args.repeat, booting("agent"), booting("floor"))
 
-    notes.append(f"the agent looks at 6379 every {POLL_CEILING} s at most (agent/deploy.py "
+    notes.append(f"the agent looks at 6379 every {POLL_CEILING} s at most (agent/resolve.py "
                  "wait_for_head), a look that finds no answer at all (the address not up yet) "
                  "giving up within that interval; after 6379 answers the agent plans, creates "
                  "and starts the container, which the floor does too, without any wait")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import stat
+import subprocess
 from pathlib import Path
 
 import docker
@@ -16,7 +17,8 @@ import pytest
 
 from agent.waits import poll
 from tests.integration.agent_helpers import App, HeadVM, engine_snapshot, http, ok
-from tests.support.agent_cli import run_agent
+from tests.support.agent_cli import agent_cmd, agent_env, run_agent
+from tests.support.constants import REPO
 from tests.support.ports import free_port
 from tests.support.sandbox import Sandbox
 
@@ -105,6 +107,38 @@ def test_a_wrong_token_at_the_relay_fails_the_backends_check_and_a_run_heals_it(
     code, body = http(f"http://localhost:{stack.backend_port}/api/docs/")
     assert code == 200 and body["dependencies"]["ray_dashboard"]["ok"]
     assert "the backend reaches the Ray dashboard" in ok(stack.cmd("status"))
+
+
+# In a mount namespace of its own: the data dir, /dev/shm and TMPDIR read-only. A write that
+# succeeds here is a bug, so the namespace is proven read-only first; then the plan runs.
+READ_ONLY_PLAN = """
+mount --bind "$D" "$D" && mount -o remount,bind,ro "$D" || exit 90
+mount -t tmpfs -o ro none /dev/shm || exit 91
+mount --bind "$TMPDIR" "$TMPDIR" && mount -o remount,bind,ro "$TMPDIR" || exit 92
+for place in "$D" /dev/shm "$TMPDIR"; do
+    touch "$place/.write-probe" 2>/dev/null && exit 93
+done
+exec "$@"
+"""
+
+
+def test_a_plan_of_the_running_app_writes_nothing_anywhere(stack: App, tmp_path: Path) -> None:
+    """`plan app` on a running deployment reads the data dir and the engine and writes
+    nowhere: with the data dir, /dev/shm and TMPDIR read-only it says what it says on a
+    writable machine (nothing would change), and exits 0."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    writable = run_agent("plan", "app", *stack.args(), "--exit-code")
+    assert writable.returncode == 0, writable.stdout + writable.stderr
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", READ_ONLY_PLAN, "plan",
+         *agent_cmd("plan", "app", *stack.args(), "--exit-code")],
+        cwd=REPO, env=agent_env({"D": str(stack.data_dir), "TMPDIR": str(tmp)}),
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    assert "nothing would change" in done.stdout
+    assert done.stdout == writable.stdout
+    assert list(tmp.iterdir()) == []
 
 
 def test_postgres_and_redis_are_not_published(stack: App) -> None:

@@ -14,7 +14,7 @@ from agent.engine import Engine
 @pytest.fixture
 def captured(monkeypatch: pytest.MonkeyPatch) -> list[HeadSettings]:
     seen: list[HeadSettings] = []
-    monkeypatch.setattr(deploy, "run_head", lambda engine, settings, say: seen.append(settings))
+    monkeypatch.setattr(deploy, "run", lambda engine, settings, say: seen.append(settings))
     monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: None))
     monkeypatch.setattr(check, "before_run", lambda *args: None)  # a fake engine: no checks
     return seen
@@ -113,7 +113,7 @@ def test_flag_env_and_file_give_the_same_settings(
     from agent.config import AppSettings
 
     seen: list[AppSettings] = []
-    monkeypatch.setattr(deploy, "run_app", lambda engine, settings, say: seen.append(settings))
+    monkeypatch.setattr(deploy, "run", lambda engine, settings, say: seen.append(settings))
     monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: None))
     monkeypatch.setattr(check, "before_run", lambda *args: None)  # a fake engine: no checks
     config = tmp_path / "c.yaml"

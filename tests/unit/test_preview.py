@@ -75,8 +75,8 @@ class _NoImages:
 
 def _planned(found: Observed, wanted: s.Container, how: str = "registry") -> tuple[str, str]:
     from agent.config import HeadSettings
-    from agent.deploy import Preview, ensure_images
     from agent.preview import action_line
+    from agent.resolve import Preview, ensure_images
 
     settings = HeadSettings(registry="reg.example") if how == "registry" else \
         HeadSettings(images=Path("/bundle.tar"))

@@ -45,3 +45,28 @@ def test_fernet_key_is_valid() -> None:
     from cryptography.fernet import Fernet
 
     Fernet(store.fernet_key().encode())
+
+
+def test_a_dry_run_holds_every_write_in_memory_and_reads_them_back(tmp_path: Path) -> None:
+    """Inside store.dry_run nothing is made, written or removed; the writes are held with how
+    the run would come by them, and read_secret sees them (a later step reads what an earlier
+    one would have written)."""
+    kept = tmp_path / "kept"
+    kept.write_text("old\n")
+    before = sorted(tmp_path.rglob("*"))
+    with store.dry_run() as held:
+        folder = store.ensure_dir(tmp_path / "secrets", exact=True)
+        value, created = store.secret(folder / "token", store.token_hex(8))
+        assert created and store.read_secret(folder / "token") == value
+        again, created = store.secret(folder / "token", store.token_hex(8))
+        assert again == value and not created
+        store.write_atomic(kept, "new\n", how="restore it from the container c")
+        store.write_with(tmp_path / "blob", 0o644, lambda f: f.write(b"\x00\x01"))
+        store.remove(kept)
+    assert sorted(tmp_path.rglob("*")) == before and kept.read_text() == "old\n"
+    assert held.files == {
+        folder / "token": store.Pending(f"{value}\n".encode(), "generate it"),
+        kept: store.Pending(b"new\n", "restore it from the container c"),
+        tmp_path / "blob": store.Pending(b"\x00\x01")}
+    store.write_atomic(kept, "after\n")  # the dry run is over: writes are made again
+    assert kept.read_text() == "after\n"

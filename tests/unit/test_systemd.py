@@ -33,7 +33,7 @@ def test_install_writes_a_unit_and_a_config_that_round_trips(
     assert EXIT_USAGE == 2 and "\nRestartPreventExitStatus=2\n" in text
     # The config file gives the same settings as the flags did.
     seen: list[WorkerSettings] = []
-    monkeypatch.setattr(deploy, "run_worker", lambda e, s, say: seen.append(s))
+    monkeypatch.setattr(deploy, "run", lambda e, s, say: seen.append(s))
     monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: None))
     monkeypatch.setattr(check, "before_run", lambda *args: None)  # a fake engine: no checks
     result = runner.invoke(cli.cli, ["worker", "--config", str(config)], catch_exceptions=False)
