@@ -11,18 +11,14 @@ from pathlib import Path
 from typing import Callable
 
 from agent import backup, history, proxy, relay, release, tls
-from agent.app_setup import (
-    ADMIN_PASSWORD,
-    check_db_password,
-    write_env_file,
-    write_init_script,
-)
+from agent.app_setup import check_db_password, write_env_file, write_init_script
 from agent.config import AppSettings, BackupSettings
 from agent.engine import Engine
 from agent.inputs import Inputs, app_values
 from agent.reconcile import Plan, Step, wait_ready
 from agent.roles import app
 from agent.rollout import Extras, Rollout
+from agent.secret_files import ADMIN_PASSWORD, folder
 from agent.spec import Container, Spec
 
 Say = Callable[[str], None]
@@ -150,4 +146,4 @@ def done(engine: Engine, settings: AppSettings, inputs: Inputs, spec: Spec, say:
         say(f"the app is up: open {app_values(settings, inputs).frontend_url}/ (this VM, "
             f"port {settings.frontend_port})")
     say(f"admin account: {settings.admin_username}, password in "
-        f"{settings.data_dir / 'secrets' / ADMIN_PASSWORD}")
+        f"{folder(settings.data_dir) / ADMIN_PASSWORD}")

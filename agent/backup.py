@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from agent import __version__, archive, pgclient, store
-from agent.app_setup import ADMIN_PASSWORD, BACKEND_KEY, CORE_KEY, DB_PASSWORD
+from agent import __version__, archive, pgclient, secret_files, store
 from agent.config import BackupSettings
 from agent.engine import Engine, Observed
 from agent.errors import EnvironmentProblem, UsageError
@@ -37,7 +36,6 @@ Say = Callable[[str], None]
 KEY_ENV = "SYNTHO_AGENT_BACKUP_KEY"
 SUFFIX = ".syntho-backup"
 AGENT_ID = ".agent-id"  # in the data dir: tells this agent's backups from copied-in ones
-SECRET_FILES = (DB_PASSWORD, CORE_KEY, BACKEND_KEY, ADMIN_PASSWORD)
 
 
 def backups_dir(data_dir: Path) -> Path:
@@ -228,7 +226,8 @@ class _Hashing(io.RawIOBase):
 
 
 def _data_dir_files(settings: BackupSettings) -> list[tuple[archive.Part, Path]]:
-    files = [(f"secrets/{n}", settings.data_dir / "secrets" / n) for n in SECRET_FILES]
+    files = [(f"{secret_files.FOLDER}/{n}", secret_files.folder(settings.data_dir) / n)
+             for n in secret_files.BACKED_UP]
     files += [("ray-token", settings.data_dir / "ray-token"),
               ("app.env", settings.data_dir / "app.env")]
     return [(archive.file_part(name, path), path) for name, path in files if path.is_file()]

@@ -11,13 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import cluster, store
+from agent import secret_files, store
 from agent.config import RoleSettings
 from agent.deploy import ROLES
 from agent.engine import Engine
 from agent.reconcile import ACTING, Action, preflight
 from agent.resolve import Preview
-from agent.roles import app, ray
 from agent.spec import LABEL_MANAGED
 
 
@@ -45,7 +44,6 @@ class Forecast:
 def _file_changes(held: store.DryRun, data_dir: Path) -> list[tuple[str, str]]:
     """What the run would write into data_dir (held by the dry run, compared with the files
     there), as what it would do to each. Names only: a secret's value is never shown."""
-    secret_names = {cluster.TOKEN_FILE, ray.GCS_PASSWORD_FILE}
     changes = []
     for path, pending in sorted(held.files.items()):
         if not path.is_relative_to(data_dir):
@@ -53,8 +51,7 @@ def _file_changes(held: store.DryRun, data_dir: Path) -> list[tuple[str, str]]:
         name = str(path.relative_to(data_dir))
         if path.is_file() and path.read_bytes() == pending.content:
             continue
-        secret = (name.startswith(("secrets/", f"{app.PROXY_DIR}/key-"))
-                  or name in secret_names)
+        secret = secret_files.is_secret(name)
         what = pending.how or ("rewrite it" if path.exists() else "write it")
         changes.append((name, what + (" (a secret: value not shown)" if secret else "")))
     return changes

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from agent import cluster, history, proxy, ray_release, relay, store, tls, validate
+from agent import cluster, history, proxy, ray_release, relay, secret_files, store, tls, validate
 from agent import spec as s
 from agent.config import RAY_PORTS
 from agent.engine import Engine, Observed
@@ -74,29 +74,6 @@ def _leftover_lines(found: list[dict[str, Any]]) -> list[str]:
 
 
 REDACT = "to redact the secrets in it from the logs"
-
-
-def file_secrets(data_dir: Path) -> set[str]:
-    """Every value in the data dir's secret files (the Ray token and secrets/*), each line of a
-    damaged one too. A file or folder that cannot be read is an error (tagged, see store.tag):
-    what cannot be read cannot be redacted. A data dir that does not exist holds none."""
-    folder = data_dir / "secrets"
-    try:
-        names = sorted(p.name for p in folder.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        names = []
-    except OSError as exc:
-        raise store.tag(exc, folder, "read", REDACT) from None
-    values: set[str] = set()
-    for path in [cluster.token_path(data_dir), *(folder / name for name in names)]:
-        try:
-            text = path.read_text(errors="replace")
-        except (FileNotFoundError, IsADirectoryError):
-            continue
-        except OSError as exc:
-            raise store.tag(exc, path, "read", REDACT) from None
-        values.update(line.strip() for line in text.splitlines() if line.strip())
-    return values
 
 
 def secrets_to_redact(file_values: set[str], observed: list[Observed]) -> list[str]:
@@ -531,7 +508,7 @@ def logs(engine: Engine, data_dir: Path, instance: str, options: LogOptions, say
          write: Say) -> None:
     """The selected containers' logs, secrets redacted: into options.output (atomically,
     0600), or through `write` (standard output), or followed through `write` until they stop."""
-    from_files = file_secrets(data_dir)  # first: refuse before reading any log
+    from_files = secret_files.stored_values(data_dir, REDACT)  # first: refuse before any log
     observed = managed(engine, instance)
     selected = select(observed, options.services, instance)
     secrets = secrets_to_redact(from_files, observed)

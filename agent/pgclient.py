@@ -16,11 +16,11 @@ from typing import IO, Union
 from urllib.parse import unquote, urlsplit
 
 from agent import store
-from agent.app_setup import DB_PASSWORD
 from agent.config import BackupSettings, RestoreSettings
 from agent.engine import Engine
 from agent.errors import EnvironmentProblem
 from agent.roles.app import DB_USER
+from agent.secret_files import DB_PASSWORD, folder
 from agent.spec import LABEL_INSTANCE, LABEL_MANAGED, LABEL_ROLE, LABEL_TEMPORARY
 
 Settings = Union[BackupSettings, RestoreSettings]
@@ -32,10 +32,10 @@ ROLE = "client"  # the throw-away containers' role label: a killed run's are fou
 def connection(settings: Settings) -> tuple[list[str], dict[str, str]]:
     """The connection arguments and environment for the app's database server."""
     if settings.postgres_url is None:  # the bundled one, by its name on the app's network
-        password = store.read_secret(settings.data_dir / "secrets" / DB_PASSWORD)
+        password = store.read_secret(folder(settings.data_dir) / DB_PASSWORD)
         if password is None:
             raise EnvironmentProblem(
-                f"no database password in {settings.data_dir / 'secrets' / DB_PASSWORD}: run "
+                f"no database password in {folder(settings.data_dir) / DB_PASSWORD}: run "
                 "`syntho-agent app` first (or pass the data dir the app role uses)")
         return ["-h", "postgres", "-p", "5432", "-U", DB_USER], {"PGPASSWORD": password}
     url = urlsplit(settings.postgres_url)

@@ -12,21 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from agent import cluster, history, images, ray_release, release, store, tls
-from agent.app_setup import (
-    ADMIN_PASSWORD,
-    BACKEND_KEY,
-    CORE_KEY,
-    DB_PASSWORD,
-    app_secrets,
-    db_password_change,
-)
+from agent import cluster, history, images, ray_release, release, secret_files, tls
 from agent.config import AppSettings, HeadSettings, JoinOptions, RoleSettings, WorkerSettings
 from agent.engine import Engine
 from agent.errors import EnvironmentProblem
 from agent.inputs import Inputs
 from agent.reconcile import not_here
-from agent.recovery import Carrier, SecretFile, recover
+from agent.recovery import recover
 from agent.roles import app, ray
 from agent.rollout import with_release
 from agent.waits import poll, resolves, tcp_open
@@ -70,22 +62,9 @@ def ensure_images(engine: Engine, settings: RoleSettings, wanted: dict[str, str]
     return {ref: i or not_here(ref, how) for ref, i in ids.items()}
 
 
-def token_file(settings: RoleSettings, *carriers: Carrier) -> list[SecretFile]:
-    """The Ray token file, carried by these containers (none without token auth)."""
-    if not settings.auth:
-        return []
-    supplied = settings.token is not None or settings.token_file is not None
-    return [SecretFile(cluster.token_path(settings.data_dir), carriers, supplied)]
-
-
 def resolve_head(engine: Engine, settings: HeadSettings, say: Say,
                  preview: Preview | None = None) -> tuple[HeadSettings, Inputs]:
-    gcs = settings.data_dir / ray.GCS_PASSWORD_FILE
-    files = token_file(settings, Carrier("ray-head", ray.TOKEN_ENV))
-    if settings.gcs_ft:  # the Redis's data does not depend on its password: no volume check
-        files.append(SecretFile(gcs, (Carrier(ray.GCS_REDIS_SERVICE, ray.GCS_PASSWORD_ENV),
-                                      Carrier("ray-head", ray.GCS_PASSWORD_ENV))))
-    recover(engine, settings.instance, "head", files, None, say)
+    recover(engine, settings.instance, "head", secret_files.head_files(settings), None, say)
     wanted = {settings.ray_image: settings.suffix("ray-head")}
     if settings.gcs_ft:
         wanted[settings.gcs_redis_image] = settings.suffix(ray.GCS_REDIS_SERVICE)
@@ -95,12 +74,7 @@ def resolve_head(engine: Engine, settings: HeadSettings, say: Say,
         say(ray.AUTH_OFF_WARNING)
     elif done:
         say(f"{done} the cluster's Ray token in {cluster.token_path(settings.data_dir)}")
-    password = None
-    if settings.gcs_ft:
-        password, made = store.secret(gcs, store.token_hex(32))
-        if made:
-            say(f"generated the GCS Redis password in {gcs}")
-    return settings, Inputs(ids, token, gcs_password=password)
+    return settings, Inputs(ids, token, gcs_password=secret_files.gcs_password(settings, say))
 
 
 def wait_for_head(settings: JoinOptions, say: Say, preview: Preview | None = None) -> None:
@@ -188,8 +162,7 @@ def resolve_worker(engine: Engine, settings: WorkerSettings, say: Say,
                    preview: Preview | None = None) -> tuple[WorkerSettings, Inputs]:
     """The worker's inputs, and its settings as resolved (the head's image when it follows
     the head)."""
-    recover(engine, settings.instance, "worker",
-            token_file(settings, Carrier("ray-worker", ray.TOKEN_ENV)), None, say)
+    recover(engine, settings.instance, "worker", secret_files.worker_files(settings), None, say)
     own = bool(settings.given & OWN_RAY_IMAGE)
     wanted = {settings.ray_image: settings.suffix("ray-worker")}
     # An image of its own that is missing fails now, before anything is written or waited for.
@@ -255,41 +228,21 @@ def app_ray_host(settings: AppSettings, token: str | None, say: Say,
     return found[0]
 
 
-def app_secret_files(settings: AppSettings) -> list[SecretFile]:
-    """The app's secret files and the containers that carry each value (docs/stack.md)."""
-    folder = settings.data_dir / "secrets"
-    files = token_file(settings, Carrier("core", ray.TOKEN_ENV),
-                       Carrier("core_worker", ray.TOKEN_ENV))
-    if settings.postgres_url is None:
-        files.append(SecretFile(folder / DB_PASSWORD, (
-            Carrier("backend", "DB_PASSWORD"), Carrier("worker", "DB_PASSWORD"),
-            Carrier("postgres", "POSTGRES_PASSWORD")), settings.db_password is not None))
-    files += [
-        SecretFile(folder / CORE_KEY, (Carrier("core", "SECRET_KEY"),
-                                       Carrier("core_worker", "SECRET_KEY"))),
-        SecretFile(folder / BACKEND_KEY, (Carrier("backend", "SECRET_KEY"),
-                                          Carrier("worker", "SECRET_KEY"))),
-        SecretFile(folder / ADMIN_PASSWORD, (Carrier("backend", "USER_PASSWORD"),),
-                   settings.admin_password is not None),
-    ]
-    return files
-
-
 def resolve_app(engine: Engine, settings: AppSettings, say: Say,
                 preview: Preview | None = None) -> tuple[AppSettings, Inputs]:
     """The app's inputs, and its settings as resolved (the head's release when the app has
     none of its own)."""
     site = tls.site(settings)  # the operator's certificate and TLS options: bad input, exit 2
     volume = settings.suffix("syntho-database-data") if settings.postgres_url is None else None
-    recover(engine, settings.instance, "app", app_secret_files(settings), volume, say)
+    recover(engine, settings.instance, "app", secret_files.app_files(settings), volume, say)
     own = bool(settings.given & OWN_APP_RELEASE)
     ids = ensure_images(engine, settings, app_images(settings), say, preview) if own else {}
-    rotate_to = db_password_change(settings, engine)
+    rotate_to = secret_files.db_password_change(settings, engine)
     token = cluster.joining_token(settings, settings.data_dir)
     # While a rotation is pending, the stored password is the one the database still has;
     # the file changes only once Postgres has taken the new one (the db-password step).
-    secrets = app_secrets(settings, token, settings.db_password if rotate_to is None else None,
-                          say)
+    secrets = secret_files.app_secrets(settings, token,
+                                       settings.db_password if rotate_to is None else None, say)
     if rotate_to is not None:
         secrets = replace(secrets, db_password=rotate_to)
     wait_for_head(settings, say, preview)

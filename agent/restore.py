@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from agent import archive, backup, deploy, pgclient, store
+from agent import archive, backup, deploy, pgclient, secret_files, store
 from agent.config import BackupSettings, RestoreSettings
 from agent.engine import Engine
 from agent.errors import ConvergeError, EnvironmentProblem, UsageError
@@ -134,10 +134,10 @@ def _set_aside(engine: Engine, settings: RestoreSettings, volume: str, say: Say,
 
 
 def _put_files(settings: RestoreSettings, staging: Path, say: Say) -> None:
-    folder = store.ensure_dir(settings.data_dir / "secrets")
-    for name in backup.SECRET_FILES:
-        if (staging / "secrets" / name).is_file():
-            store.copy_atomic(staging / "secrets" / name, folder / name, 0o600)
+    folder = store.ensure_dir(secret_files.folder(settings.data_dir))
+    for name in secret_files.BACKED_UP:
+        if (staging / secret_files.FOLDER / name).is_file():
+            store.copy_atomic(staging / secret_files.FOLDER / name, folder / name, 0o600)
     if (staging / "ray-token").is_file() and settings.token is None and \
             settings.token_file is None:
         store.copy_atomic(staging / "ray-token", settings.data_dir / "ray-token", 0o600)
