@@ -252,7 +252,8 @@ def resolve_app(engine: Engine, settings: AppSettings, say: Say,
         if found is None and good is not None:  # the head does not say: keep what ran
             say("the head does not say which release it runs (its dashboard does not answer): "
                 f"keeping release {good.name}")
-            settings = with_release(engine, settings, good, say)
+            settings = with_release(engine, settings, good, say,
+                                    preview.notes if preview is not None else None)
         elif found is not None and found.release:
             say(f"following the head: release {found.release}")
             tag = found.release

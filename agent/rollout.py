@@ -77,16 +77,22 @@ def went_back(engine: Engine, settings: R, found: dict[str, history.Image], say:
     return replace(with_release(engine, settings, good, say), retry_failed=True)
 
 
-def with_release(engine: Engine, settings: R, record: history.Record, say: Say) -> R:
+def with_release(engine: Engine, settings: R, record: history.Record, say: Say,
+                 notes: list[str] | None = None) -> R:
     """The settings that run a recorded release: its references, each pointing again at the
     image it ran (a moving tag may have moved since: the tag is put back on this engine; an
-    image gone from the engine is pulled by its digest)."""
+    image gone from the engine is pulled by its digest). With `notes` (a plan), what would be
+    tagged or pulled is noted instead."""
     changes: dict[str, object] = {}
     for key, image in record.images.items():
         field = release.IMAGE_KEYS[key]
         if not hasattr(settings, field):
             continue
-        if engine.image_id(image.ref) != image.id:
+        if notes is not None and engine.image_id(image.ref) != image.id:
+            notes.append(f"the run would tag {image.ref} back to the image release "
+                         f"{record.name} ran ({image.id[7:19]}), pulling it by its digest if "
+                         "it is gone")
+        elif engine.image_id(image.ref) != image.id:
             if engine.image_id(image.id) is None:
                 pinned = [d for d in image.digests
                           if release.repository(d) == release.repository(image.ref)]

@@ -127,3 +127,34 @@ def test_the_gcs_redis_port_must_not_collide() -> None:
     with pytest.raises(UsageError, match="--gcs-redis-port 6380 collides"):
         node_ports(HeadSettings.from_params({"gcs_redis_port": 6380, "gcs_ft": True}), "head")
     node_ports(HeadSettings.from_params({"gcs_redis_port": 6380, "gcs_ft": False}), "head")
+
+
+class _MovedTag:
+    """An engine on which the tag of a recorded release now names another image; it records
+    every change asked of it."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, str]] = []
+
+    def image_id(self, ref: str) -> str | None:
+        return {"r/ray:moving": "sha256:" + "b" * 64, "sha256:" + "a" * 64: "sha256:" + "a" * 64
+                }.get(ref)
+
+    def tag(self, image: str, ref: str) -> None:
+        self.changes.append((image, ref))
+
+
+def test_a_plan_notes_the_tag_a_run_would_put_back_and_changes_nothing() -> None:
+    from agent.rollout import with_release
+
+    record = history.Record(3, "worker", "moving", {"ray": history.Image(
+        "r/ray:moving", "sha256:" + "a" * 64)}, "healthy", "now")
+    settings = WorkerSettings.from_params({"head": "h", "ray_image": "r/ray:moving"})
+    engine = _MovedTag()
+    notes: list[str] = []
+    planned = with_release(engine, settings, record, print, notes)  # type: ignore[arg-type]
+    assert engine.changes == [] and planned.release == "moving"
+    assert notes == ["the run would tag r/ray:moving back to the image release moving ran "
+                     "(aaaaaaaaaaaa), pulling it by its digest if it is gone"]
+    ran = with_release(engine, settings, record, print)  # type: ignore[arg-type]
+    assert engine.changes == [("sha256:" + "a" * 64, "r/ray:moving")] and ran == planned
