@@ -266,78 +266,90 @@ def apply(engine: Engine, spec: s.Spec, plan: Plan, say: Say, ready_timeout: flo
           steps: dict[str, Step] | None = None, router: Router | None = None) -> int:
     """Carry out the plan; returns how many changes were made. A running container that a
     `router` serves is replaced by handover (no request dropped), any other by swap_in."""
-    actions = plan.actions
     changes = 0
-    by_service = {c.service: c for c in spec.containers}
-    labels = {s.LABEL_MANAGED: "true", s.LABEL_INSTANCE: spec.instance}
     # Networks and volumes matter only to a container being made or started (one in use
     # cannot be removed), so a run that leaves every container alone does not look at them.
-    if any(a.verb in ACTING for a in actions):
-        for net in spec.networks:
-            if engine.ensure_network(net.name, labels):
-                say(f"created network {net.name}")
-                changes += 1
-        for vol in spec.volumes:
-            if engine.ensure_volume(vol.name, labels):
-                say(f"created volume {vol.name}")
-                changes += 1
+    if any(a.verb in ACTING for a in plan.actions):
+        changes += _ensure_storage(engine, spec, say)
     ready = {c.name for c in spec.containers if plan.ready(c)}
-    for action in actions:
+    for action in plan.actions:
         if action.verb == "unchanged":
             say(f"unchanged {action.name}")
-            continue
-        if action.verb == "remove":
-            engine.remove(plan.observed[action.name].id)
-            say(f"removed {action.name} ({action.reason})")
-            changes += 1
             continue
         if action.verb == "step":
             changes += (steps or {})[action.name](plan)
             continue
+        changes += 1
+        if action.verb == "remove":
+            engine.remove(plan.observed[action.name].id)
+            say(f"removed {action.name} ({action.reason})")
+            continue
         c = action.container
         assert c is not None
+        # Start order, gated by health (a revert's too): the services this one waits for
+        # must be ready first.
+        _wait_for_dependencies(engine, spec, c, ready, ready_timeout, say)
         if action.verb == "revert":
-            for dep in c.after:  # start order holds for a revert too
-                if dep in by_service and by_service[dep].name not in ready:
-                    wait_ready(engine, by_service[dep], ready_timeout, say)
-                    ready.add(by_service[dep].name)
             revert(engine, c.name, plan.kept[c.name])
             say(f"reverted {c.name} (started the previous release's container, kept)")
-            changes += 1
-            continue
-        # Start order, gated by health: the services this one waits for must be ready first.
-        for dep in c.after:
-            if dep in by_service and by_service[dep].name not in ready:
-                wait_ready(engine, by_service[dep], ready_timeout, say)
-                ready.add(by_service[dep].name)
-        old = plan.observed[c.name] if action.verb in ("start", "recreate") else None
-        if old is not None:
-            old = engine.observe(old.id)
-            if old is None:  # removed since preflight read it: make it anew
-                action = Action("create", c.name, c, action.config_hash,
-                                "removed while this run planned", action.fields)
-        if action.verb == "start":
-            assert old is not None
-            engine.start(old.id, c.name)
-            say(f"started {c.name} ({action.reason})")
         else:
-            own = spec.labels(c, action.config_hash)
-            if action.fields:
-                own[LABEL_FIELDS] = action.fields
-            keep = c.service in plan.keep
-            if (router is not None and old is not None and old.status == "running"
-                    and old.ip_on(c.network) is not None and router.handles(c)
-                    and not side_by_side_clash(c, old)):
-                handover(engine, c, own, old, keep, router, ready_timeout, say)
-                ready.add(c.name)
-                say(f"{action.verb}d {c.name} with no request dropped (the proxy moved to "
-                    "it once it was ready)" + (f"; {action.reason}" if action.reason else ""))
-            else:
-                swap_in(engine, c, own, old, keep=keep)
-                say(f"{action.verb}d {c.name}" + (f" ({action.reason})" if action.reason
-                                                   else ""))
-        changes += 1
+            _start_or_make(engine, spec, plan, action, c, router, ready, ready_timeout, say)
     return changes
+
+
+def _ensure_storage(engine: Engine, spec: s.Spec, say: Say) -> int:
+    """The spec's networks and volumes, made where missing; how many were made."""
+    labels = {s.LABEL_MANAGED: "true", s.LABEL_INSTANCE: spec.instance}
+    made = 0
+    for net in spec.networks:
+        if engine.ensure_network(net.name, labels):
+            say(f"created network {net.name}")
+            made += 1
+    for vol in spec.volumes:
+        if engine.ensure_volume(vol.name, labels):
+            say(f"created volume {vol.name}")
+            made += 1
+    return made
+
+
+def _wait_for_dependencies(engine: Engine, spec: s.Spec, c: s.Container, ready: set[str],
+                           timeout: float, say: Say) -> None:
+    by_service = {x.service: x for x in spec.containers}
+    for dep in c.after:
+        if dep in by_service and by_service[dep].name not in ready:
+            wait_ready(engine, by_service[dep], timeout, say)
+            ready.add(by_service[dep].name)
+
+
+def _start_or_make(engine: Engine, spec: s.Spec, plan: Plan, action: Action, c: s.Container,
+                   router: Router | None, ready: set[str], timeout: float, say: Say) -> None:
+    """A start of the container there is, or a new one made (created, or recreated over the
+    old one: by handover when the router serves it, else swap_in)."""
+    old = plan.observed[c.name] if action.verb in ("start", "recreate") else None
+    if old is not None:
+        old = engine.observe(old.id)
+        if old is None:  # removed since preflight read it: make it anew
+            action = Action("create", c.name, c, action.config_hash,
+                            "removed while this run planned", action.fields)
+    if action.verb == "start":
+        assert old is not None
+        engine.start(old.id, c.name)
+        say(f"started {c.name} ({action.reason})")
+        return
+    own = spec.labels(c, action.config_hash)
+    if action.fields:
+        own[LABEL_FIELDS] = action.fields
+    keep = c.service in plan.keep
+    if (router is not None and old is not None and old.status == "running"
+            and old.ip_on(c.network) is not None and router.handles(c)
+            and not side_by_side_clash(c, old)):
+        handover(engine, c, own, old, keep, router, timeout, say)
+        ready.add(c.name)
+        say(f"{action.verb}d {c.name} with no request dropped (the proxy moved to "
+            "it once it was ready)" + (f"; {action.reason}" if action.reason else ""))
+    else:
+        swap_in(engine, c, own, old, keep=keep)
+        say(f"{action.verb}d {c.name}" + (f" ({action.reason})" if action.reason else ""))
 
 
 def wait_all_ready(engine: Engine, spec: s.Spec, plan: Plan, timeout: float, say: Say) -> None:
