@@ -228,6 +228,27 @@ def app_ray_host(settings: AppSettings, token: str | None, say: Say,
     return found[0]
 
 
+def follow_head_release(engine: Engine, settings: AppSettings, token: str | None, say: Say,
+                        preview: Preview | None) -> AppSettings:
+    """An app given no release of its own runs the release the head was given (--release),
+    if any; when the head does not say, it keeps the release it last ran healthy."""
+    found = head_publishes(settings, token, say, preview)
+    good = history.last_healthy(settings.data_dir, "app")
+    if found is None and good is not None:  # the head does not say: keep what ran
+        say("the head does not say which release it runs (its dashboard does not answer): "
+            f"keeping release {good.name}")
+        return with_release(engine, settings, good, say,
+                            preview.notes if preview is not None else None)
+    if found is not None and found.release:
+        say(f"following the head: release {found.release}")
+        tag = found.release
+        return replace(settings, release=tag,
+                       core_image=release.with_tag(settings.core_image, tag),
+                       backend_image=release.with_tag(settings.backend_image, tag),
+                       frontend_image=release.with_tag(settings.frontend_image, tag))
+    return settings
+
+
 def resolve_app(engine: Engine, settings: AppSettings, say: Say,
                 preview: Preview | None = None) -> tuple[AppSettings, Inputs]:
     """The app's inputs, and its settings as resolved (the head's release when the app has
@@ -247,20 +268,7 @@ def resolve_app(engine: Engine, settings: AppSettings, say: Say,
         secrets = replace(secrets, db_password=rotate_to)
     wait_for_head(settings, say, preview)
     if not own:
-        found = head_publishes(settings, token, say, preview)
-        good = history.last_healthy(settings.data_dir, "app")
-        if found is None and good is not None:  # the head does not say: keep what ran
-            say("the head does not say which release it runs (its dashboard does not answer): "
-                f"keeping release {good.name}")
-            settings = with_release(engine, settings, good, say,
-                                    preview.notes if preview is not None else None)
-        elif found is not None and found.release:
-            say(f"following the head: release {found.release}")
-            tag = found.release
-            settings = replace(settings, release=tag,
-                               core_image=release.with_tag(settings.core_image, tag),
-                               backend_image=release.with_tag(settings.backend_image, tag),
-                               frontend_image=release.with_tag(settings.frontend_image, tag))
+        settings = follow_head_release(engine, settings, token, say, preview)
         ids = ensure_images(engine, settings, app_images(settings), say, preview)
     if preview is None:
         assert settings.head
