@@ -25,6 +25,7 @@ images: venv engine ## build the test images that are missing (cached by recipe 
 lint: venv ## ruff and mypy
 	$(PY) -m ruff check agent tests bench build.py zipapp_main.py
 	$(PY) -m mypy
+	$(PY) -m mypy --python-version 3.9 agent  # the zipapp runs on Python 3.9 and later
 	shellcheck .ci/run .ci/engine.sh examples/*.sh agent/assets/*.sh tests/images/*/*.sh
 
 unit: venv ## the unit tests only (no engine needed)

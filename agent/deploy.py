@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Generic, TypeGuard, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 from agent import app_steps, cluster, gates, history, ray_release, resolve, rollout, store
 from agent.config import AppSettings, HeadSettings, RoleSettings, WorkerSettings
@@ -71,6 +71,8 @@ ROLES: dict[str, Role[Any]] = {
     "app": Role(resolve.resolve_app, app_spec, gates.app_gate, app_steps.prepare,
                 app_steps.done, app_steps.plan_files),
 }
+# `restore` converges the app role (its settings are the app's; its records keep its name).
+ROLES["restore"] = ROLES["app"]
 
 
 @contextmanager
@@ -232,7 +234,7 @@ def _converge_to(engine: Engine, settings: RoleSettings, record: Record, reason:
 
 # ---- --watch: when the watcher runs the whole role again ----
 
-def follows_head(settings: RoleSettings) -> TypeGuard[WorkerSettings]:
+def follows_head(settings: RoleSettings) -> bool:
     return isinstance(settings, WorkerSettings) and not settings.given & OWN_RAY_IMAGE
 
 
@@ -273,7 +275,7 @@ def refresher(engine: Engine, settings: RoleSettings, spec: Spec,
             certificate[0] = now
             again = True
             say("the certificate files changed: running again to reload the HTTPS proxy")
-        if not again and follows_head(settings):
+        if not again and isinstance(settings, WorkerSettings) and follows_head(settings):
             again = head_moved(settings)
         if not again:
             return None
