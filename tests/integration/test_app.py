@@ -109,36 +109,37 @@ def test_a_wrong_token_at_the_relay_fails_the_backends_check_and_a_run_heals_it(
     assert "the backend reaches the Ray dashboard" in ok(stack.cmd("status"))
 
 
-# In a mount namespace of its own: the data dir, /dev/shm and TMPDIR read-only. A write that
-# succeeds here is a bug, so the namespace is proven read-only first; then the plan runs.
-READ_ONLY_PLAN = """
-mount --bind "$D" "$D" && mount -o remount,bind,ro "$D" || exit 90
+# In a mount namespace of its own, every mount read-only (the kernel's and /dev's own aside) and
+# /dev/shm an empty read-only tmpfs: a file written anywhere fails the command. The namespace is
+# proven read-only first (the data dir, /dev/shm, /tmp, /var/tmp, TMPDIR, the working directory).
+READ_ONLY = """
 mount -t tmpfs -o ro none /dev/shm || exit 91
-mount --bind "$TMPDIR" "$TMPDIR" && mount -o remount,bind,ro "$TMPDIR" || exit 92
-for place in "$D" /dev/shm "$TMPDIR"; do
+for m in $(findmnt -rno TARGET | sort -r); do
+    case "$m" in /proc|/proc/*|/sys|/sys/*|/dev|/dev/pts|/dev/mqueue|/dev/shm) continue ;; esac
+    mount -o remount,bind,ro "$m" || exit 92
+done
+for place in "$D" /dev/shm /tmp /var/tmp "${TMPDIR:-/tmp}" "$PWD"; do
     touch "$place/.write-probe" 2>/dev/null && exit 93
 done
 exec "$@"
 """
 
 
-def test_a_plan_of_the_running_app_writes_nothing_anywhere(stack: App, tmp_path: Path) -> None:
+def test_a_plan_of_the_running_app_writes_nothing_anywhere(stack: App) -> None:
     """`plan app` on a running deployment reads the data dir and the engine and writes
-    nowhere: with the data dir, /dev/shm and TMPDIR read-only it says what it says on a
-    writable machine (nothing would change), and exits 0."""
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    nowhere: with every file system read-only it says what it says on a writable machine
+    (nothing would change), and exits 0. (The plan of earlier agents, which resolved into a
+    scratch copy of the data dir, failed here: no usable temporary directory.)"""
     writable = run_agent("plan", "app", *stack.args(), "--exit-code")
     assert writable.returncode == 0, writable.stdout + writable.stderr
     done = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", READ_ONLY_PLAN, "plan",
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", READ_ONLY, "read-only",
          *agent_cmd("plan", "app", *stack.args(), "--exit-code")],
-        cwd=REPO, env=agent_env({"D": str(stack.data_dir), "TMPDIR": str(tmp)}),
-        capture_output=True, text=True, timeout=300)
+        cwd=REPO, env=agent_env({"D": str(stack.data_dir)}), capture_output=True, text=True,
+        timeout=300)
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
     assert "nothing would change" in done.stdout
     assert done.stdout == writable.stdout
-    assert list(tmp.iterdir()) == []
 
 
 def test_postgres_and_redis_are_not_published(stack: App) -> None:
