@@ -98,8 +98,7 @@ def test_ray_two_containers_form_a_cluster(sandbox: Sandbox, images: dict[str, s
 def test_postgres_creates_the_listed_databases_once(sandbox: Sandbox,
                                                     images: dict[str, str]) -> None:
     sandbox.create_network()
-    volume = f"{sandbox.id}-pgdata"
-    sandbox.extra_volumes.append(volume)
+    volume = sandbox.volume("pgdata")
     pg = start_postgres(sandbox, images, volume=volume)
     out = exec_ok(pg, ["psql", "-U", "syntho", "-d", "postgres", "-Atc",
                        "SELECT datname FROM pg_database ORDER BY 1"])

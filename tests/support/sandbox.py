@@ -34,7 +34,6 @@ class Sandbox:
         self.tmp = tmp_path
         self.labels = {TEST_LABEL: self.id}
         self.instances: list[str] = []
-        self.extra_volumes: list[str] = []
         self.routes: list[list[str]] = []  # iptables rules (route_network), removed by cleanup
 
     def __enter__(self) -> Sandbox:
@@ -54,6 +53,14 @@ class Sandbox:
         if not any(n.name == self.network for n in self.client.networks.list(names=[self.network])):
             self.client.networks.create(self.network, driver="bridge", labels=self.labels)
         return self.network
+
+    def volume(self, name: str) -> str:
+        """A named volume of the sandbox's, made now with its labels (a volume that `docker run`
+        makes on the fly has none: another test process's "nothing changed" check would see
+        it come and go), removed by cleanup()."""
+        full = f"{self.id}-{name}"
+        self.client.volumes.create(full, labels=self.labels)
+        return full
 
     def route_network(self) -> None:
         """Let the sandbox network's containers and those of every other bridge network reach
@@ -94,11 +101,6 @@ class Sandbox:
         for f in filters:
             for v in self.client.volumes.list(filters=f):
                 v.remove(force=True)
-        for name in self.extra_volumes:
-            try:
-                self.client.volumes.get(name).remove(force=True)
-            except docker.errors.NotFound:
-                pass
 
 
 def owned_elsewhere(labels: dict[str, str] | None) -> bool:
