@@ -12,9 +12,11 @@ import os
 import re
 import socket
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Union
 
+from agent import ray_tls, tls
 from agent.config import RAY_PORTS, AppSettings, HeadSettings, RoleSettings, WorkerSettings
 from agent.engine import Engine, EngineInfo
 from agent.errors import EnvironmentProblem, UsageError
@@ -407,6 +409,30 @@ def _defaults(pick: int, agents: bool) -> str:
             f"{d['max_worker_port']} by default)")
 
 
+def ray_tls_certificates(settings: RoleSettings) -> list[Result]:
+    """This node's Ray certificate and the cluster CA's (docs/security.md): names, issuer,
+    expiry; a warning 30 days ahead (a run renews the node's then), a failure once expired."""
+    found = ray_tls.existing(settings.data_dir)
+    if found is None:
+        return [Result(OK, "ray tls: none in this data dir (Ray here speaks plain, or the role "
+                           "has not run yet)")]
+    results = []
+    now = datetime.now(timezone.utc)
+    for what, info in (("this node's", found[1]), ("the cluster CA's", found[0])):
+        if info is None:
+            results.append(Result(WARN, f"ray tls: {what} certificate is missing",
+                                  "re-run the role: it issues one"))
+            continue
+        line = f"ray tls: {what} {tls.describe(info, now, days=ray_tls.WARN_WITHIN_DAYS)}"
+        if info.not_after <= now:
+            results.append(Result(FAIL, line, "re-run the role: it renews it"))
+        elif tls.expires_soon(info, now, days=ray_tls.WARN_WITHIN_DAYS):
+            results.append(Result(WARN, line, "re-run the role: it renews it"))
+        else:
+            results.append(Result(OK, line))
+    return results
+
+
 # ---- running them -------------------------------------------------------------------------------
 
 def run_checks(engine: Engine, settings: RoleSettings, quick: bool) -> list[Result]:
@@ -423,6 +449,8 @@ def run_checks(engine: Engine, settings: RoleSettings, quick: bool) -> list[Resu
             results.append(nofile_tried(engine, settings))
     results += [engine_disk(info), data_disk(settings)]
     results += ports(engine, settings, quick)
+    if not quick:
+        results += ray_tls_certificates(settings)
     if not quick and not isinstance(settings, HeadSettings) and settings.head:
         results += [head_reachable(settings.head, ray.GCS_PORT, "Ray's GCS"),
                     head_reachable(settings.head, ray.DASHBOARD_PORT, "Ray's dashboard"),

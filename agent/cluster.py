@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -89,31 +90,46 @@ def source_ip_towards(host: str, port: int = GCS_PORT) -> str:
 UNANSWERED = (OSError, ValueError, http.client.HTTPException)
 
 
-def nodes(address: str, token: str | None, timeout: float = 3.0) -> list[dict[str, Any]]:
+def is_loopback(address: str) -> bool:
+    return address == "localhost" or address.startswith("127.")
+
+
+def dashboard_get(address: str, path: str, token: str | None, ca: str | None,
+                  timeout: float) -> Any:
+    """GET path of the head's dashboard, as JSON. With the cluster's CA (a head whose Ray
+    speaks TLS), other VMs reach it through its TLS front, verified against that CA alone;
+    on the head's own loopback the dashboard answers in plain (nothing there crosses a wire).
+    One of UNANSWERED when it does not answer (a refused token is HTTPError 401)."""
+    tls = ca is not None and not is_loopback(address)
+    url = f"{'https' if tls else 'http'}://{address}:{DASHBOARD_PORT}{path}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers)
+    if tls:
+        with urllib.request.urlopen(request, timeout=timeout,
+                                    context=ssl.create_default_context(cadata=ca)) as resp:
+            return json.load(resp)
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        return json.load(resp)
+
+
+def nodes(address: str, token: str | None, timeout: float = 3.0,
+          ca: str | None = None) -> list[dict[str, Any]]:
     """Every node the head's dashboard lists, alive and dead; one of UNANSWERED when it does
     not answer (a refused token is urllib's HTTPError 401)."""
-    url = f"http://{address}:{DASHBOARD_PORT}/api/v0/nodes?detail=false&limit=1000"
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                timeout=timeout) as resp:
-        data = json.load(resp)
+    data = dashboard_get(address, "/api/v0/nodes?detail=false&limit=1000", token, ca, timeout)
     found = data.get("data", {}).get("result", {}).get("result") if isinstance(data, dict) else None
     if not isinstance(found, list):
         raise ValueError("the dashboard's answer holds no node list")
     return [n for n in found if isinstance(n, dict)]
 
 
-def node_summaries(address: str, token: str | None,
-                   timeout: float = 3.0) -> list[dict[str, Any]]:
+def node_summaries(address: str, token: str | None, timeout: float = 3.0,
+                   ca: str | None = None) -> list[dict[str, Any]]:
     """Every node the head's dashboard summarises (/nodes?view=summary: its raylet as the GCS
     registered it), as {node_ip, node_manager_port, node_id, is_head_node, state}: unlike the
     state API's list (nodes), it has each node's node-manager port, which tells apart nodes on
     one host network (a worker beside the head). One of UNANSWERED when it does not answer."""
-    url = f"http://{address}:{DASHBOARD_PORT}/nodes?view=summary"
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                timeout=timeout) as resp:
-        data = json.load(resp)
+    data = dashboard_get(address, "/nodes?view=summary", token, ca, timeout)
     found = data.get("data", {}).get("summary") if isinstance(data, dict) else None
     if not isinstance(found, list):
         raise ValueError("the dashboard's answer holds no node summary")
@@ -129,10 +145,11 @@ def node_summaries(address: str, token: str | None,
     return listed
 
 
-def alive_nodes(address: str, token: str | None, timeout: float = 3.0) -> list[dict[str, Any]]:
+def alive_nodes(address: str, token: str | None, timeout: float = 3.0,
+                ca: str | None = None) -> list[dict[str, Any]]:
     """The cluster's live nodes, from the head's dashboard; [] when it does not answer."""
     try:
-        return [n for n in nodes(address, token, timeout) if n.get("state") == "ALIVE"]
+        return [n for n in nodes(address, token, timeout, ca) if n.get("state") == "ALIVE"]
     except UNANSWERED:
         return []
 
@@ -163,10 +180,11 @@ def has_joined(listed: list[dict[str, Any]], ip: str, node_manager_port: int) ->
                and n.get("state") == "ALIVE" for n in listed)
 
 
-def summaries_or_none(address: str, token: str | None) -> list[dict[str, Any]]:
+def summaries_or_none(address: str, token: str | None,
+                      ca: str | None = None) -> list[dict[str, Any]]:
     """node_summaries; [] when the dashboard does not answer."""
     try:
-        return node_summaries(address, token)
+        return node_summaries(address, token, ca=ca)
     except UNANSWERED:
         return []
 

@@ -242,6 +242,22 @@ class ClusterOptions(Settings):
 
 
 @dataclass(frozen=True)
+class RayTlsOptions(Settings):
+    """Ray's traffic in mutual TLS (docs/security.md)."""
+
+    ray_tls: bool | None = option(
+        "Ray's traffic (and the dashboard's between VMs) in mutual TLS with the CA the "
+        "cluster's token carries. A new head: on (on the host's network); a head made by an "
+        "earlier agent: off until --ray-tls; a worker and the app: as the head speaks",
+        None, None, shown="a new head: on; joining: as the head")
+    ray_tls_san: tuple[str, ...] = option(
+        "another name or address other VMs dial this node at (a DNS name, a NAT address), for "
+        "its certificate (repeat for several)", validate.host, (), multiple=True)
+    ray_tls_days: int = option("days this node's Ray certificate is valid (a re-run renews it "
+                               "30 days before it expires)", validate.positive_int, 365)
+
+
+@dataclass(frozen=True)
 class JoinOptions(Settings):
     """Where the head is, for a worker and the app."""
 
@@ -441,20 +457,20 @@ class LauncherOptions(Settings):
 # ---- what each command takes -------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class HeadSettings(Common, RayOptions, GcsOptions, ClusterOptions, ImageSources, ReleaseOptions,
-                   WatchOption, CheckOption):
+class HeadSettings(Common, RayOptions, GcsOptions, ClusterOptions, RayTlsOptions, ImageSources,
+                   ReleaseOptions, WatchOption, CheckOption):
     command: ClassVar[str] = "head"
 
 
 @dataclass(frozen=True)
-class WorkerSettings(Common, JoinOptions, RayOptions, ClusterOptions, ImageSources,
-                     ReleaseOptions, WatchOption, CheckOption):
+class WorkerSettings(Common, JoinOptions, RayOptions, ClusterOptions, RayTlsOptions,
+                     ImageSources, ReleaseOptions, WatchOption, CheckOption):
     command: ClassVar[str] = "worker"
 
 
 @dataclass(frozen=True)
-class AppSettings(Common, JoinOptions, ClusterOptions, AppOptions, ProxyOptions, ImageSources,
-                  ReleaseOptions, WatchOption, CheckOption):
+class AppSettings(Common, JoinOptions, ClusterOptions, RayTlsOptions, AppOptions, ProxyOptions,
+                  ImageSources, ReleaseOptions, WatchOption, CheckOption):
     command: ClassVar[str] = "app"
 
 

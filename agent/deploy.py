@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Generic, TypeVar
 
-from agent import app_steps, cluster, gates, history, ray_release, resolve, rollout, store
+from agent import app_steps, cluster, gates, history, ray_release, ray_tls, resolve, rollout, store
 from agent.config import AppSettings, HeadSettings, RoleSettings, WorkerSettings
 from agent.engine import Engine
 from agent.errors import ConvergeError, UsageError
@@ -263,7 +263,8 @@ def refresher(engine: Engine, settings: RoleSettings, spec: Spec,
 
     def head_moved(worker: WorkerSettings) -> bool:
         token = cluster.joining_token(worker, worker.data_dir)
-        found = ray_release.published(cluster.alive_nodes(worker.head or "", token))
+        found = ray_release.published(cluster.alive_nodes(
+            worker.head or "", token, ca=ray_tls.stored_ca(worker.data_dir)))
         moved = found is not None and found.image != current[0].containers[0].image
         if found is not None and moved:
             say(f"the head moved to the Ray image {found.image}: following it")
@@ -275,6 +276,9 @@ def refresher(engine: Engine, settings: RoleSettings, spec: Spec,
             certificate[0] = now
             again = True
             say("the certificate files changed: running again to reload the HTTPS proxy")
+        if not again and ray_tls.renewal_due(settings.data_dir):
+            again = True
+            say("this node's Ray TLS certificate is due for renewal: running again")
         if not again and isinstance(settings, WorkerSettings) and follows_head(settings):
             again = head_moved(settings)
         if not again:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from agent import cluster, proxy
+from agent import cluster, proxy, ray_tls
 from agent.config import AppSettings, HeadSettings, WorkerSettings
 from agent.engine import Engine
 from agent.errors import ConvergeError
@@ -57,8 +57,21 @@ def head_gate(engine: Engine, settings: HeadSettings, inputs: Inputs, spec: Spec
         raise ConvergeError(
             f"the Ray head did not answer on {address}:{ray.GCS_PORT} within "
             f"{settings.ready_timeout:.0f}s; see `syntho-agent logs`")
-    say(f"ray head ready at {address}:{ray.GCS_PORT} "
-        f"(dashboard http://{address}:{ray.DASHBOARD_PORT})")
+    material = inputs.ray_tls
+    if material is not None and material.front:
+        front = material.listen[0]
+        if not poll(lambda: ray_tls.front_answers(front, ray.DASHBOARD_PORT, material),
+                    settings.ready_timeout, f"the dashboard's TLS front at {front}", say):
+            raise ConvergeError(
+                f"the dashboard's TLS front did not answer on {front}:{ray.DASHBOARD_PORT} "
+                f"within {settings.ready_timeout:.0f}s; see `syntho-agent logs --service "
+                f"{ray.DASHBOARD_FRONT}`")
+        say(f"ray head ready at {address}:{ray.GCS_PORT}, its traffic in TLS (dashboard "
+            f"https://{front}:{ray.DASHBOARD_PORT} for other VMs, the cluster's CA in "
+            f"{material.folder / ray_tls.CA_FILE})")
+    else:
+        say(f"ray head ready at {address}:{ray.GCS_PORT} "
+            f"(dashboard http://{address}:{ray.DASHBOARD_PORT})")
     say("join a worker (on its VM):")
     join = f"  syntho-agent worker --head {advertised[0]}"
     if token:
@@ -79,8 +92,8 @@ def worker_gate(engine: Engine, settings: WorkerSettings, inputs: Inputs, spec: 
     port = ray.node_ports(settings, "worker").node_manager_port  # the head's differs
 
     def joined() -> bool:
-        return cluster.has_joined(cluster.summaries_or_none(settings.head or "", inputs.token),
-                                  my_ip, port)
+        return cluster.has_joined(cluster.summaries_or_none(
+            settings.head or "", inputs.token, ca=ray_tls.ca_pem_of(inputs.ray_tls)), my_ip, port)
 
     if not poll(joined, settings.ready_timeout, f"{name} to join the head", say):
         raise ConvergeError(

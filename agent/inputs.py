@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from agent import tls
 from agent.config import AppSettings, HeadSettings, WorkerSettings
+from agent.ray_tls import Material
 from agent.roles import app, ray
 from agent.spec import Spec
 
@@ -27,20 +28,22 @@ class Inputs:
     rotate_to: str | None = None  # the new database password, when a rotation is pending
     ray_host: str = ""  # the head's address as the app's containers reach it
     site: tls.Site | None = None  # the HTTPS proxy's site (--tls), checked
+    ray_tls: Material | None = None  # this node's Ray TLS files; None: Ray in plain
 
 
 def head_spec(settings: HeadSettings, inputs: Inputs) -> Spec:
-    return ray.head_spec(settings, inputs.token, inputs.gcs_password)
+    return ray.head_spec(settings, inputs.token, inputs.gcs_password, inputs.ray_tls)
 
 
 def worker_spec(settings: WorkerSettings, inputs: Inputs) -> Spec:
-    return ray.worker_spec(settings, inputs.token)
+    return ray.worker_spec(settings, inputs.token, inputs.ray_tls)
 
 
 def app_values(settings: AppSettings, inputs: Inputs) -> app.AppValues:
     """What the app's containers and its env file are given."""
     assert inputs.secrets is not None  # resolve_app fills them
-    return app.app_values(settings, inputs.secrets, inputs.ray_host, inputs.site)
+    return app.app_values(settings, inputs.secrets, inputs.ray_host, inputs.site,
+                          inputs.ray_tls)
 
 
 def app_spec(settings: AppSettings, inputs: Inputs) -> Spec:

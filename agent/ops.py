@@ -13,7 +13,18 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from agent import cluster, history, proxy, ray_release, relay, secret_files, store, tls, validate
+from agent import (
+    cluster,
+    history,
+    proxy,
+    ray_release,
+    ray_tls,
+    relay,
+    secret_files,
+    store,
+    tls,
+    validate,
+)
 from agent import spec as s
 from agent.config import RAY_PORTS
 from agent.engine import Engine, Observed
@@ -142,10 +153,12 @@ def _container(o: Observed) -> dict[str, Any]:
     }
 
 
-def _ask(address: str, token: str | None, into: dict[str, Any]) -> list[dict[str, Any]]:
-    """The head's node list; records in `into` whether its dashboard answered, and why not."""
+def _ask(address: str, token: str | None, into: dict[str, Any],
+         data_dir: Path) -> list[dict[str, Any]]:
+    """The head's node list; records in `into` whether its dashboard answered, and why not.
+    In HTTPS with the cluster's CA when this node's Ray speaks TLS."""
     try:
-        listed = cluster.nodes(address, token)
+        listed = cluster.nodes(address, token, ca=ray_tls.stored_ca(data_dir))
     except cluster.UNANSWERED as exc:
         into.update(answers=False, error=cluster.unanswered_reason(exc))
         return []
@@ -160,7 +173,7 @@ def _head_ray(o: Observed, data_dir: Path) -> dict[str, Any]:
     if o.status != "running":
         info["error"] = f"{o.name} is not running"
         return info
-    listed = _ask(address, _token(o, data_dir), info)
+    listed = _ask(address, _token(o, data_dir), info, data_dir)
     info["publishes"] = _published(listed)
     info["nodes"] = [{"node_ip": n.get("node_ip"), "node_id": n.get("node_id"),
                       "head": bool(n.get("is_head_node")), "state": n.get("state"),
@@ -188,12 +201,13 @@ def _worker_ray(o: Observed, data_dir: Path) -> dict[str, Any]:
         return info
     info["node_ip"] = ip
     token = _token(o, data_dir)
-    listed = _ask(head, token, info)
+    listed = _ask(head, token, info, data_dir)
     given = _arg(o.command, "--node-manager-port") or ""
     port = int(given) if given.isdigit() else RAY_PORTS["node_manager_port"][1]
     if info["answers"]:
         try:  # its own node: its address and node-manager port (the head's may share the IP)
-            info["joined"] = cluster.has_joined(cluster.node_summaries(head, token), ip, port)
+            info["joined"] = cluster.has_joined(cluster.node_summaries(
+                head, token, ca=ray_tls.stored_ca(data_dir)), ip, port)
         except cluster.UNANSWERED as exc:
             info.update(answers=False, error=cluster.unanswered_reason(exc))
     info["head_runs"] = _published(listed)
@@ -213,7 +227,7 @@ def _app_ray(observed: list[Observed], data_dir: Path) -> dict[str, Any] | None:
         return None
     head = _host_of(core.env_value("RAY_ADDRESS") or "")
     info: dict[str, Any] = {"head": head, "answers": False, "error": None, "alive": 0}
-    listed = _ask(head, _token(core, data_dir), info)
+    listed = _ask(head, _token(core, data_dir), info, data_dir)
     info["alive"] = sum(1 for n in listed if n.get("state") == "ALIVE")
     info["head_runs"] = _published(listed)
     return info
@@ -257,7 +271,50 @@ def status_report(observed: list[Observed], data_dir: Path, instance: str) -> di
             roles.append(o.role)
     return {"schema": SCHEMA, "instance": instance, "roles": roles, "ready": not not_ready,
             "not_ready": not_ready, "containers": containers, "ray": ray,
-            "releases": _releases(roles, data_dir), "https": _https(observed, data_dir)}
+            "releases": _releases(roles, data_dir), "https": _https(observed, data_dir),
+            "ray_tls": _ray_tls(observed, data_dir)}
+
+
+RAY_CLIENTS = ("ray-head", "ray-worker", "core")  # the containers whose Ray may speak TLS
+
+
+def _ray_tls(observed: list[Observed], data_dir: Path) -> dict[str, Any] | None:
+    """Whether this VM's Ray speaks TLS, and the certificates it uses: names, issuer, expiry
+    (a warning 30 days ahead: a re-run renews the node's then). None without Ray here."""
+    ray_here = [o for o in observed if o.service in RAY_CLIENTS]
+    if not ray_here:
+        return None
+    if not any(o.env_value("RAY_USE_TLS") == "1" for o in ray_here):
+        return {"encrypted": False, "ca": None, "certificate": None,
+                "advice": "Ray's traffic between VMs is NOT encrypted (a cluster made before "
+                          "the agent encrypted it, or --no-ray-tls): to switch it on, follow "
+                          "docs/security.md (\"Switching a running cluster to TLS\")"}
+    found = ray_tls.existing(data_dir)
+    ca, cert = found if found is not None else (None, None)
+
+    def described(info: tls.CertInfo | None) -> dict[str, Any] | None:
+        if info is None:
+            return None
+        soon = tls.expires_soon(info, days=ray_tls.WARN_WITHIN_DAYS)
+        return {"subject": info.subject, "issuer": info.issuer, "names": list(info.names),
+                "not_after": info.not_after.isoformat(), "expires_soon": soon,
+                "summary": tls.describe(info, days=ray_tls.WARN_WITHIN_DAYS)}
+
+    return {"encrypted": True, "ca": described(ca), "certificate": described(cert),
+            "advice": None}
+
+
+def _ray_tls_lines(found: dict[str, Any] | None) -> list[str]:
+    if found is None:
+        return []
+    if not found["encrypted"]:
+        return [found["advice"]]
+    lines = ["ray traffic: mutual TLS with the cluster's CA (docs/security.md)"]
+    for what, key in (("this node's", "certificate"), ("the cluster CA's", "ca")):
+        info = found[key]
+        lines.append(f"  {what} {info['summary']}" if info else
+                     f"  {what} certificate is missing: re-run the role to issue it")
+    return lines
 
 
 def engine_report(engine: Engine, observed: list[Observed], data_dir: Path,
@@ -357,7 +414,8 @@ def status(engine: Engine, data_dir: Path, instance: str, say: Say) -> int:
     for r in rows:
         say("  ".join(f"{v:<{w}}" for v, w in zip(r, widths)) + "  " + r[-1])
     for line in [*_leftover_lines(report["leftovers"]), *_ray_lines(report["ray"]),
-                 *_release_lines(report), *(_https_lines(report["https"]) or app_urls(observed))]:
+                 *_ray_tls_lines(report["ray_tls"]), *_release_lines(report),
+                 *(_https_lines(report["https"]) or app_urls(observed))]:
         say(line)
     return len(report["not_ready"])
 

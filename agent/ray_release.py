@@ -15,7 +15,6 @@ import base64
 import io
 import json
 import re
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 from agent import cluster, store
 from agent.engine import Engine, EngineError
 from agent.errors import EnvironmentProblem
-from agent.roles.ray import DASHBOARD_PORT, IMAGE_LABEL, RELEASE_LABEL
+from agent.roles.ray import IMAGE_LABEL, RELEASE_LABEL
 from agent.spec import LABEL_INSTANCE, LABEL_TEMPORARY
 
 CACHE = "ray-versions.json"
@@ -54,16 +53,14 @@ def published(nodes: list[dict[str, Any]]) -> Published | None:
     return Published(image, str(found.get(RELEASE_LABEL) or ""))
 
 
-def head_version(address: str, token: str | None, timeout: float = 3.0) -> str | None:
+def head_version(address: str, token: str | None, timeout: float = 3.0,
+                 ca: str | None = None) -> str | None:
     """The Ray version the head runs (its dashboard's /api/version); None when it does not
     answer."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    request = urllib.request.Request(f"http://{address}:{DASHBOARD_PORT}/api/version",
-                                     headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return str(json.load(resp).get("ray_version") or "") or None
-    except cluster.UNANSWERED:
+        found = cluster.dashboard_get(address, "/api/version", token, ca, timeout)
+        return str(found.get("ray_version") or "") or None
+    except (*cluster.UNANSWERED, AttributeError):
         return None
 
 
@@ -96,10 +93,10 @@ def image_version(engine: Engine, ref: str, image_id: str, data_dir: Path,
 
 
 def check(engine: Engine, what: str, ref: str, image_id: str, data_dir: Path, head: str,
-          token: str | None, instance: str = "") -> None:
+          token: str | None, instance: str = "", ca: str | None = None) -> None:
     """Refuse an image whose Ray is not the head's, naming both versions and what to run.
     A head whose dashboard does not answer is not judged here (the join check follows)."""
-    theirs = head_version(head, token)
+    theirs = head_version(head, token, ca=ca)
     if theirs is None:
         return
     mine = image_version(engine, ref, image_id, data_dir, instance)

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from agent import cluster, history, images, ray_release, release, secret_files, tls
+from agent import cluster, history, images, ray_release, ray_tls, release, secret_files, store, tls
 from agent.config import AppSettings, HeadSettings, JoinOptions, RoleSettings, WorkerSettings
 from agent.engine import Engine
-from agent.errors import EnvironmentProblem
+from agent.errors import EnvironmentProblem, UsageError
 from agent.inputs import Inputs
 from agent.reconcile import not_here
 from agent.recovery import recover
@@ -69,12 +69,106 @@ def resolve_head(engine: Engine, settings: HeadSettings, say: Say,
     if settings.gcs_ft:
         wanted[settings.gcs_redis_image] = settings.suffix(ray.GCS_REDIS_SERVICE)
     ids = ensure_images(engine, settings, wanted, say, preview)
+    tls_on = head_tls_on(settings)
     token, done = cluster.head_token(settings, settings.data_dir)
     if not settings.auth:
         say(ray.AUTH_OFF_WARNING)
     elif done:
         say(f"{done} the cluster's Ray token in {cluster.token_path(settings.data_dir)}")
-    return settings, Inputs(ids, token, gcs_password=secret_files.gcs_password(settings, say))
+    material = node_tls(settings, token, say) if tls_on and token else None
+    if material is not None and settings.network == "host":
+        material = replace(material, front=ray_tls.write_front(material.folder))
+    return settings, Inputs(ids, token, gcs_password=secret_files.gcs_password(settings, say),
+                            ray_tls=material)
+
+
+def head_tls_on(settings: HeadSettings) -> bool:
+    """Whether the head's Ray speaks TLS: --ray-tls/--no-ray-tls, else as the data dir says
+    (the folder ray-tls is the switch: a new head makes it; one made by an earlier agent has
+    none and stays as it is). Made here, before the token, so that a run killed between the
+    two still finds a new cluster's choice."""
+    folder = ray_tls.folder(settings.data_dir)
+    if settings.ray_tls and settings.network != "host":
+        raise UsageError(f"--ray-tls needs the head on the host's network (it runs on the Docker "
+                         f"network {settings.network}, whose addresses are known only once a "
+                         "container starts, and which other VMs cannot reach anyway)")
+    if settings.ray_tls and not settings.auth:
+        raise UsageError("--ray-tls needs token auth (the cluster's CA comes from its token): "
+                         "drop --no-auth")
+    if settings.ray_tls is False:
+        if folder.is_dir():
+            for path in sorted(folder.iterdir()):
+                store.remove(path)
+            if not store.dry_running():
+                folder.rmdir()
+        return False
+    new = not cluster.token_path(settings.data_dir).exists() and settings.ray_tls is None
+    if settings.ray_tls or (new and settings.network == "host" and settings.auth):
+        store.ensure_dir(folder, 0o755, exact=True)
+        return True
+    return folder.is_dir()
+
+
+def node_tls(settings: HeadSettings | WorkerSettings | AppSettings, token: str,
+             say: Say) -> ray_tls.Material:
+    """This node's TLS files, made or renewed (a renewal restarts only this node's Ray)."""
+    node_ip = getattr(settings, "node_ip", None)
+    names = ray_tls.host_names((*settings.ray_tls_san, *((node_ip,) if node_ip else ())))
+    material = replace(ray_tls.node_material(settings.data_dir, token, names,
+                                             settings.ray_tls_days),
+                       listen=tuple(ray_tls.local_ipv4()))
+    if material.renewed:
+        say(f"issued this node's Ray TLS certificate ({material.renewed}): "
+            f"{ray_tls.folder(settings.data_dir) / material.cert_file}")
+    return material
+
+
+HEAD_TLS_LOOK = 15.0  # seconds to keep asking a head that closes before its handshake
+
+
+def joining_tls(settings: WorkerSettings | AppSettings, token: str | None, say: Say,
+                preview: Preview | None) -> ray_tls.Material | None:
+    """A worker's or the app's Ray speaks as the head does: a TLS handshake with the head's GCS
+    port, trusting only the CA this token carries, tells which (and refuses a head that
+    another CA vouches for before anything secret is sent). --ray-tls/--no-ray-tls, when
+    given, must agree: Ray cannot mix TLS and plain nodes."""
+    assert settings.head
+    if not token:  # no token, no CA: the head cannot speak TLS with us
+        if settings.ray_tls:
+            raise UsageError("--ray-tls needs token auth (the cluster's CA comes from its "
+                             "token): drop --no-auth")
+        return None
+    ca = ray_tls.derived_ca(token)
+    heard: list[str] = []
+
+    def look() -> bool:
+        try:
+            heard.append(ray_tls.head_speaks(settings.head or "", ray.GCS_PORT, ca.pem))
+        except OSError:
+            return False
+        return True
+
+    if not (look() if preview is not None else poll(look, HEAD_TLS_LOOK,
+                                                      "the head's TLS handshake", say)):
+        if preview is not None:
+            preview.notes.append(f"the Ray head at {settings.head} does not answer now: "
+                                 "whether it speaks TLS is not known yet")
+            return None
+        raise EnvironmentProblem(f"the Ray head at {settings.head}:{ray.GCS_PORT} closes every "
+                                 "connection: check that its Ray runs (syntho-agent status on "
+                                 "the head)")
+    tls_on = heard[0] == ray_tls.HEAD_TLS
+    role = "worker" if isinstance(settings, WorkerSettings) else "app"
+    if settings.ray_tls is not None and settings.ray_tls != tls_on:
+        said, does = ("--ray-tls", "plain") if settings.ray_tls else ("--no-ray-tls", "TLS")
+        raise UsageError(f"the Ray head at {settings.head} speaks {does} and this {role} was "
+                         f"given {said}: Ray cannot mix TLS and plain nodes; drop the flag, or "
+                         "switch the head first (docs/security.md)")
+    if tls_on and isinstance(settings, WorkerSettings) and settings.network != "host":
+        raise UsageError(f"the Ray head speaks TLS and this worker runs on the Docker network "
+                         f"{settings.network}, whose address is known only once it starts: run "
+                         "it on the host's network (--network host, as on a VM)")
+    return node_tls(settings, token, say) if tls_on else None
 
 
 def wait_for_head(settings: JoinOptions, say: Say, preview: Preview | None = None) -> None:
@@ -120,13 +214,13 @@ OWN_APP_RELEASE = frozenset({"release", "release_file", "core_image", "backend_i
 FOLLOW_WAIT = 30.0  # seconds to wait for the head to list its node (it may be starting)
 
 
-def head_publishes(settings: JoinOptions, token: str | None, say: Say,
+def head_publishes(settings: JoinOptions, token: str | None, ca: str | None, say: Say,
                    preview: Preview | None) -> ray_release.Published | None:
     """What the head publishes (its Ray image and release); a preview asks once."""
     found: list[ray_release.Published] = []
 
     def listed() -> bool:
-        nodes = cluster.alive_nodes(settings.head or "", token)
+        nodes = cluster.alive_nodes(settings.head or "", token, ca=ca)
         mine = ray_release.published(nodes)
         if mine is not None:
             found.append(mine)
@@ -139,14 +233,14 @@ def head_publishes(settings: JoinOptions, token: str | None, say: Say,
     return found[0] if found else None
 
 
-def follow_head(engine: Engine, settings: WorkerSettings, token: str | None, say: Say,
-                preview: Preview | None = None) -> WorkerSettings:
+def follow_head(engine: Engine, settings: WorkerSettings, token: str | None, ca: str | None,
+                say: Say, preview: Preview | None = None) -> WorkerSettings:
     """A worker given no image of its own runs the head's Ray image (and its release). When
     the head does not say (its dashboard is down, or an older agent made it), the worker keeps
     the image it runs (a reboot must not move it), or starts with --ray-image's default."""
     if settings.given & OWN_RAY_IMAGE:
         return settings
-    found = head_publishes(settings, token, say, preview)
+    found = head_publishes(settings, token, ca, say, preview)
     if found is None:
         running = engine.observe(settings.suffix("ray-worker"))
         image = running.image if running is not None else settings.ray_image
@@ -169,16 +263,17 @@ def resolve_worker(engine: Engine, settings: WorkerSettings, say: Say,
     ids = ensure_images(engine, settings, wanted, say, preview) if own else {}
     token = cluster.joining_token(settings, settings.data_dir)
     wait_for_head(settings, say, preview)
+    material = joining_tls(settings, token, say, preview)
     if not own:
-        settings = follow_head(engine, settings, token, say, preview)
+        settings = follow_head(engine, settings, token, ray_tls.ca_pem_of(material), say, preview)
         ids = ensure_images(engine, settings, {settings.ray_image: settings.suffix("ray-worker")},
                             say, preview)
     if preview is None:
         assert settings.head
         ray_release.check(engine, "the worker's Ray", settings.ray_image,
                           ids[settings.ray_image], settings.data_dir, settings.head, token,
-                          settings.instance)
-    return settings, Inputs(ids, token)
+                          settings.instance, ray_tls.ca_pem_of(material))
+    return settings, Inputs(ids, token, ray_tls=material)
 
 
 def app_images(settings: AppSettings) -> dict[str, str]:
@@ -194,7 +289,7 @@ def app_images(settings: AppSettings) -> dict[str, str]:
     return wanted
 
 
-def app_ray_host(settings: AppSettings, token: str | None, say: Say,
+def app_ray_host(settings: AppSettings, token: str | None, ca: str | None, say: Say,
                  preview: Preview | None = None) -> str:
     """The head's address as the app's containers reach it.
 
@@ -208,7 +303,8 @@ def app_ray_host(settings: AppSettings, token: str | None, say: Say,
     found: list[str] = []
 
     def head_node() -> bool:
-        found.extend(str(n["node_ip"]) for n in cluster.alive_nodes(settings.head or "", token)
+        found.extend(str(n["node_ip"]) for n in cluster.alive_nodes(settings.head or "", token,
+                                                                     ca=ca)
                      if n.get("is_head_node") and n.get("node_ip"))
         return bool(found)
 
@@ -228,11 +324,11 @@ def app_ray_host(settings: AppSettings, token: str | None, say: Say,
     return found[0]
 
 
-def follow_head_release(engine: Engine, settings: AppSettings, token: str | None, say: Say,
-                        preview: Preview | None) -> AppSettings:
+def follow_head_release(engine: Engine, settings: AppSettings, token: str | None,
+                        ca: str | None, say: Say, preview: Preview | None) -> AppSettings:
     """An app given no release of its own runs the release the head was given (--release),
     if any; when the head does not say, it keeps the release it last ran healthy."""
-    found = head_publishes(settings, token, say, preview)
+    found = head_publishes(settings, token, ca, say, preview)
     good = history.last_healthy(settings.data_dir, "app")
     if found is None and good is not None:  # the head does not say: keep what ran
         say("the head does not say which release it runs (its dashboard does not answer): "
@@ -267,13 +363,17 @@ def resolve_app(engine: Engine, settings: AppSettings, say: Say,
     if rotate_to is not None:
         secrets = replace(secrets, db_password=rotate_to)
     wait_for_head(settings, say, preview)
+    material = joining_tls(settings, token, say, preview)
     if not own:
-        settings = follow_head_release(engine, settings, token, say, preview)
+        settings = follow_head_release(engine, settings, token, ray_tls.ca_pem_of(material),
+                                       say, preview)
         ids = ensure_images(engine, settings, app_images(settings), say, preview)
     if preview is None:
         assert settings.head
         ray_release.check(engine, "the core's Ray client: the", settings.core_image,
                           ids[settings.core_image], settings.data_dir, settings.head, token,
-                          settings.instance)
+                          settings.instance, ray_tls.ca_pem_of(material))
     return settings, Inputs(ids, token, secrets=secrets, rotate_to=rotate_to,
-                            ray_host=app_ray_host(settings, token, say, preview), site=site)
+                            ray_host=app_ray_host(settings, token, ray_tls.ca_pem_of(material), say,
+                                                  preview), site=site,
+                            ray_tls=material)

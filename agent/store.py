@@ -86,6 +86,10 @@ def dry_run() -> Iterator[DryRun]:
         _DRY.remove(held)
 
 
+def dry_running() -> bool:
+    return bool(_DRY)
+
+
 def ensure_dir(path: Path, mode: int = 0o700, exact: bool = False) -> Path:
     """path as a directory, made (with its parents) if missing, and with `exact` given this
     mode even when it exists; OSError tagged otherwise."""
@@ -209,6 +213,19 @@ def read_secret(path: Path) -> str | None:
             f"{path} is damaged (empty or more than one line); restore it from a backup, or "
             "delete it: a re-run restores it from the container that carries it")
     return value
+
+
+def read_text(path: Path) -> str | None:
+    """A file this agent wrote (as a dry run would have it); None when there is none."""
+    held = _DRY[-1].files.get(path) if _DRY else None
+    if held is not None:
+        return held.content.decode()
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise tag(exc, path, "read") from None
 
 
 def secret(path: Path, generate: Callable[[], str]) -> tuple[str, bool]:

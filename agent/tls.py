@@ -197,11 +197,11 @@ def info_of(leaf: x509.Certificate) -> CertInfo:
     )
 
 
-def describe(info: CertInfo, now: datetime | None = None) -> str:
+def describe(info: CertInfo, now: datetime | None = None, days: int = 14) -> str:
     """One line on a certificate: its names, issuer and expiry, and a warning when near."""
     names = ", ".join(info.names[:_SHOWN]) or info.subject
     line = f"certificate for {names}, issued by {info.issuer}, valid until {_when(info.not_after)}"
-    if expires_soon(info, now):
+    if expires_soon(info, now, days):
         left = (info.not_after - _utc(now)).days
         line += (f"; WARNING: it expires in {max(left, 0)} day(s): renew it"
                  if info.not_after > _utc(now) else "; WARNING: it has EXPIRED: renew it")

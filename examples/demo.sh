@@ -7,7 +7,6 @@ cd "$(dirname "$0")/.."
 
 AGENT=${AGENT:-dist/syntho-agent}
 DATA=${DEMO_DATA:-/var/lib/syntho-agent-demo}
-NET=syntho-demo-workers
 # What this host allows (the product's default, 65536, where the host permits it).
 NOFILE=$(( $(ulimit -Hn) < 65536 ? $(ulimit -Hn) : 65536 ))
 eval "$(.venv/bin/python tests/images/build.py --list | .venv/bin/python -c '
@@ -24,10 +23,11 @@ from agent.cluster import alive_nodes
 print(next(n["node_ip"] for n in alive_nodes("127.0.0.1", os.environ["SYNTHO_AGENT_TOKEN"])
            if n.get("is_head_node")))')
 
-echo "== worker (its own network namespace here, joining the head at $HEAD_IP)"
-docker network inspect "$NET" >/dev/null 2>&1 || docker network create "$NET" >/dev/null
+echo "== worker (beside the head on this host's network, its own ports, joining $HEAD_IP)"
+# Host networking, as on a VM: the head's Ray speaks TLS (a new cluster's default), and a
+# node's certificate must name the address it is dialled at (docs/security.md).
 "$AGENT" worker --head "$HEAD_IP" --data-dir "$DATA/worker" --instance demo \
-    --network "$NET" --token-file "$DATA/head/ray-token" --ray-image "$IMG_RAY" \
+    --token-file "$DATA/head/ray-token" --ray-image "$IMG_RAY" \
     --shm-size 1gb --nofile "$NOFILE"
 
 echo "== app (beside the head, as on a one-VM deployment)"

@@ -36,6 +36,7 @@ LOGS = REPO / "build" / "test-logs"
 ISOLATED = (
     "tests/integration/test_ray_up.py",
     "tests/integration/test_vms.py",
+    "tests/integration/test_wire.py",
     "tests/soak",
     "tests/integration/test_autoscaling.py",
     "tests/integration/test_zipapp.py",

@@ -6,9 +6,13 @@ head with the cluster's token added (RAY_TOKEN, this container's environment: th
 holds it); anything else is refused with 403. A log line per request names its method, path
 (without the query) and status, never a header.
 
+When the cluster's Ray speaks TLS (RAY_DASHBOARD_CA names the cluster's CA certificate), the
+relay reaches the dashboard in HTTPS through the head's TLS front, trusting that CA alone and
+checking that the certificate names RAY_DASHBOARD_HOST: the token never crosses a wire in clear.
+
 Runs with the python3 of the core's image (the standard library only), so the app VM needs no
 other image. Environment: RAY_DASHBOARD_HOST, RAY_DASHBOARD_PORT, RAY_TOKEN (optional),
-RELAY_PORT.
+RAY_DASHBOARD_CA (optional), RELAY_PORT.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import os
+import ssl
 import sys
 
 ALIVE = "/syntho-relay/alive"  # the container's health check: the relay itself answers
@@ -56,7 +61,7 @@ class Relay(http.server.BaseHTTPRequestHandler):
         token = os.environ.get("RAY_TOKEN")
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        conn = http.client.HTTPConnection(host, port, timeout=TIMEOUT)
+        conn = connection(host, port)
         try:
             conn.request(self.command, self.path, headers=headers)
             reply = conn.getresponse()
@@ -92,12 +97,22 @@ class Relay(http.server.BaseHTTPRequestHandler):
         sys.stderr.write(f"relay: {format % args}\n")
 
 
+def connection(host: str, port: int) -> http.client.HTTPConnection:
+    ca = os.environ.get("RAY_DASHBOARD_CA")
+    if not ca:
+        return http.client.HTTPConnection(host, port, timeout=TIMEOUT)
+    context = ssl.create_default_context(cafile=ca)  # the cluster's CA alone
+    return http.client.HTTPSConnection(host, port, timeout=TIMEOUT, context=context)
+
+
 def main() -> None:
     port = int(os.environ.get("RELAY_PORT", "8265"))
     server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Relay)
     server.daemon_threads = True
+    scheme = "https" if os.environ.get("RAY_DASHBOARD_CA") else "http"
     sys.stderr.write(f"relaying GET and HEAD of /api/ on port {port} to the Ray dashboard at "
-                     f"{os.environ['RAY_DASHBOARD_HOST']}:{os.environ['RAY_DASHBOARD_PORT']}\n")
+                     f"{scheme}://{os.environ['RAY_DASHBOARD_HOST']}:"
+                     f"{os.environ['RAY_DASHBOARD_PORT']}\n")
     sys.stderr.flush()
     server.serve_forever()
 

@@ -16,7 +16,9 @@ from urllib.parse import quote, unquote, urlsplit
 from agent import relay, tls
 from agent import spec as s
 from agent.config import AppSettings
-from agent.roles.ray import DASHBOARD_PORT, LICENSE_ENV, auth_env
+from agent.ray_tls import CA_FILE, Material
+from agent.ray_tls import INSIDE as TLS_INSIDE
+from agent.roles.ray import DASHBOARD_PORT, LICENSE_ENV, auth_env, tls_mounts
 
 DB_USER = "syntho"
 INIT_SCRIPT = "create-multiple-databases.sh"
@@ -99,10 +101,11 @@ class AppValues:
     frontend_url: str
     protocol: str  # FRONTEND_PROTOCOL: https with the proxy (it forces it) or as configured
     site: tls.Site | None  # the HTTPS proxy's site, when --tls is on
+    ray_tls: Material | None = None  # the app's Ray TLS files, when the cluster's Ray speaks TLS
 
 
 def app_values(settings: AppSettings, secrets: Secrets, ray_host: str,
-               site: tls.Site | None = None) -> AppValues:
+               site: tls.Site | None = None, ray_tls: Material | None = None) -> AppValues:
     rd = redis(settings)
     host = site.address if site else frontend_host(settings)
     protocol = "https" if site else settings.frontend_protocol
@@ -112,7 +115,7 @@ def app_values(settings: AppSettings, secrets: Secrets, ray_host: str,
         frontend_host=host,
         frontend_domain=site.host if site else host.rsplit(":", 1)[0],
         backend_host=backend_host(settings),
-        frontend_url=f"{protocol}://{host}", protocol=protocol, site=site,
+        frontend_url=f"{protocol}://{host}", protocol=protocol, site=site, ray_tls=ray_tls,
     )
 
 
@@ -156,7 +159,9 @@ def app_spec(settings: AppSettings, values: AppValues) -> s.Spec:
         CELERY_BROKER_URL=values.broker_url, CELERY_RESULT_BACKEND=values.broker_url,
         RAY_ADDRESS=ray, REDIS_HOST=rd.host, REDIS_PORT=str(rd.port),
         **{LICENSE_ENV: settings.license_key}, **auth_env(secrets.ray_token),
+        **dict(values.ray_tls.env() if values.ray_tls else ()),
     )
+    ray_mounts = tls_mounts(values.ray_tls)  # the core's Ray client speaks TLS with the head
     worker_env = dict(
         SYNTHO_ENGINE_URL=f"http://core:{settings.core_port}/api",
         SYNTHO_WEBSOCKET_URL=f"ws://core:{settings.core_port}/websocket/",
@@ -197,12 +202,12 @@ def app_spec(settings: AppSettings, values: AppValues) -> s.Spec:
     containers += [
         box("core", settings.core_image, restart="on-failure", after=infra,
             env=s.env_pairs(**core_env, PORT=str(settings.core_port),
-                            MAX_WORKERS=str(settings.max_workers)),
+                            MAX_WORKERS=str(settings.max_workers)), mounts=ray_mounts,
             health=_http_probe(f"http://localhost:{settings.core_port}/api/v1/status")),
         box("core_worker", settings.core_image, restart="on-failure", after=infra,
             command=("celery", "-A", "app.celery", "worker", "--loglevel=info"),
-            env=s.env_pairs(**core_env)),
-        ray_relay(settings, ray, secrets.ray_token),
+            env=s.env_pairs(**core_env), mounts=ray_mounts),
+        ray_relay(settings, ray, secrets.ray_token, values.ray_tls),
         box("backend", settings.backend_image, restart="on-failure",
             after=(*infra, relay.SERVICE),
             env=s.env_pairs(**backend_env),
@@ -235,17 +240,23 @@ def app_spec(settings: AppSettings, values: AppValues) -> s.Spec:
     )
 
 
-def ray_relay(settings: AppSettings, ray_host: str, token: str | None) -> s.Container:
+def ray_relay(settings: AppSettings, ray_host: str, token: str | None,
+              ray_tls: Material | None = None) -> s.Container:
     """The backend's way to the Ray dashboard (relay.py): the core's image running the
-    relay's program, on the app's network only, the token in its environment only."""
+    relay's program, on the app's network only, the token in its environment only; in HTTPS
+    with the cluster's CA when its Ray speaks TLS."""
     name = relay.file_name(relay.program())
     return s.Container(
         service=relay.SERVICE, name=settings.suffix(f"syntho-{relay.SERVICE}"),
         image=settings.core_image, network=settings.suffix("syntho"), aliases=(relay.SERVICE,),
         restart="always", entrypoint=("python3", f"{relay.INSIDE}/{name}"),
         env=s.env_pairs(RAY_DASHBOARD_HOST=ray_host, RAY_DASHBOARD_PORT=str(DASHBOARD_PORT),
-                        RELAY_PORT=str(relay.PORT), PYTHONUNBUFFERED="1", RAY_TOKEN=token),
-        mounts=(s.Mount(str(settings.data_dir / relay.DIR), relay.INSIDE, read_only=True),),
+                        RELAY_PORT=str(relay.PORT), PYTHONUNBUFFERED="1", RAY_TOKEN=token,
+                        RAY_DASHBOARD_CA=f"{TLS_INSIDE}/{CA_FILE}" if ray_tls else None),
+        mounts=(s.Mount(str(settings.data_dir / relay.DIR), relay.INSIDE, read_only=True),
+                # the CA alone: the relay has no use for the node's key
+                *((s.Mount(str(ray_tls.folder / CA_FILE), f"{TLS_INSIDE}/{CA_FILE}",
+                           read_only=True),) if ray_tls else ())),
         health=s.Health(test=relay.health_command(), interval=2.0, timeout=5.0, retries=30,
                         start_period=5.0),
     )

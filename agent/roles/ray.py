@@ -19,6 +19,8 @@ from typing import Any
 from agent import spec as s
 from agent.config import RAY_PORTS, HeadSettings, RayNodeSettings, WorkerSettings
 from agent.errors import UsageError
+from agent.ray_tls import INSIDE as TLS_INSIDE
+from agent.ray_tls import KEY_FILE, Material
 
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265
@@ -123,15 +125,17 @@ def node_ports(settings: Any, role: str) -> NodePorts:
     return ports
 
 
-def start_command(head_address: str | None, ports: NodePorts, block: bool = True) -> list[str]:
+def start_command(head_address: str | None, ports: NodePorts, block: bool = True,
+                  dashboard_host: str = "0.0.0.0") -> list[str]:
     """`ray start` for the head (head_address None) or a worker joining head_address, every
     port it listens on pinned.
 
     --block keeps Ray in the foreground, as the container's main process; Ray's launcher runs
-    it as a command in a long-lived container instead (block=False)."""
+    it as a command in a long-lived container instead (block=False). With TLS the dashboard
+    keeps the loopback and its TLS front the host's other addresses (dashboard_front)."""
     if head_address is None:
-        command = ["ray", "start", "--head", f"--port={GCS_PORT}", "--dashboard-host", "0.0.0.0",
-                   f"--ray-client-server-port={CLIENT_PORT}"]
+        command = ["ray", "start", "--head", f"--port={GCS_PORT}", "--dashboard-host",
+                   dashboard_host, f"--ray-client-server-port={CLIENT_PORT}"]
     else:
         command = ["ray", "start", f"--address={head_address}:{GCS_PORT}"]
     return [*command, *ports.args(), *(["--block"] if block else []), "--disable-usage-stats"]
@@ -146,8 +150,13 @@ def node_env(license_key: str, token: str | None) -> tuple[tuple[str, str], ...]
     return s.env_pairs(**dict(SCHEDULER_ENV), **{LICENSE_ENV: license_key}, **auth_env(token))
 
 
+def tls_mounts(material: Material | None) -> tuple[s.Mount, ...]:
+    """The node's TLS folder, read-only, where Ray's TLS environment names its files."""
+    return (s.Mount(str(material.folder), TLS_INSIDE, read_only=True),) if material else ()
+
+
 def _node(settings: RayNodeSettings, service: str, command: list[str],
-          token: str | None) -> s.Container:
+          token: str | None, material: Material | None = None) -> s.Container:
     if settings.node_ip:
         command += ["--node-ip-address", settings.node_ip]
     return s.Container(
@@ -157,7 +166,8 @@ def _node(settings: RayNodeSettings, service: str, command: list[str],
         command=tuple(command + list(settings.ray_arg)),
         env=node_env(settings.license_key, token) + (
             (("RAY_gcs_rpc_server_reconnect_timeout_s", str(settings.gcs_reconnect_timeout)),)
-            if settings.gcs_reconnect_timeout else ()),
+            if settings.gcs_reconnect_timeout else ()) + (material.env() if material else ()),
+        mounts=tls_mounts(material),
         network=settings.network,
         restart="always",
         shm_size=settings.shm_size,
@@ -171,15 +181,41 @@ def _networks(settings: RayNodeSettings) -> tuple[s.Network, ...]:
     return () if settings.network == "host" else (s.Network(settings.network),)
 
 
+DASHBOARD_FRONT = "ray-dashboard-tls"
+
+
+def dashboard_front(settings: HeadSettings, material: Material) -> s.Container:
+    """The TLS front of the head's dashboard (assets/tls-front.py on the Ray image's python3):
+    the dashboard keeps 127.0.0.1:8265 in plain, the front serves 8265 on the host's other
+    addresses with the node's certificate, so the token never crosses a wire in clear."""
+    return s.Container(
+        service=DASHBOARD_FRONT, name=settings.suffix(DASHBOARD_FRONT), image=settings.ray_image,
+        entrypoint=("python3", f"{TLS_INSIDE}/{material.front}"), network="host", restart="always",
+        env=s.env_pairs(FRONT_CERT=f"{TLS_INSIDE}/{material.cert_file}",
+                        FRONT_KEY=f"{TLS_INSIDE}/{KEY_FILE}",
+                        FRONT_LISTEN=",".join(material.listen),
+                        FRONT_PORT=str(DASHBOARD_PORT), BACKEND=f"127.0.0.1:{DASHBOARD_PORT}",
+                        PYTHONUNBUFFERED="1"),
+        mounts=tls_mounts(material),
+        health=s.Health(test=("CMD", "python3", f"{TLS_INSIDE}/{material.front}", "--check"),
+                        interval=2.0, timeout=5.0, retries=30, start_period=2.0),
+    )
+
+
 def head_spec(settings: HeadSettings, token: str | None,
-              gcs_password: str | None = None) -> s.Spec:
+              gcs_password: str | None = None, material: Material | None = None) -> s.Spec:
     """The head; with GCS fault tolerance (gcs_password given), the Redis that keeps the
-    GCS's state first, and the head started on it."""
-    command = [*start_command(None, node_ports(settings, "head")),
+    GCS's state first, and the head started on it; with TLS (material), its dashboard on
+    loopback and the dashboard's TLS front."""
+    tls_front = material is not None and bool(material.listen and material.front)
+    command = [*start_command(None, node_ports(settings, "head"),
+                              dashboard_host="127.0.0.1" if tls_front else "0.0.0.0"),
                "--labels", head_labels(settings.ray_image, settings.release)]
-    head = _node(settings, "ray-head", command, token)
+    head = _node(settings, "ray-head", command, token, material)
+    front = (dashboard_front(settings, material),) if (
+        tls_front and material is not None) else ()
     if gcs_password is None:
-        return s.Spec(role="head", instance=settings.instance, containers=(head,),
+        return s.Spec(role="head", instance=settings.instance, containers=(head, *front),
                       networks=_networks(settings), secrets=_secrets(settings, token))
     redis = gcs_redis(settings, gcs_password)
     # On a network, the Redis's own container name: every head on that network has a
@@ -194,7 +230,7 @@ def head_spec(settings: HeadSettings, token: str | None,
            ("RAY_external_storage_namespace", f"syntho-agent{settings.instance}"))
     head = dataclasses.replace(head, command=("sh", "-c", "exec " + shell), env=env,
                                after=(GCS_REDIS_SERVICE,))
-    return s.Spec(role="head", instance=settings.instance, containers=(redis, head),
+    return s.Spec(role="head", instance=settings.instance, containers=(redis, head, *front),
                   networks=_networks(settings),
                   volumes=(s.Volume(settings.suffix("syntho-gcs-redis-data")),),
                   secrets=(*_secrets(settings, token), gcs_password))
@@ -223,11 +259,12 @@ def gcs_redis(settings: HeadSettings, password: str) -> s.Container:
     )
 
 
-def worker_spec(settings: WorkerSettings, token: str | None) -> s.Spec:
+def worker_spec(settings: WorkerSettings, token: str | None,
+                material: Material | None = None) -> s.Spec:
     assert settings.head
     return s.Spec(role="worker", instance=settings.instance,
                   containers=(_node(settings, "ray-worker", start_command(
-                      settings.head, node_ports(settings, "worker")), token),),
+                      settings.head, node_ports(settings, "worker")), token, material),),
                   networks=_networks(settings), secrets=_secrets(settings, token))
 
 

@@ -73,11 +73,14 @@ def head_vm(request: pytest.FixtureRequest, module_sandbox: Sandbox,
 
 @pytest.fixture(scope="module")
 def stack(module_sandbox: Sandbox, images: dict[str, str], head_vm: HeadVM) -> App:
-    """head + a worker + the app, converged."""
+    """head + a worker + the app, converged. The worker shares the head's network (the
+    host's, as on a VM that runs both: its ports differ from the head's), or the module's
+    Docker network with a head there: a head on the host's network speaks TLS (a new
+    cluster's default), which Ray on a Docker network cannot."""
     module_sandbox.create_network()
     worker_dir = module_sandbox.tmp / "worker"
     ok(run_agent("worker", "--data-dir", str(worker_dir), "--instance",
-                 module_sandbox.instance("w1"), "--network", module_sandbox.network,
+                 module_sandbox.instance("w1"), "--network", head_vm.network or "host",
                  "--head", head_vm.node_ip, "--ray-image", images["ray"], "--shm-size", "512mb",
                  "--nofile", NOFILE, "--token-file", str(head_vm.data_dir / "ray-token")))
     app = App(module_sandbox, images, head_vm, "app")

@@ -1,7 +1,8 @@
 """The app role on the real engine: the whole stack, wired to a real Ray cluster.
 
 One engine stands for the VMs: the head runs on the host network (as on its VM, and as on a
-one-VM deployment), a worker on a bridge network, and the app beside them.
+one-VM deployment), a worker beside it on the same network (its own ports), and the app beside
+them. A new cluster: its Ray speaks mutual TLS.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ import json
 import socket
 import stat
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import docker
 import pytest
 
+from agent import cluster, ray_tls
 from agent.waits import poll
 from tests.integration.agent_helpers import App, HeadVM, engine_snapshot, http, ok
 from tests.support.agent_cli import agent_cmd, agent_env, run_agent
@@ -67,6 +71,41 @@ def test_the_stack_is_healthy_wired_and_reachable(stack: App, head_vm: HeadVM) -
     assert "the backend reaches the Ray dashboard through the relay (Ray 2." in status
 
 
+def env_of(container: docker.models.containers.Container) -> dict[str, str]:
+    return dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
+
+
+def test_a_new_clusters_ray_and_dashboard_speak_tls_with_the_tokens_ca(
+        stack: App, head_vm: HeadVM, docker_client: docker.DockerClient) -> None:
+    """Every Ray process (head, worker, the app's core and core_worker) has Ray's TLS
+    settings; the dashboard answers other addresses in HTTPS only, verified against the CA the
+    token carries (and against no other); the relay and `status` say so. The core's real Ray
+    task on the cluster (the test above) ran through it."""
+    ca = ray_tls.derived_ca(head_vm.token)
+    head = docker_client.containers.get(f"ray-head-{head_vm.instance}")
+    for box in (head, stack.container("core"), stack.container("core_worker")):
+        env = env_of(box)
+        assert env.get("RAY_USE_TLS") == "1" and env["RAY_TLS_CA_CERT"] == "/ray-tls/ca.crt", (
+            box.name, env)
+    assert env_of(stack.container("ray-relay"))["RAY_DASHBOARD_CA"] == "/ray-tls/ca.crt"
+    assert ray_tls.head_speaks(head_vm.node_ip, 6379, ca.pem) == ray_tls.HEAD_TLS
+
+    path = "/api/v0/nodes?limit=10"
+    with pytest.raises(OSError):  # plain HTTP on another address: no HTTP answer
+        urllib.request.urlopen(f"http://{head_vm.node_ip}:8265{path}", timeout=10)
+    with pytest.raises(urllib.error.URLError):  # the system's CAs do not vouch for it
+        urllib.request.urlopen(f"https://{head_vm.node_ip}:8265{path}", timeout=10)
+    assert len(cluster.alive_nodes(head_vm.node_ip, head_vm.token, ca=ca.pem)) == 2
+    other = ray_tls.derived_ca("0" * 64)
+    with pytest.raises(urllib.error.URLError):
+        cluster.nodes(head_vm.node_ip, head_vm.token, ca=other.pem)
+
+    report = json.loads(ok(stack.cmd("status", "--json")))["ray_tls"]
+    assert report["encrypted"] is True and not report["certificate"]["expires_soon"], report
+    assert head_vm.node_ip in report["certificate"]["names"], report
+    assert "ray traffic: mutual TLS" in ok(stack.cmd("status"))
+
+
 def test_a_wrong_token_at_the_relay_fails_the_backends_check_and_a_run_heals_it(
         stack: App, head_vm: HeadVM) -> None:
     """The relay re-made by hand with a wrong token: the backend's own call of RAY_URL fails
@@ -83,8 +122,9 @@ def test_a_wrong_token_at_the_relay_fails_the_backends_check_and_a_run_heals_it(
         config["Image"], name=relay.name, entrypoint=config["Entrypoint"],
         environment=[e for e in config["Env"] if not e.startswith("RAY_TOKEN=")]
         + [f"RAY_TOKEN={wrong}"], labels=config["Labels"],
-        host_config=api.create_host_config(binds={
-            str(stack.data_dir / "relay"): {"bind": "/relay", "mode": "ro"}}),
+        host_config=api.create_host_config(binds={  # its own: the program, the cluster's CA
+            m["Source"]: {"bind": m["Destination"], "mode": "rw" if m["RW"] else "ro"}
+            for m in relay.attrs["Mounts"]}),
         networking_config=api.create_networking_config({
             network: api.create_endpoint_config(aliases=["ray-relay"])}))
     api.start(made["Id"])

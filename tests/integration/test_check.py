@@ -200,8 +200,8 @@ def test_every_ray_listener_is_pinned_and_reruns_pass_their_own_checks(
 
     # Both nodes alive (the agent's join check is met by the head's node here: one IP for
     # both), then an actor on each: a worker process that outlives the driver, listening.
-    assert poll(lambda: len(cluster.alive_nodes(head_vm.node_ip, head_vm.token)) == 2, 60,
-                "the worker's node alive"), cluster.alive_nodes(head_vm.node_ip, head_vm.token)
+    assert poll(lambda: len(cluster.alive_nodes(head_vm.address, head_vm.token)) == 2, 60,
+                "the worker's node alive"), cluster.alive_nodes(head_vm.address, head_vm.token)
     head_name, worker_name = f"ray-head-{head_vm.instance}", f"ray-worker-{worker_instance}"
     code, out = docker_client.containers.get(head_name).exec_run(["python3", "-c", (
         "import ray\n"

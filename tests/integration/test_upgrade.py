@@ -427,6 +427,8 @@ def test_status_is_green(deployment: Deployment, upgrade: Upgrade, new_agent: Ag
         for name, c in upgrade.after.items():
             if name.endswith(role.instance):
                 assert name in out, f"{name} ({c.service}) not in the status of {role.name}"
+        # Made before Ray's TLS: still plain after the upgrade, and `status` says so.
+        assert "Ray's traffic between VMs is NOT encrypted" in out, out
 
 
 def test_a_second_run_of_the_new_agent_does_nothing(deployment: Deployment, upgrade: Upgrade,

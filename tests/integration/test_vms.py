@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import cluster
+from agent import cluster, ray_tls
 from agent.waits import poll
 from tests.support.constants import NOFILE
 from tests.support.vms import (
@@ -65,6 +65,7 @@ def test_four_vms_form_the_deployment_and_survive_a_head_reboot(
     code, token, _ = head.sh(f"cat {DATA}/ray-token")
     token = token.strip()
     assert code == 0 and len(token) == 64
+    ca = ray_tls.derived_ca(token).pem  # a new cluster's Ray (and dashboard) speak TLS
 
     # Worker 1 from the registry (token in the environment), worker 2 from a bundle (file).
     out = w1.agent("worker", "--head", head.ip, *common, *pull, "--ray-image", RAY_REPO,
@@ -77,7 +78,7 @@ def test_four_vms_form_the_deployment_and_survive_a_head_reboot(
     out = w2.agent("worker", "--head", head.ip, *common, "--images", "/root/images",
                    "--ray-image", images["ray"], "--token-file", "/etc/syntho-agent/ray-token")
     assert "loaded " in out and "joined the Ray cluster" in out
-    assert len(cluster.alive_nodes(head.ip, token)) == 3
+    assert len(cluster.alive_nodes(head.ip, token, ca=ca)) == 3
 
     # The app, from a bundle.
     app_refs = [images[n] for n in ("core", "backend", "frontend", "postgres", "redis")]
@@ -101,8 +102,9 @@ def test_four_vms_form_the_deployment_and_survive_a_head_reboot(
     head.sh("printf '%s' \"$BOOT\" > /etc/boot.sh && chmod 700 /etc/boot.sh",
             env={"BOOT": boot})
     head.container.restart(timeout=10)
-    assert poll(lambda: len(cluster.alive_nodes(head.ip, token)) == 3, 300,
-                "both workers rejoined the rebooted head"), cluster.alive_nodes(head.ip, token)
+    assert poll(lambda: len(cluster.alive_nodes(head.ip, token, ca=ca)) == 3, 300,
+                "both workers rejoined the rebooted head"), cluster.alive_nodes(head.ip, token,
+                                                                                ca=ca)
     # With GCS fault tolerance the restored GCS lists the workers alive at once: the boot's
     # agent may still be waiting for the head's own readiness when they show.
     boot_log = ""

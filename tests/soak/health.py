@@ -15,6 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from agent import cluster, ray_tls
 from tests.soak.lab import MANAGED, SERVICE_LABEL, safe_sh
 from tests.support.vms import VM
 
@@ -93,12 +94,11 @@ def started_ms(node: dict[str, Any]) -> float:
 def ray_problems(vms: dict[str, VM], token: str) -> list[str]:
     """Each Ray VM listed alive by the head, by a node that started after its container did:
     a node the head still lists from before a restart (it notices late) does not count."""
-    url = f"http://{vms['head'].ip}:8265/api/v0/nodes?detail=true&limit=1000"
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            listed = json.load(resp)["data"]["result"]["result"]
-    except (OSError, ValueError, KeyError, TypeError):
+    try:  # through the head's TLS front, trusting the CA the token carries
+        listed = cluster.dashboard_get(vms["head"].ip, "/api/v0/nodes?detail=true&limit=1000",
+                                       token, ray_tls.derived_ca(token).pem, 5)["data"][
+                                           "result"]["result"]
+    except (*cluster.UNANSWERED, KeyError, TypeError):
         return ["ray: the head's dashboard does not list the nodes"]
     alive = [n for n in listed if isinstance(n, dict) and n.get("state") == "ALIVE"]
     problems = []

@@ -10,6 +10,7 @@ from typing import Any
 
 from agent.waits import poll
 from tests.soak.lab import SoakLab, safe_sh
+from tests.support.vms import DATA
 
 NAME = "soak-long-job"
 SCRIPT = r'''
@@ -60,8 +61,12 @@ while True:
 
 def start(lab: SoakLab) -> None:
     head = lab.vms["head"]
+    # The head's Ray speaks TLS: the job's Ray client gets the head's settings and files.
+    tls = ("$(docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' ray-head "
+           "| grep -E '^RAY_(USE_TLS|TLS_)' | sed 's/^/-e /' | tr '\\n' ' ') "
+           f"-v {DATA}/ray-tls:/ray-tls:ro")
     code, out, err = head.sh(
-        f"docker run -d --name {NAME} --network host --restart always "
+        f"docker run -d --name {NAME} --network host --restart always {tls} "
         f"-e RAY_AUTH_MODE=token -e RAY_AUTH_TOKEN -e HEAD_IP={head.ip} "
         f"$(docker inspect -f '{{{{.Config.Image}}}}' ray-head) python3 -u -c \"$SCRIPT\"",
         env={"SCRIPT": SCRIPT, "RAY_AUTH_TOKEN": lab.token})

@@ -1,0 +1,164 @@
+"""Ray's TLS material (agent/ray_tls.py): the CA the token carries, a node's certificate made,
+kept and renewed, and the handshake that tells which the head speaks."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from agent import ray_tls, store
+from agent.errors import UsageError
+
+TOKEN = "ab" * 32
+OTHER = "cd" * 32
+NAMES = ray_tls.Names(("localhost", "vm-head"), ("127.0.0.1", "10.0.0.4"))
+
+
+def certs(data_dir: Path) -> list[str]:
+    return sorted(p.name for p in ray_tls.folder(data_dir).glob("node-*.crt"))
+
+
+def test_every_holder_of_the_token_derives_the_same_ca_and_no_one_else_does(
+        tmp_path: Path) -> None:
+    first = ray_tls.derived_ca(TOKEN)
+    ray_tls.derived_ca.cache_clear()
+    again = ray_tls.derived_ca(TOKEN)
+    assert again.fingerprint == first.fingerprint and again.cert.subject == first.cert.subject
+    assert again.cert.not_valid_after_utc.year == 2050  # years away (rotation: a new token)
+    assert ray_tls.derived_ca(OTHER).fingerprint != first.fingerprint
+    # A certificate one node's copy of the CA signed verifies against another node's copy.
+    made = ray_tls.node_material(tmp_path, TOKEN, NAMES)
+    leaf = x509.load_pem_x509_certificate((made.folder / made.cert_file).read_bytes())
+    assert ray_tls.signed_by(leaf, again)
+    assert not ray_tls.signed_by(leaf, ray_tls.derived_ca(OTHER))
+
+
+def test_a_nodes_certificate_is_made_once_then_kept(tmp_path: Path) -> None:
+    made = ray_tls.node_material(tmp_path, TOKEN, NAMES)
+    assert made.renewed == "first run"
+    assert set(made.info.names) == {"localhost", "vm-head", "127.0.0.1", "10.0.0.4"}
+    key = ray_tls.folder(tmp_path) / ray_tls.KEY_FILE
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    kept = ray_tls.node_material(tmp_path, TOKEN, NAMES)
+    assert (kept.renewed, kept.cert_file) == ("", made.cert_file)
+    assert dict(kept.env())["RAY_TLS_SERVER_CERT"] == f"/ray-tls/{made.cert_file}"
+
+
+@pytest.mark.parametrize("change, reason", [
+    ("names", "this node is now also dialled at 10.0.0.9"),
+    ("token", "the cluster's CA changed (a new token)"),
+    ("near", "it expires in 24 day(s)"),
+    ("expired", "it had expired"),
+])
+def test_a_re_run_renews_what_no_longer_serves(tmp_path: Path, change: str,
+                                                reason: str) -> None:
+    now = datetime.now(timezone.utc)
+    # Issued long ago: 25 days left (renewed: 30 days ahead), or past its end.
+    ago = {"near": 340, "expired": 400}.get(change, 0)
+    made = ray_tls.node_material(tmp_path, TOKEN, NAMES, now=now - timedelta(days=ago))
+    key = (ray_tls.folder(tmp_path) / ray_tls.KEY_FILE).read_text()
+    later = now + timedelta(hours=1)
+    names = ray_tls.Names(NAMES.dns, (*NAMES.ips, "10.0.0.9")) if change == "names" else NAMES
+    # What `--watch` asks at each resync: the dates alone.
+    assert ray_tls.renewal_due(tmp_path, later) == (change in ("near", "expired"))
+    renewed = ray_tls.node_material(tmp_path, OTHER if change == "token" else TOKEN, names,
+                                    now=later)
+    assert renewed.renewed == reason and renewed.cert_file != made.cert_file
+    assert renewed.info.not_after > later + timedelta(days=300)
+    # The node's key is kept; the previous certificate stays for a container that restarts
+    # before the run that replaced it ends, and no older one.
+    assert (ray_tls.folder(tmp_path) / ray_tls.KEY_FILE).read_text() == key
+    assert certs(tmp_path) == sorted([made.cert_file, renewed.cert_file])
+    third = ray_tls.node_material(tmp_path, TOKEN, names, now=later + timedelta(days=400))
+    assert certs(tmp_path) == sorted([renewed.cert_file, third.cert_file])
+
+
+def test_a_short_validity_is_not_renewed_at_once(tmp_path: Path) -> None:
+    """A third of the validity, when that is less than 30 days: `--ray-tls-days 7` does not
+    restart the node's Ray at every run."""
+    now = datetime.now(timezone.utc)
+    made = ray_tls.node_material(tmp_path, TOKEN, NAMES, days=7, now=now)
+    assert ray_tls.node_material(tmp_path, TOKEN, NAMES, days=7,
+                                 now=now + timedelta(days=4)).cert_file == made.cert_file
+    assert ray_tls.node_material(tmp_path, TOKEN, NAMES, days=7,
+                                 now=now + timedelta(days=5)).renewed == "it expires in 1 day(s)"
+
+
+def test_a_plan_makes_no_file(tmp_path: Path) -> None:
+    with store.dry_run() as held:
+        ray_tls.node_material(tmp_path, TOKEN, NAMES)
+    assert not ray_tls.folder(tmp_path).exists()
+    assert {p.name for p in held.files} >= {"ca.crt", "node.key"}
+
+
+def test_a_damaged_key_is_refused_not_replaced(tmp_path: Path) -> None:
+    ray_tls.node_material(tmp_path, TOKEN, NAMES)
+    key = ray_tls.folder(tmp_path) / ray_tls.KEY_FILE
+    key.write_text("not a key\n")
+    with pytest.raises(Exception, match="not this node's Ray TLS key"):
+        ray_tls.node_material(tmp_path, TOKEN, NAMES)
+    assert key.read_text() == "not a key\n"
+
+
+@contextmanager
+def server(make: str, tmp_path: Path) -> Iterator[int]:
+    """A listener on 127.0.0.1 that speaks as a head would: TLS with a node certificate of
+    the token's CA, of another CA, or one that names another address; or plain (it reads
+    what comes and closes, as a gRPC server without TLS does with a ClientHello)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    context = None
+    if make != "plain":
+        token = OTHER if make == "other-ca" else TOKEN
+        names = (ray_tls.Names((), ("10.0.0.4",)) if make == "other-name" else NAMES)
+        material = ray_tls.node_material(tmp_path / make, token, names)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(material.folder / material.cert_file,
+                                material.folder / ray_tls.KEY_FILE)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            if context is None:
+                conn.recv(4096)
+                conn.sendall(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00")  # an HTTP/2 GOAWAY
+                return
+            try:
+                with context.wrap_socket(conn, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        listener.close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("make, expected", [
+    ("tls", ray_tls.HEAD_TLS),
+    ("plain", ray_tls.HEAD_PLAIN),
+    ("other-ca", "a certificate that this cluster's CA did not sign"),
+    ("other-name", "does not name 127.0.0.1"),
+])
+def test_a_joining_node_learns_what_the_head_speaks_and_refuses_a_stranger(
+        tmp_path: Path, make: str, expected: str) -> None:
+    ca = ray_tls.derived_ca(TOKEN).pem
+    with server(make, tmp_path) as port:
+        if expected in (ray_tls.HEAD_TLS, ray_tls.HEAD_PLAIN):
+            assert ray_tls.head_speaks("127.0.0.1", port, ca) == expected
+        else:
+            with pytest.raises(UsageError, match=expected):
+                ray_tls.head_speaks("127.0.0.1", port, ca)
