@@ -255,6 +255,19 @@ class RayTlsOptions(Settings):
         "its certificate (repeat for several)", validate.host, (), multiple=True)
     ray_tls_days: int = option("days this node's Ray certificate is valid (a re-run renews it "
                                "30 days before it expires)", validate.positive_int, 365)
+    ray_tls_ca_cert: Path | None = option(
+        "a CA of your own (PEM) to issue this node's Ray certificate from, instead of the one "
+        "the token carries; give every node the same, with --ray-tls-ca-key",
+        validate.existing_file)
+    ray_tls_ca_key: Path | None = option("--ray-tls-ca-cert's private key (PEM, unencrypted, "
+                                         "mode 0600)", validate.existing_file)
+    ray_tls_cert: Path | None = option(
+        "this node's Ray certificate, issued elsewhere (PEM; its names must cover 127.0.0.1 and "
+        "the node's addresses), with --ray-tls-key and --ray-tls-ca", validate.existing_file)
+    ray_tls_key: Path | None = option("--ray-tls-cert's private key (PEM, unencrypted, mode "
+                                      "0600)", validate.existing_file)
+    ray_tls_ca: Path | None = option("the CA certificate (PEM) that issued --ray-tls-cert and "
+                                     "every other node's", validate.existing_file)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -59,7 +60,7 @@ _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 @dataclass(frozen=True)
 class CA:
-    key: ec.EllipticCurvePrivateKey
+    key: CertificateIssuerPrivateKeyTypes
     cert: x509.Certificate
 
     @property
@@ -160,7 +161,7 @@ def host_names(extra: tuple[str, ...] = ()) -> Names:
     return Names(tuple(dns), tuple(ips))
 
 
-def _issue(ca: CA, key: ec.EllipticCurvePrivateKey, names: Names, days: int,
+def _issue(ca: CA, key: CertificateIssuerPrivateKeyTypes, names: Names, days: int,
            now: datetime) -> x509.Certificate:
     sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names.dns]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in names.ips]
@@ -184,13 +185,7 @@ def _issue(ca: CA, key: ec.EllipticCurvePrivateKey, names: Names, days: int,
 
 def signed_by(cert: x509.Certificate, ca: CA) -> bool:
     """Whether ca's key signed cert (and cert names ca as its issuer)."""
-    if cert.issuer != ca.cert.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(ca.cert)
-    except Exception:  # InvalidSignature, or a key of another kind
-        return False
-    return True
+    return cert.issuer == ca.cert.subject and _verifies(cert, ca.cert)
 
 
 @dataclass(frozen=True)
@@ -238,7 +233,7 @@ def _same_ca(pem: str | None, ca: CA) -> bool:
         ca.cert) and cert.not_valid_after_utc == ca.cert.not_valid_after_utc
 
 
-def _node_key(where: Path) -> ec.EllipticCurvePrivateKey:
+def _node_key(where: Path) -> CertificateIssuerPrivateKeyTypes:
     """The node's key: made once, here; a damaged one is refused, never replaced silently."""
     path = where / KEY_FILE
     text = store.read_text(path)
@@ -252,7 +247,7 @@ def _node_key(where: Path) -> ec.EllipticCurvePrivateKey:
         loaded = serialization.load_pem_private_key(text.encode(), password=None)
     except (ValueError, TypeError):
         loaded = None
-    if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+    if not isinstance(loaded, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
         raise EnvironmentProblem(f"{path} is not this node's Ray TLS key (damaged?): delete it "
                                  "and re-run (the node gets a new key and certificate)")
     return loaded
@@ -265,11 +260,11 @@ def _in_window(cert: x509.Certificate, now: datetime) -> bool:
     return cert.not_valid_after_utc - now <= within
 
 
-def renewal_reason(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, ca: CA,
+def renewal_reason(cert: x509.Certificate, key: CertificateIssuerPrivateKeyTypes, ca: CA,
                    names: Names, now: datetime) -> str:
     """Why a node's certificate must be issued anew ("" when it serves as it is)."""
     if not signed_by(cert, ca):
-        return "the cluster's CA changed (a new token)"
+        return "the cluster's CA changed (a new token, or another CA of your own)"
     if cert.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     ) != key.public_key().public_bytes(serialization.Encoding.DER,
@@ -285,12 +280,13 @@ def renewal_reason(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, ca: 
     return ""
 
 
-def node_material(data_dir: Path, token: str, names: Names, days: int = DEFAULT_DAYS,
+def node_material(data_dir: Path, issuer: str | CA, names: Names, days: int = DEFAULT_DAYS,
                   now: datetime | None = None) -> Material:
     """The node's TLS files in data_dir/ray-tls, made or renewed as needed: the CA's
-    certificate, the node's key (kept), its certificate (kept while it serves)."""
+    certificate, the node's key (kept), its certificate (kept while it serves). issuer: the
+    cluster's token (its CA is derived from it) or a CA of the operator's."""
     t = now or datetime.now(timezone.utc)
-    ca = derived_ca(token)
+    ca = derived_ca(issuer) if isinstance(issuer, str) else issuer
     where = store.ensure_dir(folder(data_dir), 0o755, exact=True)
     if not _same_ca(store.read_text(where / CA_FILE), ca):
         store.write_atomic(where / CA_FILE, ca.pem, mode=0o644)
@@ -355,6 +351,131 @@ def existing(data_dir: Path) -> tuple[CertInfo, CertInfo | None] | None:
     return info_of(ca), (info_of(certs[-1][1]) if certs else None)
 
 
+# --- the operator's own PKI ------------------------------------------------------------------
+
+def _pem_file(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read the {what} {path} ({exc.strerror}): check its path and "
+                         "permissions") from None
+
+
+def _private_key(path: Path, what: str) -> CertificateIssuerPrivateKeyTypes:
+    mode = path.stat().st_mode
+    if mode & 0o077:
+        raise UsageError(f"the {what} {path} is readable by others (mode {mode & 0o777:04o}): "
+                         f"run chmod 600 {path}")
+    try:
+        key = serialization.load_pem_private_key(_pem_file(path, what), password=None)
+    except TypeError:
+        raise UsageError(f"the {what} {path} is protected by a passphrase: give it "
+                         "unencrypted (openssl pkey -in KEY -out NEW)") from None
+    except Exception:  # never echo what the parser saw
+        raise UsageError(f"{path} is not a PEM private key: give the {what} in PEM") from None
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+        raise UsageError(f"the {what} {path} is neither an RSA nor an EC key: Ray's TLS takes "
+                         "those")
+    return key
+
+
+def _certificate(path: Path, what: str) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificates(_pem_file(path, what))[0]
+    except ValueError:
+        raise UsageError(f"{path} is not a PEM certificate: give the {what} in PEM") from None
+
+
+def _valid_now(cert: x509.Certificate, path: Path, now: datetime) -> None:
+    if now >= cert.not_valid_after_utc:
+        raise UsageError(f"the certificate in {path} expired on "
+                         f"{cert.not_valid_after_utc:%Y-%m-%d}: give a valid one")
+    if now < cert.not_valid_before_utc:
+        raise UsageError(f"the certificate in {path} is not valid before "
+                         f"{cert.not_valid_before_utc:%Y-%m-%d}: check this machine's clock")
+
+
+def _same_key(cert: x509.Certificate, key: CertificateIssuerPrivateKeyTypes) -> bool:
+    return _spki(cert) == key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def operator_ca(cert_path: Path, key_path: Path, now: datetime | None = None) -> CA:
+    """--ray-tls-ca-cert/--ray-tls-ca-key, checked: a CA certificate, valid now, and its key
+    (0600). UsageError (one line) otherwise."""
+    t = now or datetime.now(timezone.utc)
+    cert = _certificate(cert_path, "CA certificate")
+    key = _private_key(key_path, "CA key")
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise UsageError(f"{cert_path} is not a CA certificate (no basicConstraints CA:TRUE): "
+                         "give the CA that issues the nodes' certificates")
+    if not _same_key(cert, key):
+        raise UsageError(f"the key in {key_path} does not belong to the CA certificate in "
+                         f"{cert_path}: give the CA's own key")
+    _valid_now(cert, cert_path, t)
+    return CA(key, cert)
+
+
+def client_ca(path: Path) -> str:
+    """--ray-tls-ca, checked: a CA certificate in PEM; its PEM."""
+    cert = _certificate(path, "CA certificate")
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def provided_material(data_dir: Path, cert_path: Path, key_path: Path, ca_path: Path,
+                      names: Names, now: datetime | None = None) -> Material:
+    """--ray-tls-cert/--ray-tls-key/--ray-tls-ca, checked (the key 0600 and the
+    certificate's, valid now, its names covering every address Ray dials this node at, issued
+    by the CA given) and copied into the node's folder. Their renewal is the operator's: a
+    re-run takes the files again, and `status` warns 30 days ahead."""
+    t = now or datetime.now(timezone.utc)
+    cert = _certificate(cert_path, "certificate")
+    key = _private_key(key_path, "key")
+    ca_cert = _certificate(ca_path, "CA certificate")
+    if not _same_key(cert, key):
+        raise UsageError(f"the key in {key_path} does not belong to the certificate in "
+                         f"{cert_path}: give the key it was issued for")
+    _valid_now(cert, cert_path, t)
+    if cert.issuer != ca_cert.subject or not _verifies(cert, ca_cert):
+        raise UsageError(f"the certificate in {cert_path} was not issued by the CA in {ca_path}: "
+                         "give the CA that signed it")
+    missing = [n for n in names.ips if n not in info_of(cert).names]
+    if missing:
+        raise UsageError(f"the certificate in {cert_path} does not name {', '.join(missing)}, "
+                         "where Ray dials this node: issue it with those addresses (127.0.0.1 "
+                         "included) in its subjectAltName")
+    where = store.ensure_dir(folder(data_dir), 0o755, exact=True)
+    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM).decode()
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    if store.read_text(where / CA_FILE) != ca_pem:
+        store.write_atomic(where / CA_FILE, ca_pem, mode=0o644)
+    if store.read_text(where / KEY_FILE) != key_pem:
+        store.write_atomic(where / KEY_FILE, key_pem, how="copy it")
+    name = f"node-{hashlib.sha256(pem.encode()).hexdigest()[:16]}.crt"
+    renewed = ""
+    if store.read_text(where / name) != pem:
+        store.write_atomic(where / name, pem, mode=0o644)
+        renewed = "a certificate of your own"
+        for old, _ in _certs(where)[:-1]:
+            if old.name != name:
+                store.remove(old)
+    return Material(where, name, ca_pem, info_of(cert), renewed)
+
+
+def _verifies(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except Exception:  # InvalidSignature, or a key of another kind
+        return False
+    return True
+
+
 def ca_pem_of(material: Material | None) -> str | None:
     """The CA a client of the head's dashboard trusts: the cluster's, when its Ray speaks TLS."""
     return material.ca_pem if material is not None else None
@@ -396,7 +517,8 @@ def client_context(ca_pem: str, material: Material | None = None) -> ssl.SSLCont
     return context
 
 
-def head_speaks(host: str, port: int, ca_pem: str, timeout: float = 5.0) -> str:
+def head_speaks(host: str, port: int, ca_pem: str, timeout: float = 5.0,
+                own_ca: bool = False) -> str:
     """Whether the head's GCS port speaks TLS (HEAD_TLS) or plain gRPC (HEAD_PLAIN), by a TLS
     handshake that trusts the cluster's CA alone; sends nothing else. UsageError when the
     head presents a certificate this cluster's CA did not sign (another cluster's head, or
@@ -413,9 +535,12 @@ def head_speaks(host: str, port: int, ca_pem: str, timeout: float = 5.0) -> str:
                     f"the Ray head's certificate does not name {host}, the address this node "
                     f"dials: re-run the head with --ray-tls-san {host}, or give --head one of "
                     "the head's own addresses") from None
+            which, hint = ("the CA you gave", "") if own_ca else (
+                "this cluster's CA", " (or the head's CA of your own: --ray-tls-ca-cert or "
+                "--ray-tls-ca)")
             raise UsageError(
-                f"the Ray head at {host}:{port} presents a certificate that this cluster's CA "
-                "did not sign: it is another cluster's head, or something in between; check "
-                "--head and the token, and send nothing until they agree") from None
+                f"the Ray head at {host}:{port} presents a certificate that {which} did not "
+                "sign: it is another cluster's head, or something in between; check --head and "
+                f"the token{hint}, and send nothing until they agree") from None
         except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
             return HEAD_PLAIN  # a plain gRPC server answers a ClientHello with no handshake

@@ -10,7 +10,8 @@ engine or wait (pulls, loads, waiting for the head) becomes a look and a note.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Union
 
 from agent import cluster, history, images, ray_release, ray_tls, release, secret_files, store, tls
 from agent.config import AppSettings, HeadSettings, JoinOptions, RoleSettings, WorkerSettings
@@ -75,7 +76,8 @@ def resolve_head(engine: Engine, settings: HeadSettings, say: Say,
         say(ray.AUTH_OFF_WARNING)
     elif done:
         say(f"{done} the cluster's Ray token in {cluster.token_path(settings.data_dir)}")
-    material = node_tls(settings, token, say) if tls_on and token else None
+    material = node_tls(settings, token, say) if tls_on and (
+        token or own_pki(settings)) else None
     if material is not None and settings.network == "host":
         material = replace(material, front=ray_tls.write_front(material.folder))
     return settings, Inputs(ids, token, gcs_password=secret_files.gcs_password(settings, say),
@@ -88,13 +90,14 @@ def head_tls_on(settings: HeadSettings) -> bool:
     none and stays as it is). Made here, before the token, so that a run killed between the
     two still finds a new cluster's choice."""
     folder = ray_tls.folder(settings.data_dir)
-    if settings.ray_tls and settings.network != "host":
+    wanted = bool(settings.ray_tls or own_pki(settings))
+    if wanted and settings.network != "host":
         raise UsageError(f"--ray-tls needs the head on the host's network (it runs on the Docker "
                          f"network {settings.network}, whose addresses are known only once a "
                          "container starts, and which other VMs cannot reach anyway)")
-    if settings.ray_tls and not settings.auth:
-        raise UsageError("--ray-tls needs token auth (the cluster's CA comes from its token): "
-                         "drop --no-auth")
+    if wanted and not settings.auth and not own_pki(settings):
+        raise UsageError("--ray-tls needs token auth (the cluster's CA comes from its token) "
+                         "or a CA of your own: drop --no-auth")
     if settings.ray_tls is False:
         if folder.is_dir():
             for path in sorted(folder.iterdir()):
@@ -103,22 +106,70 @@ def head_tls_on(settings: HeadSettings) -> bool:
                 folder.rmdir()
         return False
     new = not cluster.token_path(settings.data_dir).exists() and settings.ray_tls is None
-    if settings.ray_tls or (new and settings.network == "host" and settings.auth):
+    if wanted or (new and settings.network == "host" and settings.auth):
         store.ensure_dir(folder, 0o755, exact=True)
         return True
     return folder.is_dir()
 
 
-def node_tls(settings: HeadSettings | WorkerSettings | AppSettings, token: str,
-             say: Say) -> ray_tls.Material:
+TlsSettings = Union[HeadSettings, WorkerSettings, AppSettings]
+
+
+def own_pki(settings: TlsSettings) -> str:
+    """Which PKI the operator gave: "" (the CA the token carries), "ca" (a CA of theirs to
+    issue from) or "cert" (this node's certificate, issued elsewhere). UsageError for a half
+    given pair, both kinds at once, or either with --no-ray-tls."""
+    ca = (settings.ray_tls_ca_cert, settings.ray_tls_ca_key)
+    cert = (settings.ray_tls_cert, settings.ray_tls_key, settings.ray_tls_ca)
+    if any(ca) and not all(ca):
+        raise UsageError("--ray-tls-ca-cert and --ray-tls-ca-key go together: give both (a CA "
+                         "of your own and its key)")
+    if any(cert) and not all(cert):
+        raise UsageError("--ray-tls-cert, --ray-tls-key and --ray-tls-ca go together: give all "
+                         "three (this node's certificate, its key, the CA that issued it)")
+    if all(ca) and all(cert):
+        raise UsageError("give either a CA to issue from (--ray-tls-ca-cert/--ray-tls-ca-key) "
+                         "or this node's certificate (--ray-tls-cert/--ray-tls-key/"
+                         "--ray-tls-ca), not both")
+    given = "ca" if all(ca) else "cert" if all(cert) else ""
+    if given and settings.ray_tls is False:
+        raise UsageError("--no-ray-tls with a certificate or CA of your own: drop one of them")
+    return given
+
+
+def trusted_ca(settings: TlsSettings, token: str | None) -> str | None:
+    """The CA this node trusts for the cluster's Ray: the operator's, else the token's."""
+    if settings.ray_tls_ca_cert is not None:
+        return ray_tls.operator_ca(settings.ray_tls_ca_cert,
+                                   settings.ray_tls_ca_key or Path()).pem
+    if settings.ray_tls_ca is not None:
+        return ray_tls.client_ca(settings.ray_tls_ca)
+    return ray_tls.derived_ca(token).pem if token else None
+
+
+def node_tls(settings: TlsSettings, token: str | None, say: Say) -> ray_tls.Material:
     """This node's TLS files, made or renewed (a renewal restarts only this node's Ray)."""
     node_ip = getattr(settings, "node_ip", None)
     names = ray_tls.host_names((*settings.ray_tls_san, *((node_ip,) if node_ip else ())))
-    material = replace(ray_tls.node_material(settings.data_dir, token, names,
-                                             settings.ray_tls_days),
-                       listen=tuple(ray_tls.local_ipv4()))
+    pki = own_pki(settings)
+    if pki == "cert":
+        assert settings.ray_tls_cert and settings.ray_tls_key and settings.ray_tls_ca
+        material = ray_tls.provided_material(settings.data_dir, settings.ray_tls_cert,
+                                             settings.ray_tls_key, settings.ray_tls_ca, names)
+    else:
+        issuer: str | ray_tls.CA
+        if pki == "ca":
+            assert settings.ray_tls_ca_cert and settings.ray_tls_ca_key
+            issuer = ray_tls.operator_ca(settings.ray_tls_ca_cert, settings.ray_tls_ca_key)
+        else:
+            assert token, "the CA the token carries needs a token"
+            issuer = token
+        material = ray_tls.node_material(settings.data_dir, issuer, names,
+                                         settings.ray_tls_days)
+    material = replace(material, listen=tuple(ray_tls.local_ipv4()))
     if material.renewed:
-        say(f"issued this node's Ray TLS certificate ({material.renewed}): "
+        verb = "took" if pki == "cert" else "issued"
+        say(f"{verb} this node's Ray TLS certificate ({material.renewed}): "
             f"{ray_tls.folder(settings.data_dir) / material.cert_file}")
     return material
 
@@ -133,17 +184,19 @@ def joining_tls(settings: WorkerSettings | AppSettings, token: str | None, say: 
     another CA vouches for before anything secret is sent). --ray-tls/--no-ray-tls, when
     given, must agree: Ray cannot mix TLS and plain nodes."""
     assert settings.head
-    if not token:  # no token, no CA: the head cannot speak TLS with us
+    pki = own_pki(settings)
+    ca = trusted_ca(settings, token)
+    if ca is None:  # no token, no CA of the operator's: the head cannot speak TLS with us
         if settings.ray_tls:
             raise UsageError("--ray-tls needs token auth (the cluster's CA comes from its "
-                             "token): drop --no-auth")
+                             "token) or a CA of your own: drop --no-auth")
         return None
-    ca = ray_tls.derived_ca(token)
     heard: list[str] = []
 
     def look() -> bool:
         try:
-            heard.append(ray_tls.head_speaks(settings.head or "", ray.GCS_PORT, ca.pem))
+            heard.append(ray_tls.head_speaks(settings.head or "", ray.GCS_PORT, ca,
+                                             own_ca=bool(pki)))
         except OSError:
             return False
         return True

@@ -3,6 +3,7 @@ kept and renewed, and the handshake that tells which the head speaks."""
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import stat
@@ -14,8 +15,12 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
-from agent import ray_tls, store
+from agent import ray_tls, resolve, store
+from agent.config import WorkerSettings
 from agent.errors import UsageError
 
 TOKEN = "ab" * 32
@@ -55,7 +60,7 @@ def test_a_nodes_certificate_is_made_once_then_kept(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("change, reason", [
     ("names", "this node is now also dialled at 10.0.0.9"),
-    ("token", "the cluster's CA changed (a new token)"),
+    ("token", "the cluster's CA changed (a new token, or another CA of your own)"),
     ("near", "it expires in 24 day(s)"),
     ("expired", "it had expired"),
 ])
@@ -162,3 +167,100 @@ def test_a_joining_node_learns_what_the_head_speaks_and_refuses_a_stranger(
         else:
             with pytest.raises(UsageError, match=expected):
                 ray_tls.head_speaks("127.0.0.1", port, ca)
+
+
+# --- a PKI of the operator's own ---------------------------------------------------------------
+
+def own_ca(tmp_path: Path, name: str = "own", ca: bool = True,
+           until: datetime | None = None) -> tuple[Path, Path]:
+    """A CA of an organisation's (RSA, as many are): its certificate and its key (0600)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} CA")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(until or now + timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / f"{name}-ca.crt", tmp_path / f"{name}-ca.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def test_a_ca_of_ones_own_issues_the_nodes_certificates(tmp_path: Path) -> None:
+    ca = ray_tls.operator_ca(*own_ca(tmp_path))
+    made = ray_tls.node_material(tmp_path / "node", ca, NAMES)
+    assert made.renewed == "first run" and made.info.issuer == "CN=own CA"
+    assert ray_tls.node_material(tmp_path / "node", ca, NAMES).renewed == ""
+    other = ray_tls.operator_ca(*own_ca(tmp_path, "other"))
+    assert ray_tls.node_material(tmp_path / "node", other, NAMES).renewed.startswith(
+        "the cluster's CA changed")
+
+
+@pytest.mark.parametrize("spoil, says", [
+    ("leaf", "is not a CA certificate"),
+    ("mode", "is readable by others (mode 0644): run chmod 600"),
+    ("key", "does not belong to the CA certificate"),
+    ("expired", "expired on"),
+    ("garbage", "is not a PEM certificate"),
+])
+def test_a_ca_of_ones_own_is_checked_before_anything_changes(tmp_path: Path, spoil: str,
+                                                             says: str) -> None:
+    cert, key = own_ca(tmp_path, ca=spoil != "leaf",
+                       until=datetime.now(timezone.utc) - timedelta(hours=1)
+                       if spoil == "expired" else None)
+    if spoil == "mode":
+        key.chmod(0o644)
+    if spoil == "key":
+        key = own_ca(tmp_path, "other")[1]
+    if spoil == "garbage":
+        cert.write_text("not a certificate\n")
+    with pytest.raises(UsageError, match=re.escape(says)):
+        ray_tls.operator_ca(cert, key)
+
+
+def issued_elsewhere(tmp_path: Path, names: ray_tls.Names) -> tuple[Path, Path, Path]:
+    """A node certificate an organisation's CA issued (through the agent's own issuing, in a
+    folder of its own), its key and the CA: what --ray-tls-cert/-key/-ca take."""
+    ca_cert, ca_key = own_ca(tmp_path, "org")
+    made = ray_tls.node_material(tmp_path / "elsewhere", ray_tls.operator_ca(ca_cert, ca_key),
+                                 names)
+    key = made.folder / ray_tls.KEY_FILE
+    return made.folder / made.cert_file, key, ca_cert
+
+
+def test_a_certificate_issued_elsewhere_is_checked_and_taken(tmp_path: Path) -> None:
+    cert, key, ca = issued_elsewhere(tmp_path, NAMES)
+    taken = ray_tls.provided_material(tmp_path / "node", cert, key, ca, NAMES)
+    assert taken.renewed and taken.ca_pem == ca.read_text()
+    assert (taken.folder / taken.cert_file).read_bytes() == cert.read_bytes()
+    key_copy = taken.folder / ray_tls.KEY_FILE
+    assert stat.S_IMODE(key_copy.stat().st_mode) == 0o600
+    assert ray_tls.provided_material(tmp_path / "node", cert, key, ca, NAMES).renewed == ""
+
+    more = ray_tls.Names(NAMES.dns, (*NAMES.ips, "10.0.0.9"))
+    with pytest.raises(UsageError, match="does not name 10.0.0.9, where Ray dials this node"):
+        ray_tls.provided_material(tmp_path / "node", cert, key, ca, more)
+    stranger = own_ca(tmp_path, "stranger")[0]
+    with pytest.raises(UsageError, match="was not issued by the CA in"):
+        ray_tls.provided_material(tmp_path / "node", cert, key, stranger, NAMES)
+    with pytest.raises(UsageError, match="does not belong to the certificate"):
+        ray_tls.provided_material(tmp_path / "node", cert, own_ca(tmp_path, "k")[1], ca, NAMES)
+
+
+@pytest.mark.parametrize("given, says", [
+    ({"ray_tls_ca_cert": "c"}, "--ray-tls-ca-cert and --ray-tls-ca-key go together"),
+    ({"ray_tls_cert": "c", "ray_tls_key": "k"}, "give all three"),
+    ({"ray_tls_ca_cert": "c", "ray_tls_ca_key": "k", "ray_tls_cert": "c", "ray_tls_key": "k",
+      "ray_tls_ca": "a"}, "not both"),
+    ({"ray_tls_ca_cert": "c", "ray_tls_ca_key": "k", "ray_tls": False}, "--no-ray-tls with"),
+])
+def test_a_pki_of_ones_own_is_given_whole(given: dict[str, object], says: str) -> None:
+    values = {k: Path(v) if isinstance(v, str) else v for k, v in given.items()}
+    with pytest.raises(UsageError, match=says):
+        resolve.own_pki(WorkerSettings(**values))  # type: ignore[arg-type]
