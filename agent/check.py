@@ -185,25 +185,45 @@ def nofile_against(nofile: int, allowed: int | None, unknown: str) -> Result:
 
 # ---- disks --------------------------------------------------------------------------------------
 
-def free_bytes(path: Path) -> int:
-    """Free bytes on the file system that holds path (or would: its nearest existing parent)."""
+# How full a disk may get: a warning at 80%, a failure (a role run refuses to start) at 95%,
+# where Ray itself stops creating objects.
+WARN_FULL, FAIL_FULL = 0.80, 0.95
+
+
+def _existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
-    st = os.statvfs(path)
+    return path
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system that holds path (or would: its nearest existing parent)."""
+    st = os.statvfs(_existing(path))
     return st.f_bavail * st.f_frsize
+
+
+def used_share(path: Path) -> float:
+    """How full the file system that holds path is, as df counts it (used / (used + free to
+    an unprivileged user)); 0.0 when it reports no size."""
+    st = os.statvfs(_existing(path))
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    room = used + st.f_bavail * st.f_frsize
+    return used / room if room else 0.0
 
 
 def disk(what: str, path: Path, fail_below: int, warn_below: int, advice: str) -> Result:
     try:
-        free = free_bytes(path)
+        free, full = free_bytes(path), used_share(path)
     except OSError as exc:
         return Result(WARN, f"disk: cannot read the free space of {what} {path} "
                             f"({exc.strerror})", "check it with df")
-    line = f"disk: {size(free)} free for {what} {path}"
-    if free < fail_below:
-        return Result(FAIL, line, f"free at least {size(fail_below)}: {advice}")
-    if free < warn_below:
-        return Result(WARN, line, f"less than {size(warn_below)}: {advice}")
+    line = f"disk: {size(free)} free ({full:.0%} full) for {what} {path}"
+    if free < fail_below or full >= FAIL_FULL:
+        return Result(FAIL, line, f"free at least {size(fail_below)} and keep it under "
+                                  f"{FAIL_FULL:.0%} full: {advice}")
+    if free < warn_below or full >= WARN_FULL:
+        return Result(WARN, line, f"less than {size(warn_below)} free or over "
+                                  f"{WARN_FULL:.0%} full: {advice}")
     return Result(OK, line)
 
 

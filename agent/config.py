@@ -17,6 +17,7 @@ from typing import Any, Callable, ClassVar, TypeVar, Union
 
 from agent import release as releases
 from agent import validate
+from agent.spec import LOG_MAX_FILES, LOG_MAX_SIZE
 
 ENV_PREFIX = "SYNTHO_AGENT_"
 DEFAULT_CONFIG = Path("/etc/syntho-agent/config.yaml")
@@ -239,6 +240,17 @@ class ClusterOptions(Settings):
                                      validate.existing_file)
     ready_timeout: float = option("seconds to wait for the containers to become ready "
                                   "(0 = forever)", validate.wait, 180.0)
+
+
+@dataclass(frozen=True)
+class LogOptions(Settings):
+    """Every container's own logs (Docker's json-file driver), rotated."""
+
+    log_max_size: str = option("the size at which a container's log file rotates (10m, 1g); "
+                               "the default applies to containers made from now on, another "
+                               "value recreates them", validate.log_size, LOG_MAX_SIZE)
+    log_max_files: int = option("how many log files each container keeps", validate.positive_int,
+                                LOG_MAX_FILES)
 
 
 @dataclass(frozen=True)
@@ -471,19 +483,19 @@ class LauncherOptions(Settings):
 
 @dataclass(frozen=True)
 class HeadSettings(Common, RayOptions, GcsOptions, ClusterOptions, RayTlsOptions, ImageSources,
-                   ReleaseOptions, WatchOption, CheckOption):
+                   ReleaseOptions, LogOptions, WatchOption, CheckOption):
     command: ClassVar[str] = "head"
 
 
 @dataclass(frozen=True)
 class WorkerSettings(Common, JoinOptions, RayOptions, ClusterOptions, RayTlsOptions,
-                     ImageSources, ReleaseOptions, WatchOption, CheckOption):
+                     ImageSources, ReleaseOptions, LogOptions, WatchOption, CheckOption):
     command: ClassVar[str] = "worker"
 
 
 @dataclass(frozen=True)
 class AppSettings(Common, JoinOptions, ClusterOptions, RayTlsOptions, AppOptions, ProxyOptions,
-                  ImageSources, ReleaseOptions, WatchOption, CheckOption):
+                  ImageSources, ReleaseOptions, LogOptions, WatchOption, CheckOption):
     command: ClassVar[str] = "app"
 
 

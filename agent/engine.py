@@ -216,6 +216,15 @@ class EngineInfo:
     local: bool  # the engine runs on this machine (a unix socket): its paths are ours
 
 
+@dataclass(frozen=True)
+class DiskUsage:
+    """Bytes on the engine's disk: this agent's volumes, and its containers' writable layers
+    (where a Ray container keeps /tmp/ray: session logs, spilled objects)."""
+
+    volumes: dict[str, int]
+    containers: dict[str, int]
+
+
 # ---- the engine ----------------------------------------------------------------------------
 
 class Engine:
@@ -462,6 +471,22 @@ class Engine:
         return [str(v.name) for v in self._client.volumes.list(filters={"label": labels})]
 
     @_sdk
+    def disk_usage(self, instance: str) -> DiskUsage:
+        """What this agent's volumes and containers hold on the engine's disk (one `system df`:
+        the engine walks the volumes, so it takes a moment on a big one)."""
+        found = self._client.api.df()
+        ours = {f"{s.LABEL_MANAGED}": "true", f"{s.LABEL_INSTANCE}": instance}
+
+        def mine(labels: dict[str, str] | None) -> bool:
+            return all((labels or {}).get(k) == v for k, v in ours.items())
+
+        volumes = {str(v["Name"]): int((v.get("UsageData") or {}).get("Size") or 0)
+                   for v in found.get("Volumes") or [] if mine(v.get("Labels"))}
+        containers = {str((c.get("Names") or ["?"])[0]).lstrip("/"): int(c.get("SizeRw") or 0)
+                      for c in found.get("Containers") or [] if mine(c.get("Labels"))}
+        return DiskUsage(volumes, containers)
+
+    @_sdk
     def remove_volume(self, name: str) -> None:
         try:
             self._client.volumes.get(name).remove(force=True)
@@ -606,6 +631,8 @@ def create_args(c: s.Container, labels: dict[str, str]) -> dict[str, Any]:
         environment=c.env_dict(),
         labels=labels,
         restart_policy={"Name": c.restart} if c.restart != "no" else None,
+        log_config={"Type": "json-file", "Config": {"max-size": c.log_max_size,
+                                                    "max-file": str(c.log_max_files)}},
         detach=True,
     )
     if c.network == "host":

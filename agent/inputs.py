@@ -14,7 +14,7 @@ from agent import tls
 from agent.config import AppSettings, HeadSettings, WorkerSettings
 from agent.ray_tls import Material
 from agent.roles import app, ray
-from agent.spec import Spec
+from agent.spec import Spec, with_logs
 
 
 @dataclass(frozen=True)
@@ -32,11 +32,13 @@ class Inputs:
 
 
 def head_spec(settings: HeadSettings, inputs: Inputs) -> Spec:
-    return ray.head_spec(settings, inputs.token, inputs.gcs_password, inputs.ray_tls)
+    return with_logs(ray.head_spec(settings, inputs.token, inputs.gcs_password, inputs.ray_tls),
+                     settings.log_max_size, settings.log_max_files)
 
 
 def worker_spec(settings: WorkerSettings, inputs: Inputs) -> Spec:
-    return ray.worker_spec(settings, inputs.token, inputs.ray_tls)
+    return with_logs(ray.worker_spec(settings, inputs.token, inputs.ray_tls),
+                     settings.log_max_size, settings.log_max_files)
 
 
 def app_values(settings: AppSettings, inputs: Inputs) -> app.AppValues:
@@ -47,4 +49,5 @@ def app_values(settings: AppSettings, inputs: Inputs) -> app.AppValues:
 
 
 def app_spec(settings: AppSettings, inputs: Inputs) -> Spec:
-    return app.app_spec(settings, app_values(settings, inputs))
+    return with_logs(app.app_spec(settings, app_values(settings, inputs)),
+                     settings.log_max_size, settings.log_max_files)

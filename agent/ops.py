@@ -14,6 +14,8 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from agent import (
+    backup,
+    check,
     cluster,
     history,
     proxy,
@@ -323,6 +325,12 @@ def engine_report(engine: Engine, observed: list[Observed], data_dir: Path,
     backend's path to the Ray dashboard (the relay) works, asked from inside the relay."""
     report = status_report(observed, data_dir, instance)
     report["leftovers"] = leftovers(engine, instance)
+    report["disk"] = disk = disk_report(engine, data_dir, instance) if observed else None
+    for fs in (disk or {}).get("filesystems", []):
+        if fs["level"] == "fail":
+            report["not_ready"].append(f"disk: {fs['what']} {fs['path']} is "
+                                       f"{fs['used_share']:.0%} full")
+            report["ready"] = False
     box = next((o for o in observed if o.service == relay.SERVICE), None)
     app_ray = report["ray"].get("app")
     if box is not None and app_ray is not None:
@@ -334,6 +342,60 @@ def engine_report(engine: Engine, observed: list[Observed], data_dir: Path,
                                        f"{path['error']}")
             report["ready"] = False
     return report
+
+
+def _filesystem(what: str, path: Path) -> dict[str, Any] | None:
+    """How full the file system that holds path is, as `check` judges it."""
+    try:
+        free, full = check.free_bytes(path), check.used_share(path)
+    except OSError:
+        return None
+    level = ("fail" if full >= check.FAIL_FULL else "warn" if full >= check.WARN_FULL
+             else "ok")
+    return {"what": what, "path": str(path), "free_bytes": free, "used_share": round(full, 3),
+            "level": level}
+
+
+def disk_report(engine: Engine, data_dir: Path, instance: str) -> dict[str, Any]:
+    """The disks this VM's role lives on (how full, against the 80% and 95% marks) and what
+    the agent's own things take there: its volumes, its containers' writable layers (a Ray
+    container's /tmp/ray: session logs, spilled objects) and the backups."""
+    info = engine.info()
+    places = [("the data dir", data_dir)]
+    if info.local and info.root_dir:
+        places.insert(0, ("the engine's root", Path(info.root_dir)))
+    usage = engine.disk_usage(instance)
+    archives = backup.listed(backup.backups_dir(data_dir))
+    return {"filesystems": [fs for what, path in places if (fs := _filesystem(what, path))],
+            "volumes": usage.volumes, "writable_layers": usage.containers,
+            "backups": {"path": str(backup.backups_dir(data_dir)), "count": len(archives),
+                        "bytes": sum(b.size for b in archives)}}
+
+
+def _disk_lines(disk: dict[str, Any] | None) -> list[str]:
+    if not disk:
+        return []
+    lines = []
+    for fs in disk["filesystems"]:
+        line = (f"disk: {fs['what']} {fs['path']}: {fs['used_share']:.0%} full, "
+                f"{check.size(fs['free_bytes'])} free")
+        if fs["level"] != "ok":
+            mark = check.FAIL_FULL if fs["level"] == "fail" else check.WARN_FULL
+            line += (f"; WARNING: over {mark:.0%} full"
+                     + (": role runs refuse to start" if fs["level"] == "fail" else "")
+                     + " (free space: prune unused images, old backups, or grow the disk)")
+        lines.append(line)
+    held = [f"{name} {check.size(n)}" for name, n in sorted(disk["volumes"].items())]
+    layers = [f"{name} {check.size(n)}" for name, n in sorted(disk["writable_layers"].items())
+              if n]
+    backups = disk["backups"]
+    parts = ([f"volumes {', '.join(held)}"] if held else []) + (
+        [f"containers' own files (Ray's /tmp/ray among them) {', '.join(layers)}"]
+        if layers else []) + ([f"{backups['count']} backup(s) {check.size(backups['bytes'])}"]
+                              if backups["count"] else [])
+    if parts:
+        lines.append("disk use: " + "; ".join(parts))
+    return lines
 
 
 def _age(seconds: int | None) -> str:
@@ -414,7 +476,8 @@ def status(engine: Engine, data_dir: Path, instance: str, say: Say) -> int:
     for r in rows:
         say("  ".join(f"{v:<{w}}" for v, w in zip(r, widths)) + "  " + r[-1])
     for line in [*_leftover_lines(report["leftovers"]), *_ray_lines(report["ray"]),
-                 *_ray_tls_lines(report["ray_tls"]), *_release_lines(report),
+                 *_ray_tls_lines(report["ray_tls"]), *_disk_lines(report.get("disk")),
+                 *_release_lines(report),
                  *(_https_lines(report["https"]) or app_urls(observed))]:
         say(line)
     return len(report["not_ready"])

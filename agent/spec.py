@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 LABEL_PREFIX = "io.syntho.agent"
@@ -53,6 +53,14 @@ class Mount:
     read_only: bool = False
 
 
+# Every container's logs rotate (Docker's json-file driver, which otherwise keeps all): at most
+# this many files of this size each. A container made before the agent set them keeps Docker's
+# unbounded default until it is recreated for another reason: the defaults do not enter the
+# config hash (an agent upgrade recreates nothing); a size or count given otherwise does.
+LOG_MAX_SIZE = "10m"
+LOG_MAX_FILES = 5
+
+
 @dataclass(frozen=True)
 class Container:
     service: str  # the stack's name for it (postgres, core, ray-head ...)
@@ -72,6 +80,8 @@ class Container:
     memory: int | None = None
     health: Health | None = None
     after: tuple[str, ...] = ()  # services that must be ready before this one starts
+    log_max_size: str = LOG_MAX_SIZE  # json-file's max-size (Docker's size units: 10m, 1g)
+    log_max_files: int = LOG_MAX_FILES  # json-file's max-file
 
     def config_hash(self, image_id: str) -> str:
         """A hash of everything that, changed, needs a new container (compose's idea).
@@ -209,6 +219,12 @@ def _v1_dict(value: Any, known: dict[str, tuple[str, ...]]) -> Any:
             return None
         return items
     return value
+
+
+def with_logs(spec: Spec, max_size: str, max_files: int) -> Spec:
+    """spec with every container's log rotation set (--log-max-size, --log-max-files)."""
+    return replace(spec, containers=tuple(
+        replace(c, log_max_size=max_size, log_max_files=max_files) for c in spec.containers))
 
 
 def env_pairs(**values: str | int | None) -> tuple[tuple[str, str], ...]:

@@ -186,6 +186,23 @@ def _positive(value: str | int, most: int, what: str) -> int:
     return number
 
 
+_LOG_SIZE = re.compile(r"^([1-9][0-9]{0,5})([kmg])$")
+
+
+def log_size(v: str) -> str:
+    """A log file's size as Docker's json-file driver takes it: a number and k, m or g."""
+    text = str(v).strip().lower()
+    found = _LOG_SIZE.match(text.removesuffix("b") if text.endswith(("kb", "mb", "gb")) else text)
+    if not found:
+        raise ValueError(f"{printable(v)} is not a log size: give a number and k, m or g "
+                         "(10m, 1g)")
+    number, unit = found.groups()
+    if int(number) * {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit] < 1 << 20:
+        raise ValueError(f"{printable(v)} is below 1m: a log file that small rotates at every "
+                         "burst and keeps little")
+    return f"{number}{unit}"
+
+
 def positive_int(value: str | int) -> int:
     """A count (workers, CPUs, backups kept, minutes, GB): 1 to COUNT_MAX."""
     return _positive(value, COUNT_MAX, "a count")

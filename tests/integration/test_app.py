@@ -8,6 +8,7 @@ them. A new cluster: its Ray speaks mutual TLS.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import stat
 import subprocess
@@ -69,6 +70,14 @@ def test_the_stack_is_healthy_wired_and_reachable(stack: App, head_vm: HeadVM) -
     assert f"open the app at http://<this VM>:{stack.frontend_port}" in status
     assert "syntho-frontend" in status and "healthy" in status
     assert "the backend reaches the Ray dashboard through the relay (Ray 2." in status
+    # Years unattended: every container's logs rotate; status says how full the disks are
+    # and what the app holds on them.
+    for service in ["postgres", "redis", "core", "core_worker", "ray-relay", "backend",
+                    "worker", "frontend"]:
+        assert stack.container(service).attrs["HostConfig"]["LogConfig"] == {
+            "Type": "json-file", "Config": {"max-file": "5", "max-size": "10m"}}, service
+    assert re.search(r"disk: the data dir \S+: \d+% full, \S+ free", status), status
+    assert f"disk use: volumes syntho-database-data-{stack.instance} " in status, status
 
 
 def env_of(container: docker.models.containers.Container) -> dict[str, str]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent import check
-from agent.check import FAIL, OK, WARN
+from agent.check import FAIL, MB, OK, WARN
 from agent.config import RAY_PORTS, AppSettings, HeadSettings, WorkerSettings
 from agent.engine import EngineInfo
 from agent.errors import UsageError
@@ -166,6 +167,7 @@ def test_a_nofile_the_host_refuses_stops_a_run_as_bad_input_as_the_engine_does(
     monkeypatch.setattr(check, "nofile_allowed", lambda: 20000)
     monkeypatch.setattr(check, "ports", lambda *args: [])
     monkeypatch.setattr(check, "free_bytes", lambda path: 100 * GB)
+    monkeypatch.setattr(check, "used_share", lambda path: 0.5)
     said: list[str] = []
     with pytest.raises(UsageError) as refused:
         check.before_run(Engine(), HeadSettings(nofile=65536), said.append)  # type: ignore[arg-type]
@@ -174,3 +176,20 @@ def test_a_nofile_the_host_refuses_stops_a_run_as_bad_input_as_the_engine_does(
     with pytest.raises(EnvironmentProblem):  # the environment: still 3
         check.before_run(Engine(), HeadSettings(nofile=10000, shm_size=100000 * GB),  # type: ignore[arg-type]
                          said.append)
+
+
+@pytest.mark.parametrize("full, level", [(0.5, "ok"), (0.79, "ok"), (0.80, "warn"),
+                                         (0.949, "warn"), (0.95, "fail"), (1.0, "fail")])
+def test_a_disk_is_judged_by_how_full_it_is(monkeypatch: pytest.MonkeyPatch, full: float,
+                                            level: str) -> None:
+    """80% full warns, 95% fails (a role run then refuses to start), whatever is free."""
+    monkeypatch.setattr(check, "free_bytes", lambda path: 100 * GB)
+    monkeypatch.setattr(check, "used_share", lambda path: full)
+    found = check.disk("the data dir", Path("/x"), 100 * MB, GB, "advice")
+    assert found.status == level and f"({full:.0%} full)" in found.line, found
+
+
+def test_a_disk_with_little_room_fails_however_big(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(check, "free_bytes", lambda path: 50 * MB)
+    monkeypatch.setattr(check, "used_share", lambda path: 0.1)
+    assert check.disk("the data dir", Path("/x"), 100 * MB, GB, "advice").status == "fail"

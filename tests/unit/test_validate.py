@@ -161,3 +161,16 @@ def test_the_bounds_themselves_and_plain_numbers_are_taken() -> None:
     assert validate.wait(str(validate.SECONDS_MAX)) == validate.SECONDS_MAX
     assert validate.wait("0.5") == 0.5 and validate.positive_float("1.5e1") == 15.0
     assert validate.port(" 8080 ") == 8080 and validate.port(443) == 443
+
+
+@pytest.mark.parametrize("given, taken", [("10m", "10m"), ("1g", "1g"), ("20MB", "20m"),
+                                          ("2048k", "2048k")])
+def test_a_log_size_is_dockers(given: str, taken: str) -> None:
+    assert validate.log_size(given) == taken
+
+
+@pytest.mark.parametrize("given", ["10", "ten", "0m", "512k", "-5m", "1t"])
+def test_a_log_size_that_docker_would_not_take_or_that_keeps_nothing_is_refused(
+        given: str) -> None:
+    with pytest.raises(ValueError, match="log size|below 1m"):
+        validate.log_size(given)
