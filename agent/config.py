@@ -213,6 +213,19 @@ class RayOptions(Settings):
 
 
 @dataclass(frozen=True)
+class RayTempOptions(Settings):
+    """Ray's temp dir (/tmp/ray in the node's container), kept bounded (README "Years
+    unattended")."""
+
+    ray_log_retention_days: float = option(
+        "days the logs of finished Ray processes (and Ray's rotated logs) are kept",
+        validate.positive_float, 7.0)
+    ray_temp_max_size: int = option(
+        "the size Ray's temp dir is brought back under, oldest finished logs first (never a "
+        "live process's log or a spilled object)", validate.size, 10 * 1024**3, shown="10gb")
+
+
+@dataclass(frozen=True)
 class GcsOptions(Settings):
     """The head's GCS fault tolerance (README, "A head that restarts")."""
 
@@ -483,13 +496,14 @@ class LauncherOptions(Settings):
 
 @dataclass(frozen=True)
 class HeadSettings(Common, RayOptions, GcsOptions, ClusterOptions, RayTlsOptions, ImageSources,
-                   ReleaseOptions, LogOptions, WatchOption, CheckOption):
+                   ReleaseOptions, LogOptions, RayTempOptions, WatchOption, CheckOption):
     command: ClassVar[str] = "head"
 
 
 @dataclass(frozen=True)
 class WorkerSettings(Common, JoinOptions, RayOptions, ClusterOptions, RayTlsOptions,
-                     ImageSources, ReleaseOptions, LogOptions, WatchOption, CheckOption):
+                     ImageSources, ReleaseOptions, LogOptions, RayTempOptions, WatchOption,
+                     CheckOption):
     command: ClassVar[str] = "worker"
 
 

@@ -11,12 +11,24 @@ and the watcher's `refresher`; `syntho-agent plan` (agent/forecast.py) uses the 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Generic, TypeVar
 
-from agent import app_steps, cluster, gates, history, ray_release, ray_tls, resolve, rollout, store
+from agent import (
+    app_steps,
+    cluster,
+    gates,
+    history,
+    ray_release,
+    ray_retention,
+    ray_tls,
+    resolve,
+    rollout,
+    store,
+)
 from agent.config import AppSettings, HeadSettings, RoleSettings, WorkerSettings
 from agent.engine import Engine
 from agent.errors import ConvergeError, UsageError
@@ -63,10 +75,23 @@ def _nothing(*args: Any) -> None:
     return None
 
 
+def _ray_done(engine: Engine, settings: HeadSettings | WorkerSettings, inputs: Inputs,
+              spec: Spec, say: Say) -> None:
+    prune_ray_temp(engine, settings, say)
+
+
+def prune_ray_temp(engine: Engine, settings: HeadSettings | WorkerSettings, say: Say) -> None:
+    """Ray's temp dir brought back within its bounds (agent/ray_retention.py): after every run
+    of a Ray role, and hourly by the watcher."""
+    node = settings.suffix("ray-head" if isinstance(settings, HeadSettings) else "ray-worker")
+    ray_retention.prune(engine, node, settings.ray_log_retention_days,
+                        settings.ray_temp_max_size, say)
+
+
 ROLES: dict[str, Role[Any]] = {
-    "head": Role(resolve.resolve_head, head_spec, gates.head_gate, _head_prepare, _nothing,
+    "head": Role(resolve.resolve_head, head_spec, gates.head_gate, _head_prepare, _ray_done,
                  _nothing),
-    "worker": Role(resolve.resolve_worker, worker_spec, gates.worker_gate, _plain, _nothing,
+    "worker": Role(resolve.resolve_worker, worker_spec, gates.worker_gate, _plain, _ray_done,
                    _nothing),
     "app": Role(resolve.resolve_app, app_spec, gates.app_gate, app_steps.prepare,
                 app_steps.done, app_steps.plan_files),
@@ -259,6 +284,7 @@ def refresher(engine: Engine, settings: RoleSettings, spec: Spec,
         return found.number if found is not None else 0
 
     seen, current = [newest()], [spec]
+    pruned = [time.monotonic()]  # the run before the watcher pruned Ray's temp dir
     certificate = [certificate_files(settings)]
 
     def head_moved(worker: WorkerSettings) -> bool:
@@ -271,6 +297,10 @@ def refresher(engine: Engine, settings: RoleSettings, spec: Spec,
         return moved
 
     def refresh() -> Spec | None:
+        if (isinstance(settings, (HeadSettings, WorkerSettings))
+                and time.monotonic() - pruned[0] >= ray_retention.EVERY):
+            pruned[0] = time.monotonic()
+            prune_ray_temp(engine, settings, say)
         again = newest() != seen[0]
         if not again and certificate[0] != (now := certificate_files(settings)):
             certificate[0] = now

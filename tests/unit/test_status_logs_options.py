@@ -99,6 +99,16 @@ class _Engine:
     def networks(self, labels: list[str]) -> list[Any]:
         return []
 
+    def info(self) -> Any:  # the disks: a remote engine's, whose root is not on this machine
+        from agent.engine import EngineInfo
+
+        return EngineInfo("20.10", "1.41", "1", 0, "", local=False)
+
+    def disk_usage(self, instance: str) -> Any:
+        from agent.engine import DiskUsage
+
+        return DiskUsage({}, {})
+
 
 def _client(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The labels pgclient.run gives the client container of a backup."""

@@ -1,0 +1,77 @@
+"""Ray's temp dir kept bounded (README "Years unattended"), in short ("a year in an hour" at CI's
+scale; `make ray-temp-long` for the long one): a head whose tasks each run in a process of
+their own and print (the logs of finished processes pile up in /tmp/ray, one file or more per
+process), and whose container restarted (an old session left behind); a run of the head role
+then prunes them under the cap it is given, and keeps the logs of the live processes."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from tests.integration.agent_helpers import Node, ok
+
+pytestmark = pytest.mark.integration
+
+TASKS = int(os.environ.get("SYNTHO_RAY_TEMP_TASKS", "120"))
+
+# In the head's container: TASKS tasks, each in a new worker process (max_calls=1: the
+# process exits after it), each printing 64 KB; prints how many ran.
+CHATTY = """
+import ray, sys
+ray.init(address="auto", log_to_driver=False)
+
+@ray.remote(num_cpus=0.5, max_calls=1)
+def chatty(i):
+    sys.stdout.write(("task %d " % i + "x" * 1000 + "\\n") * 64)
+    return i
+
+print(len(ray.get([chatty.remote(i) for i in range({tasks})])))
+"""
+
+
+def temp_size(node: Node) -> int:
+    code, out = node.container("ray-head").exec_run(["du", "-sk", "/tmp/ray"])
+    assert code == 0, out
+    return int(out.split()[0]) * 1024
+
+
+def freed(out: str) -> re.Match[str]:
+    said = re.search(r"ray temp dir of \S+: freed ([\d.]+) MB \((\d+) log file\(s\) of "
+                     r"finished processes, (\d+) old session\(s\)\); ([\d.]+) MB left", out)
+    assert said, out
+    return said
+
+
+def test_the_head_role_prunes_rays_temp_dir_under_its_cap(head: Node) -> None:
+    box = head.container("ray-head")
+    start = temp_size(head)
+    code, out = box.exec_run(["python3", "-c", CHATTY.replace("{tasks}", str(TASKS))])
+    assert code == 0 and out.decode().strip().splitlines()[-1] == str(TASKS), out.decode()
+    grown = temp_size(head)
+    print(f"ray temp: {start / 2**20:.1f} MB, then {grown / 2**20:.1f} MB after {TASKS} "
+          f"chatty tasks ({(grown - start) / TASKS * 10_000 / 2**30:.2f} GB per 10,000)",
+          flush=True)
+    assert grown - start > TASKS * 64 * 1000 * 0.9, "the tasks' logs are on the disk"
+
+    # A cap under what the head held before the tasks: everything that may go, goes.
+    said = freed(ok(head.run("head", "--ray-log-retention-days", "0",
+                             "--ray-temp-max-size", str(start // 2))))
+    assert int(said[2]) >= TASKS, said[0]  # a log file or more per finished process
+    after = temp_size(head)
+    print(f"ray temp: {after / 2**20:.1f} MB after the retention ({said[0]})", flush=True)
+    assert after < start + (grown - start) * 0.1, "the finished processes' logs are gone"
+    # The live processes' own logs stay (the raylet's among them), and Ray still works.
+    code, listed = box.exec_run(["ls", "/tmp/ray/session_latest/logs/"])
+    assert b"raylet.out" in listed, listed
+    code, out = box.exec_run(["python3", "-c", CHATTY.replace("{tasks}", "2")])
+    assert code == 0, out.decode()
+
+    # A restarted container leaves its session behind: the next run removes it whole.
+    box.restart(timeout=10)
+    said = freed(ok(head.run("head")))
+    assert int(said[3]) == 1, said[0]
+    code, listed = box.exec_run(["sh", "-c", "ls -d /tmp/ray/session_2*"])
+    assert len(listed.split()) == 1, listed
