@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 Key = ec.EllipticCurvePrivateKey
@@ -81,3 +81,24 @@ def write(folder: Path, cert_data: bytes, key_data: bytes,
     os.chmod(c, 0o644)
     os.chmod(k, key_mode)
     return c, k
+
+
+def ca_files(folder: Path, cn: str, ca: bool = True,
+             until: datetime | None = None) -> tuple[Path, Path]:
+    """An organisation's CA (RSA, as many are) as files: <cn>.crt and <cn>.key (0600);
+    `ca=False` makes it a plain certificate, `until` ends it early."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(name(cn))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(until or now + timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / f"{cn}.crt", folder / f"{cn}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path
