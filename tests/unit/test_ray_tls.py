@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from agent import ray_tls, resolve, store
+from agent import ray_tls, resolve_tls, store
 from agent.config import WorkerSettings
 from agent.errors import UsageError
 from tests.support import certs as test_certs
@@ -245,4 +245,4 @@ def test_a_certificate_issued_elsewhere_is_checked_and_taken(tmp_path: Path) -> 
 def test_a_pki_of_ones_own_is_given_whole(given: dict[str, object], says: str) -> None:
     values = {k: Path(v) if isinstance(v, str) else v for k, v in given.items()}
     with pytest.raises(UsageError, match=says):
-        resolve.own_pki(WorkerSettings(**values))  # type: ignore[arg-type]
+        resolve_tls.own_pki(WorkerSettings(**values))  # type: ignore[arg-type]
