@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv engine images lint test unit build demo faults release-faults soak soak-short launcher-e2e bench bench-ray-tls clean
+.PHONY: help venv engine images lint test unit build demo faults release-faults soak soak-short launcher-e2e bench bench-ray-tls ray-temp-long clean
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -58,8 +58,11 @@ launcher-e2e: build venv engine images ## Ray's cluster launcher alone: live `ra
 bench: venv engine images ## the benchmarks (bench/RESULTS.md)
 	$(PY) bench/run_all.py
 
-bench-ray-tls: build venv engine images ## Ray with mutual TLS against plain, two simulated VMs, one run (bench/ray_tls.py; QUICK=1: a short one)
-	$(PY) bench/ray_tls.py $(if $(QUICK),--quick)
+ray-temp-long: venv engine images ## Ray's temp dir retention at a longer scale (2,000 chatty tasks in processes of their own)
+	SYNTHO_RAY_TEMP_TASKS=2000 $(PY) -m pytest -q -s tests/integration/test_ray_temp.py $(PYTEST_ARGS)
+
+bench-ray-tls: build venv engine images ## Ray with mutual TLS against plain, two simulated VMs, one run (bench/ray_tls.py; QUICK=1: a short one; ROUNDS=3: three of each)
+	$(PY) bench/ray_tls.py $(if $(QUICK),--quick) $(if $(ROUNDS),--rounds $(ROUNDS))
 
 clean: ## remove build output
 	rm -rf dist build *.egg-info

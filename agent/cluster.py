@@ -8,6 +8,7 @@ import socket
 import ssl
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -141,7 +142,7 @@ def node_summaries(address: str, token: str | None, timeout: float = 3.0,
         listed.append({"node_ip": raylet.get("nodeManagerAddress") or entry.get("ip"),
                        "node_manager_port": raylet.get("nodeManagerPort"),
                        "node_id": raylet.get("nodeId"), "is_head_node": raylet.get("isHeadNode"),
-                       "state": raylet.get("state")})
+                       "state": raylet.get("state"), "start_time_ms": raylet.get("startTimeMs")})
     return listed
 
 
@@ -171,13 +172,36 @@ def worker_ip(head: str, node_ip: str | None, network_ip: str | None) -> str:
     return network_ip or node_ip or source_ip_towards(head)
 
 
-def has_joined(listed: list[dict[str, Any]], ip: str, node_manager_port: int) -> bool:
+# Seconds a node may seem to have started before its container did (the two clocks are the
+# worker VM's own, read at different moments).
+START_SLACK = 5.0
+
+
+def has_joined(listed: list[dict[str, Any]], ip: str, node_manager_port: int,
+               since: float | None = None) -> bool:
     """Whether the head's node summary (node_summaries) holds a live node at ip whose raylet
     listens on the worker's node-manager port: the worker there has joined. The IP alone is not
     enough: a worker on the head's host network shares the head's, and the head's node would
-    read as the worker's."""
+    read as the worker's. `since` (the worker container's start, epoch seconds): the node must
+    have started after it, for a restarted head (GCS fault tolerance) still lists the node of
+    the container before this one alive until its health checks fail."""
+    def current(n: dict[str, Any]) -> bool:
+        started = n.get("start_time_ms")
+        return since is None or not isinstance(started, (int, float)) or (
+            started / 1000 >= since - START_SLACK)
+
     return any(n.get("node_ip") == ip and n.get("node_manager_port") == node_manager_port
-               and n.get("state") == "ALIVE" for n in listed)
+               and n.get("state") == "ALIVE" and current(n) for n in listed)
+
+
+def started_epoch(started_at: str) -> float | None:
+    """The engine's StartedAt (RFC 3339, nanoseconds, Z) as epoch seconds; None when unset."""
+    if not started_at or started_at.startswith("0001-"):
+        return None
+    try:
+        return datetime.fromisoformat(started_at[:19] + "+00:00").timestamp()
+    except ValueError:
+        return None
 
 
 def summaries_or_none(address: str, token: str | None,

@@ -218,8 +218,8 @@ class RayTempOptions(Settings):
     unattended")."""
 
     ray_log_retention_days: float = option(
-        "days the logs of finished Ray processes (and Ray's rotated logs) are kept",
-        validate.positive_float, 7.0)
+        "days the logs of finished Ray processes (and Ray's rotated logs) are kept (0: none)",
+        validate.days, 7.0)
     ray_temp_max_size: int = option(
         "the size Ray's temp dir is brought back under, oldest finished logs first (never a "
         "live process's log or a spilled object)", validate.size, 10 * 1024**3, shown="10gb")

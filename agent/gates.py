@@ -90,10 +90,13 @@ def worker_gate(engine: Engine, settings: WorkerSettings, inputs: Inputs, spec: 
                               container_ip(engine, name, settings.network)
                               if settings.network != "host" else None)
     port = ray.node_ports(settings, "worker").node_manager_port  # the head's differs
+    found = engine.observe(name)
+    since = cluster.started_epoch(found.started_at) if found is not None else None
 
     def joined() -> bool:
         return cluster.has_joined(cluster.summaries_or_none(
-            settings.head or "", inputs.token, ca=ray_tls.ca_pem_of(inputs.ray_tls)), my_ip, port)
+            settings.head or "", inputs.token, ca=ray_tls.ca_pem_of(inputs.ray_tls)), my_ip, port,
+            since)
 
     if not poll(joined, settings.ready_timeout, f"{name} to join the head", say):
         raise ConvergeError(

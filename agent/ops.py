@@ -209,7 +209,8 @@ def _worker_ray(o: Observed, data_dir: Path) -> dict[str, Any]:
     if info["answers"]:
         try:  # its own node: its address and node-manager port (the head's may share the IP)
             info["joined"] = cluster.has_joined(cluster.node_summaries(
-                head, token, ca=ray_tls.stored_ca(data_dir)), ip, port)
+                head, token, ca=ray_tls.stored_ca(data_dir)), ip, port,
+                cluster.started_epoch(o.started_at))
         except cluster.UNANSWERED as exc:
             info.update(answers=False, error=cluster.unanswered_reason(exc))
     info["head_runs"] = _published(listed)

@@ -79,7 +79,7 @@ def resolve_head(engine: Engine, settings: HeadSettings, say: Say,
     if settings.gcs_ft:
         wanted[settings.gcs_redis_image] = settings.suffix(ray.GCS_REDIS_SERVICE)
     ids = ensure_images(engine, settings, wanted, say, preview)
-    tls_on = resolve_tls.head_tls_on(settings)
+    tls_on = resolve_tls.head_tls_on(settings, say)
     token, done = cluster.head_token(settings, settings.data_dir)
     if not settings.auth:
         say(ray.AUTH_OFF_WARNING)

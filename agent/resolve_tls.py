@@ -19,7 +19,7 @@ from agent.waits import poll
 Say = Callable[[str], None]
 
 
-def head_tls_on(settings: HeadSettings) -> bool:
+def head_tls_on(settings: HeadSettings, say: Say) -> bool:
     """Whether the head's Ray speaks TLS: --ray-tls/--no-ray-tls, else as the data dir says
     (the folder ray-tls is the switch: a new head makes it; one made by an earlier agent has
     none and stays as it is). Made here, before the token, so that a run killed between the
@@ -34,11 +34,7 @@ def head_tls_on(settings: HeadSettings) -> bool:
         raise UsageError("--ray-tls needs token auth (the cluster's CA comes from its token) "
                          "or a CA of your own: drop --no-auth")
     if settings.ray_tls is False:
-        if folder.is_dir():
-            for path in sorted(folder.iterdir()):
-                store.remove(path)
-            if not store.dry_running():
-                folder.rmdir()
+        forget(settings, say)
         return False
     new = not cluster.token_path(settings.data_dir).exists() and settings.ray_tls is None
     if wanted or (new and settings.network == "host" and settings.auth):
@@ -156,4 +152,18 @@ def joining_tls(settings: WorkerSettings | AppSettings, token: str | None, say: 
         raise UsageError(f"the Ray head speaks TLS and this worker runs on the Docker network "
                          f"{settings.network}, whose address is known only once it starts: run "
                          "it on the host's network (--network host, as on a VM)")
+    if not tls_on and notes is None:
+        forget(settings, say)  # the head went (back) to plain: its files would mislead status
     return node_tls(settings, token, say) if tls_on else None
+
+
+def forget(settings: TlsSettings, say: Say) -> None:
+    """This node's Ray TLS files removed (Ray here speaks plain now)."""
+    folder = ray_tls.folder(settings.data_dir)
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.iterdir()):
+        store.remove(path)
+    if not store.dry_running():
+        folder.rmdir()
+    say(f"removed {folder}: the cluster's Ray speaks plain")

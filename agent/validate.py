@@ -241,6 +241,15 @@ def positive_float(value: str | float) -> float:
     return number
 
 
+def days(value: str | float) -> float:
+    """--ray-log-retention-days: zero (no wait) or more, at most ten years."""
+    number = _decimal(value, "a number of days")
+    if number < 0:
+        raise ValueError(f"{_shown(value)} is negative: give 0 or more days")
+    _at_most(number, 3650, value, "a number of days")
+    return number
+
+
 def name(value: str) -> str:
     """A name usable in container and volume names: letters, digits, '-' and '_'."""
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,30}", value):

@@ -157,3 +157,26 @@ def test_a_worker_that_cannot_speak_as_the_head_is_refused_before_any_change(
     assert len(errors) == 1 and says in errors[0], result.stderr
     assert not docker_client.containers.list(all=True, filters={"name": instance})
     assert not ray_tls.folder(data_dir).exists()
+
+
+def test_switching_off_and_on_again_restarts_ray_across_the_cluster_and_status_follows(
+        head_vm: HeadVM, worker_args: list[str], docker_client: docker.DockerClient) -> None:
+    """The documented switch, both ways: the head, then the worker re-run. Each worker run
+    waits for its new node (the restarted head lists the old one alive for a while), and
+    `status` on the worker asks the head as it now speaks (the worker's files are gone once
+    the head speaks plain)."""
+    worker_dir = Path(worker_args[worker_args.index("--data-dir") + 1])
+    worker = f"ray-worker-{worker_args[worker_args.index('--instance') + 1]}"
+    for flag, speaks in (("--no-ray-tls", "NOT encrypted"), ("--ray-tls", "mutual TLS")):
+        ok(run_agent("head", *head_vm.args(), flag))
+        out = ok(run_agent("worker", *worker_args))
+        assert f"recreated {worker}" in out and "joined the Ray cluster" in out, out
+        assert ray_tls.folder(worker_dir).is_dir() == (flag == "--ray-tls")
+        assert ray_tls.folder(head_vm.data_dir).is_dir() == (flag == "--ray-tls")
+        status = run_agent("status", "--data-dir", str(worker_dir), "--instance",
+                           worker_args[worker_args.index("--instance") + 1])
+        assert status.returncode == 0 and "joined the cluster" in status.stdout and \
+            speaks in status.stdout, status.stdout
+        assert poll(lambda: alive(head_vm) == 2, 60, "head and worker alive")
+        env = docker_client.containers.get(worker).attrs["Config"]["Env"]
+        assert ("RAY_USE_TLS=1" in env) == (flag == "--ray-tls"), env

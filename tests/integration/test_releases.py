@@ -137,9 +137,11 @@ def release_lab(shared: ReleaseRegistry, tmp: Path,
     with Sandbox(shared.client, tmp) as box:
         refs = {tag: shared.release(tag, **options) for tag, options in releases.items()}
         head_dir, head_instance = tmp / "head", box.instance("head")
+        # Plain (--no-ray-tls): a following worker runs on a Docker network of this engine,
+        # where Ray cannot speak TLS (test_ray_tls's); later runs keep it (no ray-tls folder).
         ok(run_agent("head", "--data-dir", str(head_dir), "--instance", head_instance,
                      "--registry", shared.registry, "--registry-user", USER, "--release", "A",
-                     "--shm-size", "1gb", "--nofile", NOFILE,
+                     "--shm-size", "1gb", "--nofile", NOFILE, "--no-ray-tls",
                      env={"SYNTHO_AGENT_REGISTRY_PASSWORD": PASSWORD}))
         yield Deployment(box, shared.registry, refs, head_dir, head_instance, tmp / "app",
                          box.instance("app"), free_port(), free_port())

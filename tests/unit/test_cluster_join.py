@@ -66,3 +66,16 @@ def test_an_answer_without_a_summary_is_unanswered(monkeypatch: pytest.MonkeyPat
                         lambda request, timeout: io.BytesIO(b'{"data": {}}'))
     with pytest.raises(cluster.UNANSWERED):
         cluster.node_summaries("h", None)
+
+
+def test_the_node_of_the_container_before_this_one_is_no_join() -> None:
+    """A head restarted with GCS fault tolerance lists the replaced container's node alive for
+    a while (same IP and port): only a node started after this container counts."""
+    started = cluster.started_epoch("2026-12-07T21:05:38.123456789Z")
+    assert started is not None and cluster.started_epoch("0001-01-01T00:00:00Z") is None
+    old = {"node_ip": "10.0.0.6", "node_manager_port": WORKER_PORT, "state": "ALIVE",
+           "start_time_ms": (started - 60) * 1000}
+    new = {**old, "start_time_ms": (started + 2) * 1000}
+    assert cluster.has_joined([old], "10.0.0.6", WORKER_PORT)  # without a start to compare
+    assert not cluster.has_joined([old], "10.0.0.6", WORKER_PORT, started)
+    assert cluster.has_joined([old, new], "10.0.0.6", WORKER_PORT, started)
