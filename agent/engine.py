@@ -269,6 +269,11 @@ class Engine:
             return None
 
     @_sdk
+    def image_user(self, ref: str) -> str:
+        """The user the image's processes run as (its Config.User: "" for root)."""
+        return str((self._client.images.get(ref).attrs.get("Config") or {}).get("User") or "")
+
+    @_sdk
     def repo_digests(self, ref: str) -> tuple[str, ...]:
         """The image's `repository@sha256:...` names, as the registries it came from (or went
         to) know it; () when it is not on the engine or came from no registry."""

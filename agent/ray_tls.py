@@ -23,9 +23,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import os
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -199,13 +200,34 @@ class Material:
     renewed: str  # why it was issued in this run ("" when the one there was kept)
     listen: tuple[str, ...] = ()  # the head's addresses its dashboard's TLS front serves
     front: str = ""  # the head: the TLS front's program in the folder (front-<digest>.py)
+    key_file: str = KEY_FILE  # the key as the containers' user reads it (readable_by)
 
     def env(self) -> tuple[tuple[str, str], ...]:
         """What a Ray process reads to speak TLS (once, at its start)."""
         return (("RAY_USE_TLS", "1"),
                 ("RAY_TLS_SERVER_CERT", f"{INSIDE}/{self.cert_file}"),
-                ("RAY_TLS_SERVER_KEY", f"{INSIDE}/{KEY_FILE}"),
+                ("RAY_TLS_SERVER_KEY", f"{INSIDE}/{self.key_file}"),
                 ("RAY_TLS_CA_CERT", f"{INSIDE}/{CA_FILE}"))
+
+
+def readable_by(material: Material, uid: int, gid: int) -> Material:
+    """material, its key readable by the user the containers run as: root reads node.key
+    (0600, root's); another user gets a copy of its own, node-<uid>.key, 0600 and owned by it
+    (an image that runs as `ray`, as Ray's own do, cannot read root's)."""
+    if uid == 0:
+        return material
+    name = f"node-{uid}.key"
+    key = store.read_text(material.folder / KEY_FILE) or ""
+    path = material.folder / name
+    if store.read_text(path) != key:
+        store.write_atomic(path, key, how=f"copy the node's key for uid {uid}")
+    if not store.dry_running():
+        try:
+            if (path.stat().st_uid, path.stat().st_gid) != (uid, gid):
+                os.chown(path, uid, gid)
+        except OSError as exc:
+            raise store.tag(exc, path, "write", f"give it to uid {uid}") from None
+    return replace(material, key_file=name)
 
 
 def folder(data_dir: Path) -> Path:

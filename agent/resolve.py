@@ -87,6 +87,8 @@ def resolve_head(engine: Engine, settings: HeadSettings, say: Say,
         say(f"{done} the cluster's Ray token in {cluster.token_path(settings.data_dir)}")
     material = resolve_tls.node_tls(settings, token, say) if tls_on and (
         token or resolve_tls.own_pki(settings)) else None
+    material = resolve_tls.readable_key(engine, material, settings.ray_image,
+                                        settings.data_dir, settings.instance, preview is not None)
     if material is not None and settings.network == "host":
         material = replace(material, front=ray_tls.write_front(material.folder))
     return settings, Inputs(ids, token, gcs_password=secret_files.gcs_password(settings, say),
@@ -196,6 +198,8 @@ def resolve_worker(engine: Engine, settings: WorkerSettings, say: Say,
         ray_release.check(engine, "the worker's Ray", settings.ray_image,
                           ids[settings.ray_image], settings.data_dir, settings.head, token,
                           settings.instance, ray_tls.ca_pem_of(material))
+    material = resolve_tls.readable_key(engine, material, settings.ray_image,
+                                        settings.data_dir, settings.instance, preview is not None)
     return settings, Inputs(ids, token, ray_tls=material)
 
 
@@ -297,6 +301,8 @@ def resolve_app(engine: Engine, settings: AppSettings, say: Say,
         ray_release.check(engine, "the core's Ray client: the", settings.core_image,
                           ids[settings.core_image], settings.data_dir, settings.head, token,
                           settings.instance, ray_tls.ca_pem_of(material))
+    material = resolve_tls.readable_key(engine, material, settings.core_image,
+                                        settings.data_dir, settings.instance, preview is not None)
     return settings, Inputs(ids, token, secrets=secrets, rotate_to=rotate_to,
                             ray_host=app_ray_host(settings, token, ray_tls.ca_pem_of(material), say,
                                                   preview), site=site,

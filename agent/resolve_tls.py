@@ -6,14 +6,18 @@ container.
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Union
 
 from agent import cluster, ray_tls, store
 from agent.config import AppSettings, HeadSettings, WorkerSettings
+from agent.engine import Engine, EngineError
 from agent.errors import EnvironmentProblem, UsageError
 from agent.roles import ray
+from agent.spec import LABEL_INSTANCE, LABEL_TEMPORARY
 from agent.waits import poll
 
 Say = Callable[[str], None]
@@ -167,3 +171,58 @@ def forget(settings: TlsSettings, say: Say) -> None:
     if not store.dry_running():
         folder.rmdir()
     say(f"removed {folder}: the cluster's Ray speaks plain")
+
+
+USERS_CACHE = "image-users.json"  # in the data dir: image ID -> [uid, gid] its processes run as
+ROOT_USERS = ("", "0", "root", "0:0", "root:root")
+
+
+def readable_key(engine: Engine, material: ray_tls.Material | None, ref: str, data_dir: Path,
+                 instance: str, preview: bool) -> ray_tls.Material | None:
+    """material with its key readable by the user the image `ref` runs as (ray_tls.readable_by);
+    a plan that does not have the image yet takes root's."""
+    if material is None:
+        return None
+    try:
+        uid, gid = image_user_ids(engine, ref, data_dir, instance)
+    except (EngineError, EnvironmentProblem):
+        if preview:
+            return material
+        raise
+    return ray_tls.readable_by(material, uid, gid)
+
+
+def image_user_ids(engine: Engine, ref: str, data_dir: Path, instance: str) -> tuple[int, int]:
+    """The uid and gid an image's processes run as: root, or its numeric Config.User, else
+    asked of the image itself (`id -u; id -g` in a throw-away container with no network),
+    once per image ID (cached in the data dir)."""
+    user = engine.image_user(ref)
+    if user in ROOT_USERS:
+        return 0, 0
+    uid, _, gid = user.partition(":")
+    if uid.isdigit() and (not gid or gid.isdigit()):
+        return int(uid), int(gid or 0)
+    image_id = engine.image_id(ref) or ref
+    cache = data_dir / USERS_CACHE
+    try:
+        known = json.loads(store.read_text(cache) or "{}")
+    except ValueError:
+        known = {}
+    found = known.get(image_id) if isinstance(known, dict) else None
+    if isinstance(found, list) and len(found) == 2 and all(isinstance(n, int) for n in found):
+        return found[0], found[1]
+    out = io.BytesIO()
+    try:
+        code, errors = engine.run_to(ref, ["sh", "-c", "id -u; id -g"], "none", out, labels={
+            LABEL_INSTANCE: instance, LABEL_TEMPORARY: "image-user"})
+    except EngineError as exc:
+        raise EnvironmentProblem(f"cannot tell which user {ref} runs as (user {user}): "
+                                 f"{exc.explanation}") from None
+    ids = out.getvalue().decode(errors="replace").split()
+    if code != 0 or len(ids) != 2 or not all(i.isdigit() for i in ids):
+        raise EnvironmentProblem(f"cannot tell which user {ref} runs as (user {user}; `id` "
+                                 f"exited {code}: {errors.strip()[-200:]})")
+    pair = [int(ids[0]), int(ids[1])]
+    known = {**(known if isinstance(known, dict) else {}), image_id: pair}
+    store.write_atomic(cache, json.dumps(known, indent=1) + "\n", mode=0o600)
+    return pair[0], pair[1]

@@ -20,7 +20,7 @@ from agent import spec as s
 from agent.config import RAY_PORTS, HeadSettings, RayNodeSettings, WorkerSettings
 from agent.errors import UsageError
 from agent.ray_tls import INSIDE as TLS_INSIDE
-from agent.ray_tls import KEY_FILE, Material
+from agent.ray_tls import Material
 
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265
@@ -192,7 +192,7 @@ def dashboard_front(settings: HeadSettings, material: Material) -> s.Container:
         service=DASHBOARD_FRONT, name=settings.suffix(DASHBOARD_FRONT), image=settings.ray_image,
         entrypoint=("python3", f"{TLS_INSIDE}/{material.front}"), network="host", restart="always",
         env=s.env_pairs(FRONT_CERT=f"{TLS_INSIDE}/{material.cert_file}",
-                        FRONT_KEY=f"{TLS_INSIDE}/{KEY_FILE}",
+                        FRONT_KEY=f"{TLS_INSIDE}/{material.key_file}",
                         FRONT_LISTEN=",".join(material.listen),
                         FRONT_PORT=str(DASHBOARD_PORT), BACKEND=f"127.0.0.1:{DASHBOARD_PORT}",
                         PYTHONUNBUFFERED="1"),

@@ -246,3 +246,28 @@ def test_a_pki_of_ones_own_is_given_whole(given: dict[str, object], says: str) -
     values = {k: Path(v) if isinstance(v, str) else v for k, v in given.items()}
     with pytest.raises(UsageError, match=says):
         resolve_tls.own_pki(WorkerSettings(**values))  # type: ignore[arg-type]
+
+
+def test_a_non_root_image_reads_a_key_of_its_own(tmp_path: Path) -> None:
+    """Ray's own images run as `ray`: root's 0600 key is not theirs to read; such a user gets
+    a copy, 0600 and its own, which its containers are pointed at."""
+    made = ray_tls.node_material(tmp_path, TOKEN, NAMES)
+    assert ray_tls.readable_by(made, 0, 0) == made
+    theirs = ray_tls.readable_by(made, 1000, 100)
+    copy = made.folder / "node-1000.key"
+    assert theirs.key_file == "node-1000.key"
+    assert dict(theirs.env())["RAY_TLS_SERVER_KEY"] == "/ray-tls/node-1000.key"
+    st = copy.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 100, 0o600)
+    assert copy.read_text() == (made.folder / ray_tls.KEY_FILE).read_text()
+
+
+@pytest.mark.parametrize("user, ids", [("", (0, 0)), ("root", (0, 0)), ("1000", (1000, 0)),
+                                       ("1000:100", (1000, 100))])
+def test_an_images_user_is_read_from_its_config_when_it_is_a_number(
+        tmp_path: Path, user: str, ids: tuple[int, int]) -> None:
+    class Engine:
+        def image_user(self, ref: str) -> str:
+            return user
+
+    assert resolve_tls.image_user_ids(Engine(), "img", tmp_path, "") == ids  # type: ignore[arg-type]
