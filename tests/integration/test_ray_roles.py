@@ -206,7 +206,9 @@ def test_head_on_the_host_network_as_on_a_vm(sandbox: Sandbox, images: dict[str,
     at = words.index("--redis-password")
     assert words[at + 1] == "$GCS_REDIS_PASSWORD" and '"$GCS_REDIS_PASSWORD"' in script
     assert words[1:at] + words[at + 2:] == [
-        "ray", "start", "--head", "--port=6379", "--dashboard-host", "0.0.0.0",
+        # A new head on the host's network speaks TLS: the dashboard keeps the loopback, its
+        # TLS front (ray-dashboard-tls) the host's other addresses (docs/security.md).
+        "ray", "start", "--head", "--port=6379", "--dashboard-host", "127.0.0.1",
         "--ray-client-server-port=10001", "--node-manager-port=6380",
         "--object-manager-port=6381", "--runtime-env-agent-port=6382",
         "--dashboard-agent-grpc-port=6383", "--dashboard-agent-listen-port=6384",
@@ -218,6 +220,9 @@ def test_head_on_the_host_network_as_on_a_vm(sandbox: Sandbox, images: dict[str,
     assert "LICENSE_KEY_SIGNED" in env
     token = (tmp_path / "d" / "ray-token").read_text().strip()
     assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"] == token
+    assert env["RAY_USE_TLS"] == "1"
+    front = sandbox.client.containers.get(f"ray-dashboard-tls-{instance}")
+    assert front.attrs["HostConfig"]["NetworkMode"] == "host"
     assert poll(lambda: alive("127.0.0.1", token) == 1, 60, "the head in its own node list")
 
 
