@@ -35,7 +35,8 @@ pytestmark = pytest.mark.integration
 
 # The keys README "status --json" documents (schema 1).
 TOP = {"schema", "instance", "roles", "ready", "not_ready", "containers", "ray", "releases",
-       "https", "leftovers"}
+       "https", "leftovers", "ray_tls", "disk"}
+FILESYSTEM = {"what", "path", "free_bytes", "used_share", "level"}
 CONTAINER = {"name", "role", "service", "image", "image_id", "state", "health", "started_at",
              "uptime_seconds", "restart_count", "ports", "ready"}
 HEAD = {"address", "answers", "error", "alive", "nodes", "publishes"}
@@ -142,6 +143,16 @@ def test_status_json_holds_the_documented_keys_with_real_values(
                           "head_runs": published}
     assert report["releases"]["head"]["state"] == "healthy"
     assert report["releases"]["head"]["name"] == images["ray"].rsplit(":", 1)[1]
+    # Ray on a Docker network speaks plain, and says so; the disks, and what the role holds.
+    assert report["ray_tls"]["encrypted"] is False and "NOT encrypted" in \
+        report["ray_tls"]["advice"]
+    disk = report["disk"]
+    assert [fs["what"] for fs in disk["filesystems"]][-1] == "the data dir"
+    assert all(set(fs) == FILESYSTEM and 0 < fs["used_share"] < 1 and fs["free_bytes"] > 0
+               for fs in disk["filesystems"])
+    assert disk["volumes"].get(f"syntho-gcs-redis-data-{cluster.head.instance}", -1) >= 0
+    assert disk["writable_layers"].get(f"ray-head-{cluster.head.instance}", 0) > 0
+    assert disk["backups"]["count"] == 0
 
     human = ok(cluster.head.cmd("status"))
     header = human.splitlines()[0].split()

@@ -45,7 +45,7 @@ SERVICE_LABEL = "io.syntho.agent.service"
 # What each role runs (README, "Roles"): a VM with anything else labelled by the agent for
 # long has a container the agent lost track of.
 EXPECTED = {
-    "head": ("ray-head",),
+    "head": ("ray-head", "ray-dashboard-tls"),  # a new cluster's Ray speaks TLS
     "w1": ("ray-worker",),
     "w2": ("ray-worker",),
     "app": ("syntho-postgres", "syntho-redis", "syntho-core", "syntho-core_worker",
