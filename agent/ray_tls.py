@@ -39,7 +39,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent import store
 from agent.errors import EnvironmentProblem, UsageError
-from agent.tls import CertInfo, info_of
+from agent.tls import CertInfo, info_of, read_file, spki
 
 FOLDER = "ray-tls"
 CA_FILE = "ca.crt"
@@ -71,12 +71,7 @@ class CA:
     @property
     def fingerprint(self) -> str:
         """The SHA-256 of the CA's public key: the same on every node of one cluster."""
-        return hashlib.sha256(_spki(self.cert)).hexdigest()
-
-
-def _spki(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+        return hashlib.sha256(spki(self.cert.public_key())).hexdigest()
 
 
 @functools.lru_cache(maxsize=4)
@@ -88,9 +83,7 @@ def derived_ca(token: str) -> CA:
     scalar = int.from_bytes(material, "big") % (_P256_ORDER - 1) + 1
     key = ec.derive_private_key(scalar, ec.SECP256R1())
     public = key.public_key()
-    serial = int.from_bytes(hashlib.sha256(public.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).digest()[:16],
-        "big") >> 1
+    serial = int.from_bytes(hashlib.sha256(spki(public)).digest()[:16], "big") >> 1
     cert = (x509.CertificateBuilder()
             .subject_name(_CA_NAME).issuer_name(_CA_NAME).public_key(public)
             .serial_number(serial).not_valid_before(_CA_FROM).not_valid_after(_CA_UNTIL)
@@ -251,8 +244,8 @@ def _same_ca(pem: str | None, ca: CA) -> bool:
         cert = x509.load_pem_x509_certificate(pem.encode()) if pem else None
     except ValueError:
         return False
-    return cert is not None and cert.subject == ca.cert.subject and _spki(cert) == _spki(
-        ca.cert) and cert.not_valid_after_utc == ca.cert.not_valid_after_utc
+    return cert is not None and cert.subject == ca.cert.subject and _same_key(
+        cert, ca.key) and cert.not_valid_after_utc == ca.cert.not_valid_after_utc
 
 
 def _node_key(where: Path) -> CertificateIssuerPrivateKeyTypes:
@@ -287,10 +280,7 @@ def renewal_reason(cert: x509.Certificate, key: CertificateIssuerPrivateKeyTypes
     """Why a node's certificate must be issued anew ("" when it serves as it is)."""
     if not signed_by(cert, ca):
         return "the cluster's CA changed (a new token, or another CA of your own)"
-    if cert.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ) != key.public_key().public_bytes(serialization.Encoding.DER,
-                                       serialization.PublicFormat.SubjectPublicKeyInfo):
+    if not _same_key(cert, key):
         return "the node's key changed"
     if _in_window(cert, now):
         left = (cert.not_valid_after_utc - now).days
@@ -375,21 +365,14 @@ def existing(data_dir: Path) -> tuple[CertInfo, CertInfo | None] | None:
 
 # --- the operator's own PKI ------------------------------------------------------------------
 
-def _pem_file(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read the {what} {path} ({exc.strerror}): check its path and "
-                         "permissions") from None
-
-
 def _private_key(path: Path, what: str) -> CertificateIssuerPrivateKeyTypes:
+    data = read_file(path, what)  # a missing or unreadable file: one line
     mode = path.stat().st_mode
     if mode & 0o077:
         raise UsageError(f"the {what} {path} is readable by others (mode {mode & 0o777:04o}): "
                          f"run chmod 600 {path}")
     try:
-        key = serialization.load_pem_private_key(_pem_file(path, what), password=None)
+        key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
         raise UsageError(f"the {what} {path} is protected by a passphrase: give it "
                          "unencrypted (openssl pkey -in KEY -out NEW)") from None
@@ -403,7 +386,7 @@ def _private_key(path: Path, what: str) -> CertificateIssuerPrivateKeyTypes:
 
 def _certificate(path: Path, what: str) -> x509.Certificate:
     try:
-        return x509.load_pem_x509_certificates(_pem_file(path, what))[0]
+        return x509.load_pem_x509_certificates(read_file(path, what))[0]
     except ValueError:
         raise UsageError(f"{path} is not a PEM certificate: give the {what} in PEM") from None
 
@@ -418,8 +401,7 @@ def _valid_now(cert: x509.Certificate, path: Path, now: datetime) -> None:
 
 
 def _same_key(cert: x509.Certificate, key: CertificateIssuerPrivateKeyTypes) -> bool:
-    return _spki(cert) == key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return spki(cert.public_key()) == spki(key.public_key())
 
 
 def operator_ca(cert_path: Path, key_path: Path, now: datetime | None = None) -> CA:

@@ -61,7 +61,8 @@ def _when(t: datetime) -> str:
     return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _read(path: Path, what: str) -> bytes:
+def read_file(path: Path, what: str) -> bytes:
+    """A PEM file's bytes; UsageError, one line, when it cannot be read."""
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -75,7 +76,9 @@ def _read(path: Path, what: str) -> bytes:
                          f"path and permissions") from None
 
 
-def _spki(key: PublicKeyTypes) -> bytes:
+def spki(key: PublicKeyTypes) -> bytes:
+    """A public key's DER SubjectPublicKeyInfo: what tells two keys (or a key and a
+    certificate) apart."""
     return key.public_bytes(serialization.Encoding.DER,
                             serialization.PublicFormat.SubjectPublicKeyInfo)
 
@@ -120,7 +123,7 @@ def load_pair(cert_path: Path, key_path: Path, host: str,
 def _checked_pair(cert_path: Path, key_path: Path, host: str,
                   now: datetime | None) -> tuple[CertInfo, bytes, bytes]:
     """load_pair, and the bytes it accepted."""
-    cert_data = _read(cert_path, "certificate")
+    cert_data = read_file(cert_path, "certificate")
     try:
         mode = key_path.stat().st_mode
     except FileNotFoundError:
@@ -132,7 +135,7 @@ def _checked_pair(cert_path: Path, key_path: Path, host: str,
     if stat.S_ISREG(mode) and mode & 0o066:
         raise UsageError(f"the key file {key_path} is readable or writable by others (mode "
                          f"{stat.S_IMODE(mode):04o}): run chmod 600 {key_path}")
-    key_data = _read(key_path, "key")
+    key_data = read_file(key_path, "key")
 
     try:
         chain = x509.load_pem_x509_certificates(cert_data)
@@ -152,9 +155,9 @@ def _checked_pair(cert_path: Path, key_path: Path, host: str,
         raise UsageError(f"{key_path} is not a PEM private key{hint}: give the unencrypted "
                          f"private key in PEM") from None
 
-    leaf, mine = chain[0], _spki(key.public_key())
-    if _spki(leaf.public_key()) != mine:
-        if any(_spki(c.public_key()) == mine for c in chain[1:]):
+    leaf, mine = chain[0], spki(key.public_key())
+    if spki(leaf.public_key()) != mine:
+        if any(spki(c.public_key()) == mine for c in chain[1:]):
             raise UsageError(f"the chain in {cert_path} is not leaf first: put the server's "
                              f"certificate first, then the intermediates")
         raise UsageError(f"the key in {key_path} does not belong to the certificate in "
