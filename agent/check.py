@@ -211,6 +211,11 @@ def used_share(path: Path) -> float:
     return used / room if room else 0.0
 
 
+def fullness(share: float) -> str:
+    """A disk's level by how full it is alone: ok, warn from 80%, fail from 95%."""
+    return FAIL if share >= FAIL_FULL else WARN if share >= WARN_FULL else OK
+
+
 def disk(what: str, path: Path, fail_below: int, warn_below: int, advice: str) -> Result:
     try:
         free, full = free_bytes(path), used_share(path)
@@ -218,10 +223,11 @@ def disk(what: str, path: Path, fail_below: int, warn_below: int, advice: str) -
         return Result(WARN, f"disk: cannot read the free space of {what} {path} "
                             f"({exc.strerror})", "check it with df")
     line = f"disk: {size(free)} free ({full:.0%} full) for {what} {path}"
-    if free < fail_below or full >= FAIL_FULL:
+    level = fullness(full)
+    if free < fail_below or level == FAIL:
         return Result(FAIL, line, f"free at least {size(fail_below)} and keep it under "
                                   f"{FAIL_FULL:.0%} full: {advice}")
-    if free < warn_below or full >= WARN_FULL:
+    if free < warn_below or level == WARN:
         return Result(WARN, line, f"less than {size(warn_below)} free or over "
                                   f"{WARN_FULL:.0%} full: {advice}")
     return Result(OK, line)

@@ -156,11 +156,11 @@ def _container(o: Observed) -> dict[str, Any]:
 
 
 def _ask(address: str, token: str | None, into: dict[str, Any],
-         data_dir: Path) -> list[dict[str, Any]]:
+         ca: str | None) -> list[dict[str, Any]]:
     """The head's node list; records in `into` whether its dashboard answered, and why not.
-    In HTTPS with the cluster's CA when this node's Ray speaks TLS."""
+    In HTTPS with the cluster's CA (ca: ray_tls.stored_ca) when this node's Ray speaks TLS."""
     try:
-        listed = cluster.nodes(address, token, ca=ray_tls.stored_ca(data_dir))
+        listed = cluster.nodes(address, token, ca=ca)
     except cluster.UNANSWERED as exc:
         into.update(answers=False, error=cluster.unanswered_reason(exc))
         return []
@@ -175,7 +175,7 @@ def _head_ray(o: Observed, data_dir: Path) -> dict[str, Any]:
     if o.status != "running":
         info["error"] = f"{o.name} is not running"
         return info
-    listed = _ask(address, _token(o, data_dir), info, data_dir)
+    listed = _ask(address, _token(o, data_dir), info, ray_tls.stored_ca(data_dir))
     info["publishes"] = _published(listed)
     info["nodes"] = [{"node_ip": n.get("node_ip"), "node_id": n.get("node_id"),
                       "head": bool(n.get("is_head_node")), "state": n.get("state"),
@@ -203,13 +203,14 @@ def _worker_ray(o: Observed, data_dir: Path) -> dict[str, Any]:
         return info
     info["node_ip"] = ip
     token = _token(o, data_dir)
-    listed = _ask(head, token, info, data_dir)
+    ca = ray_tls.stored_ca(data_dir)
+    listed = _ask(head, token, info, ca)
     given = _arg(o.command, "--node-manager-port") or ""
     port = int(given) if given.isdigit() else RAY_PORTS["node_manager_port"][1]
     if info["answers"]:
         try:  # its own node: its address and node-manager port (the head's may share the IP)
             info["joined"] = cluster.has_joined(cluster.node_summaries(
-                head, token, ca=ray_tls.stored_ca(data_dir)), ip, port,
+                head, token, ca=ca), ip, port,
                 cluster.started_epoch(o.started_at))
         except cluster.UNANSWERED as exc:
             info.update(answers=False, error=cluster.unanswered_reason(exc))
@@ -230,7 +231,7 @@ def _app_ray(observed: list[Observed], data_dir: Path) -> dict[str, Any] | None:
         return None
     head = _host_of(core.env_value("RAY_ADDRESS") or "")
     info: dict[str, Any] = {"head": head, "answers": False, "error": None, "alive": 0}
-    listed = _ask(head, _token(core, data_dir), info, data_dir)
+    listed = _ask(head, _token(core, data_dir), info, ray_tls.stored_ca(data_dir))
     info["alive"] = sum(1 for n in listed if n.get("state") == "ALIVE")
     info["head_runs"] = _published(listed)
     return info
@@ -328,7 +329,7 @@ def engine_report(engine: Engine, observed: list[Observed], data_dir: Path,
     report["leftovers"] = leftovers(engine, instance)
     report["disk"] = disk = disk_report(engine, data_dir, instance) if observed else None
     for fs in (disk or {}).get("filesystems", []):
-        if fs["level"] == "fail":
+        if fs["level"] == check.FAIL:
             report["not_ready"].append(f"disk: {fs['what']} {fs['path']} is "
                                        f"{fs['used_share']:.0%} full")
             report["ready"] = False
@@ -351,10 +352,8 @@ def _filesystem(what: str, path: Path) -> dict[str, Any] | None:
         free, full = check.free_bytes(path), check.used_share(path)
     except OSError:
         return None
-    level = ("fail" if full >= check.FAIL_FULL else "warn" if full >= check.WARN_FULL
-             else "ok")
     return {"what": what, "path": str(path), "free_bytes": free, "used_share": round(full, 3),
-            "level": level}
+            "level": check.fullness(full)}
 
 
 def disk_report(engine: Engine, data_dir: Path, instance: str) -> dict[str, Any]:
@@ -380,10 +379,10 @@ def _disk_lines(disk: dict[str, Any] | None) -> list[str]:
     for fs in disk["filesystems"]:
         line = (f"disk: {fs['what']} {fs['path']}: {fs['used_share']:.0%} full, "
                 f"{check.size(fs['free_bytes'])} free")
-        if fs["level"] != "ok":
-            mark = check.FAIL_FULL if fs["level"] == "fail" else check.WARN_FULL
+        if fs["level"] != check.OK:
+            mark = check.FAIL_FULL if fs["level"] == check.FAIL else check.WARN_FULL
             line += (f"; WARNING: over {mark:.0%} full"
-                     + (": role runs refuse to start" if fs["level"] == "fail" else "")
+                     + (": role runs refuse to start" if fs["level"] == check.FAIL else "")
                      + " (free space: prune unused images, old backups, or grow the disk)")
         lines.append(line)
     held = [f"{name} {check.size(n)}" for name, n in sorted(disk["volumes"].items())]
