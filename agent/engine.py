@@ -480,7 +480,7 @@ class Engine:
         """What this agent's volumes and containers hold on the engine's disk (one `system df`:
         the engine walks the volumes, so it takes a moment on a big one)."""
         found = self._client.api.df()
-        ours = {f"{s.LABEL_MANAGED}": "true", f"{s.LABEL_INSTANCE}": instance}
+        ours = {s.LABEL_MANAGED: "true", s.LABEL_INSTANCE: instance}
 
         def mine(labels: dict[str, str] | None) -> bool:
             return all((labels or {}).get(k) == v for k, v in ours.items())

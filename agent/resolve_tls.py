@@ -29,12 +29,13 @@ def head_tls_on(settings: HeadSettings, say: Say) -> bool:
     none and stays as it is). Made here, before the token, so that a run killed between the
     two still finds a new cluster's choice."""
     folder = ray_tls.folder(settings.data_dir)
-    wanted = bool(settings.ray_tls or own_pki(settings))
+    pki = own_pki(settings)
+    wanted = bool(settings.ray_tls or pki)
     if wanted and settings.network != "host":
         raise UsageError(f"--ray-tls needs the head on the host's network (it runs on the Docker "
                          f"network {settings.network}, whose addresses are known only once a "
                          "container starts, and which other VMs cannot reach anyway)")
-    if wanted and not settings.auth and not own_pki(settings):
+    if wanted and not settings.auth and not pki:
         raise UsageError("--ray-tls needs token auth (the cluster's CA comes from its token) "
                          "or a CA of your own: drop --no-auth")
     if settings.ray_tls is False:

@@ -207,13 +207,12 @@ def head_spec(settings: HeadSettings, token: str | None,
     """The head; with GCS fault tolerance (gcs_password given), the Redis that keeps the
     GCS's state first, and the head started on it; with TLS (material), its dashboard on
     loopback and the dashboard's TLS front."""
-    tls_front = material is not None and bool(material.listen and material.front)
+    front_of = material if material is not None and material.listen and material.front else None
     command = [*start_command(None, node_ports(settings, "head"),
-                              dashboard_host="127.0.0.1" if tls_front else "0.0.0.0"),
+                              dashboard_host="127.0.0.1" if front_of else "0.0.0.0"),
                "--labels", head_labels(settings.ray_image, settings.release)]
     head = _node(settings, "ray-head", command, token, material)
-    front = (dashboard_front(settings, material),) if (
-        tls_front and material is not None) else ()
+    front = (dashboard_front(settings, front_of),) if front_of else ()
     if gcs_password is None:
         return s.Spec(role="head", instance=settings.instance, containers=(head, *front),
                       networks=_networks(settings), secrets=_secrets(settings, token))
