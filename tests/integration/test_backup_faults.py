@@ -21,6 +21,7 @@ import pytest
 
 from agent import archive
 from tests.integration.agent_helpers import App, engine_snapshot, ok
+from tests.support import mounts
 from tests.support.agent_cli import agent_cmd, agent_env, run_agent
 from tests.support.constants import REPO
 from tests.support.kills import enough_landed, fault_seed, kill_at, kill_rounds
@@ -39,10 +40,7 @@ def rng() -> random.Random:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs, nearly full."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    try:
+    with mounts.tmpfs(tmp_path / "small", "1m") as mount:
         filler = mount / "filler"
         with filler.open("wb", buffering=0) as f:
             try:
@@ -52,8 +50,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
                 pass
         filler.write_bytes(filler.read_bytes()[:-16384])  # room for a little, not a dump
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def archives_verify(folder: Path) -> list[Path]:

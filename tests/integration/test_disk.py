@@ -15,6 +15,7 @@ import pytest
 from agent import spec as s
 from agent.engine import create_args
 from agent.waits import poll
+from tests.support import mounts
 from tests.support.agent_cli import run_agent
 from tests.support.constants import NOFILE
 from tests.support.sandbox import Sandbox
@@ -25,13 +26,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 3 GiB tmpfs (memory is spent only on what is written)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3g", "tmpfs", str(mount)], check=True)
-    try:
+    with mounts.tmpfs(tmp_path / "disk", "3g") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def fill_to(mount: Path, share: float) -> None:
