@@ -186,6 +186,28 @@ class App:
         return str(out.decode().strip())
 
 
+def why_unhealthy(app: App) -> str:
+    """What an app that did not come up says of itself: the core's and the backend's health
+    answers (which dependency fails, in the stand-ins' JSON) and the last lines of their logs
+    and the relay's, for a failure in CI where nothing else is left to read."""
+    parts = []
+    for service, url in (("core", "http://localhost:8080/api/v1/status"),
+                         ("backend", "http://backend:8000/api/docs/")):
+        try:
+            box = app.container(service)
+            _, out = box.exec_run(["curl", "-sS", "--max-time", "20", url])
+            parts.append(f"{service} health: {out.decode(errors='replace')[:1500]}")
+        except docker.errors.APIError as exc:
+            parts.append(f"{service} health: {exc}")
+    for service in ("core", "backend", "ray-relay"):
+        try:
+            logs = app.container(service).logs(tail=15).decode(errors="replace")
+            parts.append(f"{service} log:\n{logs}")
+        except docker.errors.APIError as exc:
+            parts.append(f"{service} log: {exc}")
+    return "\n".join(parts)
+
+
 def start_registry(tmp: Path, user: str, password: str, listen: str = "127.0.0.1"
                    ) -> tuple[subprocess.Popen[bytes], int]:
     """Debian's docker-registry (a real registry v2) with htpasswd auth, on `listen`.

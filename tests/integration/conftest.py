@@ -17,6 +17,7 @@ from tests.integration.agent_helpers import (
     ip_on,
     ok,
     start_registry,
+    why_unhealthy,
 )
 from tests.support.agent_cli import run_agent
 from tests.support.constants import NOFILE
@@ -84,7 +85,11 @@ def stack(module_sandbox: Sandbox, images: dict[str, str], head_vm: HeadVM) -> A
                  "--head", head_vm.node_ip, "--ray-image", images["ray"], "--shm-size", "512mb",
                  "--nofile", NOFILE, "--token-file", str(head_vm.data_dir / "ray-token")))
     app = App(module_sandbox, images, head_vm, "app")
-    out = ok(app.run())
+    result = app.run()
+    if result.returncode != 0:
+        pytest.fail(f"the app did not come up: exit {result.returncode}\n{result.stderr}\n"
+                    f"{why_unhealthy(app)}")
+    out = result.stdout
     assert "the app is up" in out
     app.first_output = out
     return app
