@@ -19,7 +19,7 @@ from typing import Any, Callable
 import click
 import yaml
 
-from agent import cluster, store
+from agent import cluster, ray_tls, resolve_tls, store
 from agent.config import LauncherSettings
 from agent.errors import EnvironmentProblem, UsageError
 from agent.roles import ray
@@ -37,6 +37,13 @@ TOKEN_ON_NODE = f"{NODE_DIR}/ray-token"
 LICENSE_ON_NODE = f"{NODE_DIR}/license-key"
 PASSWORD_ON_NODE = f"{NODE_DIR}/registry-password"
 PUBLIC_KEY_ON_NODE = "~/.ssh/id_rsa.pub"  # as in the guide
+# Ray's TLS files: the folder (a directory mount, so that a re-synced file is seen in the
+# container) and the certificate under a fixed name. Ray's launcher does not recreate a running
+# container when its options change, it re-runs the start commands: the environment that names
+# the files must stay the same across renewals.
+TLS_ON_NODE = f"{NODE_DIR}/ray-tls"
+TLS_CERT = "launcher-node.crt"
+FRONT_PID = "/tmp/ray/tls-front.pid"  # the dashboard's TLS front on the head: one at a time
 # With docker, Ray copies a file mount to this folder of the VM and bind-mounts it into the
 # container (ray.autoscaler.sdk.get_docker_host_mount_location); initialization commands run
 # on the VM before the container exists, so they read the file there.
@@ -94,6 +101,7 @@ def check(settings: LauncherSettings) -> None:
     else:
         _check_cloud(settings, provider)
     _check_registry(settings)
+    _check_tls(settings, provider)
 
 
 def _flag(key: str) -> str:
@@ -154,6 +162,27 @@ def _check_azure(settings: LauncherSettings) -> None:
                          f"{DEFAULTS['azure'].image}")
 
 
+def _check_tls(settings: LauncherSettings, provider: str) -> None:
+    pki = resolve_tls.own_pki(settings)
+    if not (settings.ray_tls or pki):
+        return
+    if provider != "local":
+        raise UsageError(f"--ray-tls with --provider {provider}: every node's certificate must "
+                         "name its address, which a cloud gives only once `ray up` makes the VM; "
+                         "run the head and worker roles on the VMs for an encrypted cluster")
+    if not settings.auth and not pki:
+        raise UsageError("--ray-tls needs token auth (the cluster's CA comes from its token) or "
+                         "a CA of your own: drop --no-auth")
+
+
+def tls_on(settings: LauncherSettings) -> bool:
+    """Checked settings: whether the nodes' Ray speaks TLS (local, unless --no-ray-tls or
+    --no-auth without a CA of the operator's)."""
+    if settings.provider != "local" or settings.ray_tls is False:
+        return False
+    return settings.auth or bool(resolve_tls.own_pki(settings))
+
+
 def _check_registry(settings: LauncherSettings) -> None:
     if not settings.registry:
         for key in ("registry_user", "registry_password_file"):
@@ -171,8 +200,10 @@ def _check_registry(settings: LauncherSettings) -> None:
 # --- the config: pure ---------------------------------------------------------------------------
 
 def cluster_config(settings: LauncherSettings, token_file: Path | None,
-                   license_file: Path | None) -> dict[str, Any]:
-    """The whole `ray up` config for checked settings; token_file None means no token auth."""
+                   license_file: Path | None, tls: ray_tls.Material | None = None
+                   ) -> dict[str, Any]:
+    """The whole `ray up` config for checked settings; token_file None means no token auth,
+    tls None plain Ray."""
     provider = str(settings.provider)
     low, high = _worker_range(settings)
     config: dict[str, Any] = {
@@ -180,7 +211,7 @@ def cluster_config(settings: LauncherSettings, token_file: Path | None,
         "max_workers": high,
         "provider": _provider_section(settings, provider),
         "auth": _auth(settings, provider),
-        "docker": _docker(settings),
+        "docker": _docker(settings, tls),
     }
     if provider != "local":  # Ray refuses node types for local: it makes its own
         config["available_node_types"] = {
@@ -190,7 +221,7 @@ def cluster_config(settings: LauncherSettings, token_file: Path | None,
         }
         config["head_node_type"] = HEAD_TYPE
         config["idle_timeout_minutes"] = settings.idle_timeout_minutes or IDLE_MINUTES
-    config["file_mounts"] = _file_mounts(settings, token_file, license_file)
+    config["file_mounts"] = _file_mounts(settings, token_file, license_file, tls)
     config["initialization_commands"] = _initialization(settings)
     # Explicit, so Ray's provider defaults (conda, a nightly Ray) never run in our image.
     config["setup_commands"] = []
@@ -200,12 +231,15 @@ def cluster_config(settings: LauncherSettings, token_file: Path | None,
     secrets = (token_file is not None, license_file is not None)
     # The head role's `ray start` (roles/ray.py), run by Ray's launcher in the foreground of
     # its own SSH session rather than as the container's main process: no --block.
+    # With TLS the dashboard keeps the loopback and its TLS front the host's other addresses.
     head_start = _ray_start(
-        settings, [*ray.start_command(None, ray.node_ports(settings, "head"), block=False),
+        settings, [*ray.start_command(None, ray.node_ports(settings, "head"), block=False,
+                                      dashboard_host="127.0.0.1" if tls else "0.0.0.0"),
                    "--autoscaling-config=~/ray_bootstrap_config.yaml"], *secrets)
     if provider == "local":
         head_start = f"{LOCAL_AUTOSCALER} && {head_start}"
-    config["head_start_ray_commands"] = ["ray stop", head_start]
+    config["head_start_ray_commands"] = ["ray stop", head_start, *(
+        [_dashboard_front(tls)] if tls else [])]
     config["worker_start_ray_commands"] = ["ray stop", _ray_start(
         settings, ray.start_command("$RAY_HEAD_IP", ray.node_ports(settings, "worker"),
                                     block=False), *secrets)]
@@ -261,15 +295,18 @@ def _auth(settings: LauncherSettings, provider: str) -> dict[str, Any]:
     return auth
 
 
-def _docker(settings: LauncherSettings) -> dict[str, Any]:
-    """The head role's container settings, as `docker run` options (Ray adds --net=host)."""
+def _docker(settings: LauncherSettings, tls: ray_tls.Material | None) -> dict[str, Any]:
+    """The head role's container settings, as `docker run` options (Ray adds --net=host); with
+    TLS, Ray's environment for it (every process in the container reads it: `ray start`, and
+    `ray status` or a job run there by `ray exec`)."""
+    tls_env = tls.env(TLS_ON_NODE, TLS_CERT) if tls else ()
     return {
         "image": settings.ray_image,
         "container_name": settings.container_name,
         "pull_before_run": True,
         "run_options": [f"--shm-size={_docker_size(settings.shm_size)}",
                         f"--ulimit nofile={settings.nofile}:{settings.nofile}",
-                        *(f"-e {k}={v}" for k, v in ray.SCHEDULER_ENV)],
+                        *(f"-e {k}={v}" for k, v in (*ray.SCHEDULER_ENV, *tls_env))],
     }
 
 
@@ -348,9 +385,11 @@ def _azure_node(settings: LauncherSettings, size: str, spot: bool) -> dict[str, 
 
 
 def _file_mounts(settings: LauncherSettings, token_file: Path | None,
-                 license_file: Path | None) -> dict[str, str]:
+                 license_file: Path | None, tls: ray_tls.Material | None) -> dict[str, str]:
     """Node path -> local path: what `ray up` copies to every node (and into its container)."""
     mounts = {PUBLIC_KEY_ON_NODE: str(public_key(settings))}
+    if tls is not None:  # the key travels as the token does: a 0600 file, never in the YAML
+        mounts[TLS_ON_NODE] = str(tls.folder)
     if settings.registry:
         mounts[PASSWORD_ON_NODE] = str(settings.registry_password_file)
     if token_file is not None:
@@ -391,6 +430,18 @@ def _ray_start(settings: LauncherSettings, args: list[str], token: bool, license
     extra = [shlex.quote(arg) for arg in settings.ray_arg]
     steps.append(" ".join([*args, *extra]))
     return " && ".join(steps)
+
+
+def _dashboard_front(tls: ray_tls.Material) -> str:
+    """Start the dashboard's TLS front (assets/tls-front.py, as the head role's container runs
+    it) in the background of the head's container, on every address of the VM but loopback; a
+    front started by an earlier `ray up` stops first (FRONT_PIDFILE)."""
+    env = {"FRONT_CERT": f"{TLS_ON_NODE}/{TLS_CERT}", "FRONT_KEY": f"{TLS_ON_NODE}/{tls.key_file}",
+           "FRONT_LISTEN": "*", "FRONT_PORT": str(ray.DASHBOARD_PORT),
+           "BACKEND": f"127.0.0.1:{ray.DASHBOARD_PORT}", "FRONT_PIDFILE": FRONT_PID}
+    assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    return (f"{assigns} nohup python3 {TLS_ON_NODE}/{tls.front} >> /tmp/ray/tls-front.log "
+            "2>&1 &")
 
 
 def render(config: dict[str, Any], auth: bool) -> str:
@@ -435,6 +486,32 @@ def _token_file(settings: LauncherSettings, say: Say) -> Path | None:
     if done:
         say(f"{done} the cluster's Ray token in {path}")
     return path
+
+
+def _tls(settings: LauncherSettings, token_file: Path | None, say: Say) -> ray_tls.Material | None:
+    """The nodes' TLS files in <data-dir>/ray-tls: one certificate for every node, naming
+    each address given (a re-run renews it 30 days before it expires, or when a machine is
+    added), and the dashboard's TLS front."""
+    if not tls_on(settings):
+        why = ("the cloud's VMs get their addresses only from `ray up`"
+               if settings.provider != "local" else "--no-ray-tls" if settings.ray_tls is False
+               else "--no-auth")
+        say(f"Ray's traffic between the nodes is NOT encrypted ({why}): see docs/security.md")
+        return None
+    token = (store.read_text(token_file) or "").strip() if token_file else None
+    names = ray_tls.named((str(settings.head_ip), *settings.worker_ip, *settings.ray_tls_san))
+    material = resolve_tls.issue(settings, token, names)
+    stable = material.folder / TLS_CERT
+    pem = store.read_text(material.folder / material.cert_file) or ""
+    if store.read_text(stable) != pem:
+        store.write_atomic(stable, pem, mode=0o644)
+    material = replace(material, front=ray_tls.write_front(material.folder))
+    if material.renewed:
+        say(resolve_tls.issued_line(settings, material, "the nodes'"))
+    say(f"Ray speaks mutual TLS: the nodes' certificate names {', '.join(names.all())}, "
+        f"expires {material.info.not_after:%Y-%m-%d}; re-run launcher-config and `ray up` "
+        "before then")
+    return material
 
 
 def _license_file(settings: LauncherSettings) -> Path | None:
@@ -488,5 +565,6 @@ def command(output: str, **params: Any) -> None:
     settings = _absolute(settings)
     token_file = _token_file(settings, say)
     license_file = _license_file(settings)
-    _write(output, render(cluster_config(settings, token_file, license_file), settings.auth))
+    tls = _tls(settings, token_file, say)
+    _write(output, render(cluster_config(settings, token_file, license_file, tls), settings.auth))
     _next_steps(settings, output, token_file, say)

@@ -26,6 +26,7 @@ import ipaddress
 import os
 import socket
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -135,13 +136,12 @@ def local_ipv4() -> list[str]:
     return found
 
 
-def host_names(extra: tuple[str, ...] = ()) -> Names:
-    """What a node on this host's network is dialled at: loopback, the host's names and every
-    address it holds, and the operator's extra names (--ray-tls-san: a DNS name or a NAT
-    address the other VMs use)."""
+def named(given: Iterable[str]) -> Names:
+    """Names for a certificate: loopback (Ray dials 127.0.0.1) and each of `given`, a DNS
+    name or an address, in order, once."""
     dns = ["localhost"]
     ips = ["127.0.0.1"]
-    for name in (socket.gethostname(), *extra):
+    for name in given:
         try:
             ipaddress.ip_address(name)
             bucket = ips
@@ -149,10 +149,14 @@ def host_names(extra: tuple[str, ...] = ()) -> Names:
             bucket = dns
         if name and name not in bucket:
             bucket.append(name)
-    for address in local_ipv4():
-        if address not in ips:
-            ips.append(address)
     return Names(tuple(dns), tuple(ips))
+
+
+def host_names(extra: tuple[str, ...] = ()) -> Names:
+    """What a node on this host's network is dialled at: loopback, the host's names and every
+    address it holds, and the operator's extra names (--ray-tls-san: a DNS name or a NAT
+    address the other VMs use)."""
+    return named((socket.gethostname(), *extra, *local_ipv4()))
 
 
 def _issue(ca: CA, key: CertificateIssuerPrivateKeyTypes, names: Names, days: int,
@@ -195,12 +199,13 @@ class Material:
     front: str = ""  # the head: the TLS front's program in the folder (front-<digest>.py)
     key_file: str = KEY_FILE  # the key as the containers' user reads it (readable_by)
 
-    def env(self) -> tuple[tuple[str, str], ...]:
-        """What a Ray process reads to speak TLS (once, at its start)."""
+    def env(self, inside: str = INSIDE, cert_file: str = "") -> tuple[tuple[str, str], ...]:
+        """What a Ray process reads to speak TLS (once, at its start), the folder seen at
+        `inside` (the certificate under another name: cert_file)."""
         return (("RAY_USE_TLS", "1"),
-                ("RAY_TLS_SERVER_CERT", f"{INSIDE}/{self.cert_file}"),
-                ("RAY_TLS_SERVER_KEY", f"{INSIDE}/{self.key_file}"),
-                ("RAY_TLS_CA_CERT", f"{INSIDE}/{CA_FILE}"))
+                ("RAY_TLS_SERVER_CERT", f"{inside}/{cert_file or self.cert_file}"),
+                ("RAY_TLS_SERVER_KEY", f"{inside}/{self.key_file}"),
+                ("RAY_TLS_CA_CERT", f"{inside}/{CA_FILE}"))
 
 
 def readable_by(material: Material, uid: int, gid: int) -> Material:

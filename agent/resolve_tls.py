@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Union
 
 from agent import cluster, ray_tls, store
-from agent.config import AppSettings, HeadSettings, WorkerSettings
+from agent.config import AppSettings, HeadSettings, LauncherSettings, WorkerSettings
 from agent.engine import Engine, EngineError
 from agent.errors import EnvironmentProblem, UsageError
 from agent.roles import ray
@@ -49,9 +49,11 @@ def head_tls_on(settings: HeadSettings, say: Say) -> bool:
 
 
 TlsSettings = Union[HeadSettings, WorkerSettings, AppSettings]
+# launcher-config issues the certificate of every node of Ray's launcher the same way.
+PkiSettings = Union[HeadSettings, WorkerSettings, AppSettings, LauncherSettings]
 
 
-def own_pki(settings: TlsSettings) -> str:
+def own_pki(settings: PkiSettings) -> str:
     """Which PKI the operator gave: "" (the CA the token carries), "ca" (a CA of theirs to
     issue from) or "cert" (this node's certificate, issued elsewhere). UsageError for a half
     given pair, both kinds at once, or either with --no-ray-tls."""
@@ -83,30 +85,38 @@ def trusted_ca(settings: TlsSettings, token: str | None) -> str | None:
     return ray_tls.derived_ca(token).pem if token else None
 
 
+def issue(settings: PkiSettings, token: str | None, names: ray_tls.Names) -> ray_tls.Material:
+    """The TLS files in the data dir for a certificate naming `names`, made or renewed as
+    needed, from the PKI the operator chose (own_pki) or the token's CA."""
+    pki = own_pki(settings)
+    if pki == "cert":
+        assert settings.ray_tls_cert and settings.ray_tls_key and settings.ray_tls_ca
+        return ray_tls.provided_material(settings.data_dir, settings.ray_tls_cert,
+                                         settings.ray_tls_key, settings.ray_tls_ca, names)
+    issuer: str | ray_tls.CA
+    if pki == "ca":
+        assert settings.ray_tls_ca_cert and settings.ray_tls_ca_key
+        issuer = ray_tls.operator_ca(settings.ray_tls_ca_cert, settings.ray_tls_ca_key)
+    else:
+        assert token, "the CA the token carries needs a token"
+        issuer = token
+    return ray_tls.node_material(settings.data_dir, issuer, names, settings.ray_tls_days)
+
+
+def issued_line(settings: PkiSettings, material: ray_tls.Material, whose: str) -> str:
+    """What a run that made a new certificate says."""
+    verb = "took" if own_pki(settings) == "cert" else "issued"
+    return (f"{verb} {whose} Ray TLS certificate ({material.renewed}): "
+            f"{ray_tls.folder(settings.data_dir) / material.cert_file}")
+
+
 def node_tls(settings: TlsSettings, token: str | None, say: Say) -> ray_tls.Material:
     """This node's TLS files, made or renewed (a renewal restarts only this node's Ray)."""
     node_ip = getattr(settings, "node_ip", None)
     names = ray_tls.host_names((*settings.ray_tls_san, *((node_ip,) if node_ip else ())))
-    pki = own_pki(settings)
-    if pki == "cert":
-        assert settings.ray_tls_cert and settings.ray_tls_key and settings.ray_tls_ca
-        material = ray_tls.provided_material(settings.data_dir, settings.ray_tls_cert,
-                                             settings.ray_tls_key, settings.ray_tls_ca, names)
-    else:
-        issuer: str | ray_tls.CA
-        if pki == "ca":
-            assert settings.ray_tls_ca_cert and settings.ray_tls_ca_key
-            issuer = ray_tls.operator_ca(settings.ray_tls_ca_cert, settings.ray_tls_ca_key)
-        else:
-            assert token, "the CA the token carries needs a token"
-            issuer = token
-        material = ray_tls.node_material(settings.data_dir, issuer, names,
-                                         settings.ray_tls_days)
-    material = replace(material, listen=tuple(ray_tls.local_ipv4()))
+    material = replace(issue(settings, token, names), listen=tuple(ray_tls.local_ipv4()))
     if material.renewed:
-        verb = "took" if pki == "cert" else "issued"
-        say(f"{verb} this node's Ray TLS certificate ({material.renewed}): "
-            f"{ray_tls.folder(settings.data_dir) / material.cert_file}")
+        say(issued_line(settings, material, "this node's"))
     return material
 
 

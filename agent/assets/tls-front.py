@@ -10,10 +10,12 @@ client holds up no other) and then the relay, over memory buffers: OpenSSL allow
 threads on one connection (openssl/openssl#20446).
 
 Standard library only, Python 3.9 or later. Environment: FRONT_CERT and FRONT_KEY (PEM paths),
-FRONT_CA (optional, unused), FRONT_LISTEN (comma-separated IPv4 addresses), FRONT_PORT, BACKEND
-(host:port); a missing or bad one is one line and exit 2. `--check` (the container's health
-check): a TLS handshake with the first FRONT_LISTEN address, unverified; exit 0 if it completes,
-1 otherwise.
+FRONT_CA (optional, unused), FRONT_LISTEN (comma-separated IPv4 addresses, or * for every
+address of the host's interfaces but loopback and the engine's bridges), FRONT_PORT, BACKEND
+(host:port); a missing or bad one is one line and exit 2. FRONT_PIDFILE (optional; where Ray's
+launcher starts the front in the background of a container): a front named there is stopped
+first, and this one's process id written. `--check` (the container's health check): a TLS
+handshake with the first FRONT_LISTEN address, unverified; exit 0 if it completes, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -57,8 +59,36 @@ def port_of(name: str, text: str) -> int:
     return int(text)
 
 
+ENGINE_IFACES = ("docker", "br-", "veth")  # the engine's bridges: no other VM dials them
+
+
+def host_addresses() -> list[str]:
+    """The IPv4 address of each of the host's interfaces that has one (SIOCGIFADDR; Linux),
+    loopback and the engine's bridges left out."""
+    import fcntl
+    import struct
+
+    found: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _, name in socket.if_nameindex():
+            if name == "lo" or name.startswith(ENGINE_IFACES):
+                continue
+            try:
+                packed = fcntl.ioctl(sock.fileno(), 0x8915, struct.pack("256s", name[:15].encode()))
+            except OSError:  # no IPv4 address on it
+                continue
+            address = socket.inet_ntoa(packed[20:24])
+            if address not in found and not address.startswith("127."):
+                found.append(address)
+    if not found:
+        raise Bad("FRONT_LISTEN: * but the host has no address besides loopback")
+    return found
+
+
 def listen_settings() -> tuple[list[str], int]:
-    addresses = [a.strip() for a in setting("FRONT_LISTEN").split(",")]
+    listen = setting("FRONT_LISTEN")
+    addresses = (host_addresses() if listen == "*"
+                 else [a.strip() for a in listen.split(",")])
     for a in addresses:
         try:
             ipaddress.IPv4Address(a)
@@ -216,6 +246,37 @@ def check() -> int:
         return 1  # never 2: Docker reserves it in health checks
 
 
+def running(pid: int) -> bool:
+    """Whether the process lives (a zombie, which its parent has not reaped, holds no port)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def take_over(pidfile: str) -> None:
+    """Stop the front whose process id pidfile holds (when that process is still a front: a
+    process id is reused after a restart), wait until it is gone, and write this one's."""
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip() or 0)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            ours = pid != os.getpid() and b"front" in f.read()
+    except (OSError, ValueError):
+        ours = False
+    if ours:
+        log(f"stopping the front before this one (process {pid})")
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while running(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polls the process table: nothing to wait on for a non-child
+    tmp = f"{pidfile}.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(tmp, pidfile)
+
+
 def stop(signum: int, frame: object) -> NoReturn:
     log(f"stopping ({signal.Signals(signum).name})")
     sys.exit(0)
@@ -230,6 +291,8 @@ def main() -> None:
         addresses, port = listen_settings()
         target = backend_setting()
         ctx = server_context()
+        if os.environ.get("FRONT_PIDFILE"):
+            take_over(os.environ["FRONT_PIDFILE"])
         chooser = selectors.DefaultSelector()
         for address in addresses:
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -76,13 +76,13 @@ yaml.safe_dump(config, open("/root/ray_bootstrap_config.yaml", "w"))
 '''
 
 
-def generate(root: Path, provider: str) -> Path:
+def generate(root: Path, provider: str, *more: str, name: str = "") -> Path:
     """The real command, with only test files and no SYNTHO_AGENT_* from the environment."""
     (root / "id").write_text("not a real key\n")
     (root / "id.pub").write_text("ssh-ed25519 AAAAC3Nza test\n")
     (root / "registry-password").write_text("not-a-real-password\n")
-    out = root / f"{provider}.yaml"
-    args = ["launcher-config", "--provider", provider, *PROVIDERS[provider], "--data-dir",
+    out = root / f"{name or provider}.yaml"
+    args = ["launcher-config", "--provider", provider, *PROVIDERS[provider], *more, "--data-dir",
             str(root / "data"), "--ssh-public-key", str(root / "id.pub"), "--output", str(out),
             "--registry", "registry.example.com", "--registry-user", "syntho",
             "--registry-password-file", str(root / "registry-password")]
@@ -119,7 +119,11 @@ REFUSALS = {
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("launcher")
-    return {provider: generate(root, provider) for provider in PROVIDERS}
+    files = {provider: generate(root, provider) for provider in PROVIDERS}
+    # For the start commands' test: the local cluster with Ray in plain (its two containers
+    # are not the machines the certificate names; test_ray_up runs Ray's TLS live).
+    files["local-plain"] = generate(root, "local", "--no-ray-tls", name="local-plain")
+    return files
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +177,7 @@ def run_commands(container: Any, commands: list[str], prefix: str = "") -> None:
 
 @pytest.fixture
 def local_config(generated: dict[str, Path]) -> Iterator[dict[str, Any]]:
-    yield yaml.safe_load(generated["local"].read_text())
+    yield yaml.safe_load(generated["local-plain"].read_text())
 
 
 def test_the_start_commands_form_an_authenticated_cluster(

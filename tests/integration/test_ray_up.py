@@ -5,10 +5,11 @@ Four simulated VMs (tests/support/vms.py: Docker-in-Docker, sshd, a user `ubuntu
 the docker group) and an operator machine (the Ray test image: the same Ray, an SSH client and
 rsync). The operator makes an SSH key (its public half goes into each VM's authorized_keys, as a
 cloud does), writes the config with the zipapp and runs `ray up`: Ray logs in to the lab's
-registry on every VM with the password file, runs the syntho-ray image with token auth, and the
-head's autoscaler brings up both workers. The app role joins from a fourth VM with the launcher's
-token. Then the head VM reboots (its container restarts), `ray up` brings the cluster back, and
-`ray down` removes the Ray containers.
+registry on every VM with the password file, runs the syntho-ray image with token auth and in
+mutual TLS (a local cluster's default), and the head's autoscaler brings up both workers. The app
+role joins from a fourth VM with the launcher's token (and follows the head's TLS). Then the head
+VM reboots (its container restarts), `ray up` brings the cluster back, and `ray down` removes the
+Ray containers.
 
 About 5 minutes: four new VMs of the shared lab ~20 s (tests/conftest.py `vm_lab`: its registry
 and images are there already), each `ray up` and its workers ~1.5 min, the app ~35 s, `ray down`
@@ -18,7 +19,9 @@ and images are there already), each `ray up` and its workers ~1.5 min, the app ~
 from __future__ import annotations
 
 import functools
+import http.client
 import re
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from agent import cluster
+from agent import cluster, ray_tls
 from agent.waits import http_ok, poll, tcp_open
 from tests.support.constants import NOFILE
 from tests.support.vms import (
@@ -105,7 +108,9 @@ def give_operator_access(lab: LauncherLab) -> None:
 
 
 def node_ips(head: VM, token: str) -> set[str]:
-    return {str(n.get("node_ip")) for n in cluster.alive_nodes(head.ip, token)}
+    """The live nodes, from the head's dashboard through its TLS front (the token's CA)."""
+    ca = ray_tls.derived_ca(token).pem
+    return {str(n.get("node_ip")) for n in cluster.alive_nodes(head.ip, token, ca=ca)}
 
 
 def ray_container(vm: VM) -> str:
@@ -166,14 +171,23 @@ def test_ray_up_runs_the_cluster_the_app_joins_and_it_survives_a_reboot(
         bundle.result()
 
     # Ray runs in the registry's image on every VM (pulled after the login with the password
-    # file: the registry refuses anonymous pulls), with token auth: the dashboard refuses a
-    # request without the token, and the token is in no process's command line.
+    # file: the registry refuses anonymous pulls), with token auth and in mutual TLS with the
+    # token's CA (a local cluster's default): the head's GCS port completes a handshake
+    # verified against that CA; the dashboard is served in TLS alone (its front; a plain
+    # request gets no HTTP answer) and refuses a request without the token; the token is in
+    # no process's command line.
+    ca = ray_tls.derived_ca(token).pem
+    assert ray_tls.head_speaks(head.ip, 6379, ca) == ray_tls.HEAD_TLS
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(f"http://{head.ip}:8265/api/v0/nodes", timeout=10)
+        urllib.request.urlopen(f"https://{head.ip}:8265/api/v0/nodes", timeout=10,
+                               context=ssl.create_default_context(cadata=ca))
     assert refused.value.code == 401
+    with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+        urllib.request.urlopen(f"http://{head.ip}:8265/api/v0/nodes", timeout=10)
     for vm in (head, w1, w2):
         assert ray_container(vm) == ray_image, vm.name
-        assert "RAY_AUTH_MODE=token" in raylet_env(vm).splitlines(), vm.name
+        env = raylet_env(vm).splitlines()
+        assert "RAY_AUTH_MODE=token" in env and "RAY_USE_TLS=1" in env, vm.name
         processes = vm.inner(f"docker exec {CONTAINER} ps -eo args")
         assert "raylet" in processes and token not in processes, vm.name
 
@@ -204,6 +218,7 @@ def test_ray_up_runs_the_cluster_the_app_joins_and_it_survives_a_reboot(
                         images["postgres"], "--redis-image", images["redis"],
                         "--ready-timeout", "300")
     assert "the app is up" in out and token not in out
+    assert "issued this node's Ray TLS certificate" in out  # it followed the head's TLS
     ray = core_status(app)["dependencies"]["ray"]
     assert ray["task_result"] == 49 and ray["alive_nodes"] == 3, ray
 

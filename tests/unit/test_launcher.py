@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
 
 from agent import cli, launcher
 from agent.config import LauncherSettings as Settings
@@ -33,6 +34,10 @@ V1_AUTOSCALER = "export RAY_enable_autoscaler_v2=0 && "
 PASSWORD = "registry-pass-7f3a9c"
 TOKEN = "0123456789abcdef0123456789abcdef-token"
 LICENSE = "signed-license-key-b3c7e1"
+# Ray's TLS environment of a local cluster's containers: the same names across renewals.
+TLS_ENV = ["-e RAY_USE_TLS=1", "-e RAY_TLS_SERVER_CERT=/etc/syntho/ray-tls/launcher-node.crt",
+           "-e RAY_TLS_SERVER_KEY=/etc/syntho/ray-tls/node.key",
+           "-e RAY_TLS_CA_CERT=/etc/syntho/ray-tls/ca.crt"]
 
 
 class Files:
@@ -104,20 +109,24 @@ def generate(files: Files, capsys: pytest.CaptureFixture[str], provider: str, *m
 def test_every_provider_gets_the_head_roles_ray_settings(
         files: Files, capsys: pytest.CaptureFixture[str], provider: str) -> None:
     config = generate(files, capsys, provider)
+    local = provider == "local"  # Ray's TLS on: see test_local_clusters_speak_tls
     assert config["cluster_name"] == "syntho-cluster"
     assert config["provider"]["type"] == provider
     assert config["docker"] == {
         "image": "syntho-ray:latest", "container_name": "syntho-ray", "pull_before_run": True,
         "run_options": ["--shm-size=4g", "--ulimit nofile=65536:65536",
-                        "-e RAY_SCHEDULER_SPREAD_THRESHOLD=0.0"]}
+                        "-e RAY_SCHEDULER_SPREAD_THRESHOLD=0.0", *(TLS_ENV if local else [])]}
     assert config["auth"]["ssh_user"] == "ubuntu"
-    v1 = V1_AUTOSCALER if provider == "local" else ""
-    assert config["head_start_ray_commands"] == ["ray stop", v1 + TOKEN_STEPS + HEAD_START]
+    v1 = V1_AUTOSCALER if local else ""
+    head = HEAD_START.replace("0.0.0.0", "127.0.0.1") if local else HEAD_START
+    assert config["head_start_ray_commands"][:2] == ["ray stop", v1 + TOKEN_STEPS + head]
+    assert len(config["head_start_ray_commands"]) == (3 if local else 2)  # TLS: the front
     assert config["worker_start_ray_commands"] == ["ray stop", TOKEN_STEPS + WORKER_START]
     assert config["setup_commands"] == [] and config["worker_setup_commands"] == []
     assert "head_setup_commands" not in config  # Ray's default: the cloud SDK for the autoscaler
-    assert config["file_mounts"] == {"~/.ssh/id_rsa.pub": str(files.pub),
-                                     "/etc/syntho/ray-token": str(files.data / "ray-token")}
+    assert config["file_mounts"] == {
+        "~/.ssh/id_rsa.pub": str(files.pub), "/etc/syntho/ray-token": str(files.data / "ray-token"),
+        **({"/etc/syntho/ray-tls": str(files.data / "ray-tls")} if local else {})}
     assert config["initialization_commands"] == [
         "sudo usermod -aG docker $USER || true", "sleep 10", "touch ~/.sudo_as_admin_successful"]
     assert os.stat(files.out).st_mode & 0o777 == 0o644
@@ -450,3 +459,75 @@ def test_the_builder_is_pure(tmp_path: Path) -> None:
     assert first["file_mounts"] == {"~/.ssh/id_rsa.pub": "/keys/id.pub",
                                     "/etc/syntho/ray-token": "/tok"}
     assert not (tmp_path / "never-made").exists()
+
+
+def test_local_clusters_speak_tls(files: Files, capsys: pytest.CaptureFixture[str]) -> None:
+    """One certificate from the token's CA for every machine given (Ray dials each at its
+    address), its key beside the token (0600, never in the YAML); the head's dashboard on
+    loopback behind the TLS front; a re-run keeps the certificate, a new machine renews it."""
+    from cryptography import x509
+
+    from agent import ray_tls
+
+    config = generate(files, capsys, "local", "--token", TOKEN)
+    folder = files.data / "ray-tls"
+    assert (folder / "ca.crt").read_text() == ray_tls.derived_ca(TOKEN).pem
+    cert = x509.load_pem_x509_certificate((folder / "launcher-node.crt").read_bytes())
+    assert ray_tls.signed_by(cert, ray_tls.derived_ca(TOKEN))
+    assert ray_tls.info_of(cert).names == ("localhost", "127.0.0.1", "10.0.0.2", "10.0.0.3",
+                                           "10.0.0.4")
+    assert stat.S_IMODE((folder / "node.key").stat().st_mode) == 0o600
+    key = (folder / "node.key").read_text()
+    assert "PRIVATE KEY" in key and key not in files.out.read_text()
+    front = config["head_start_ray_commands"][2]
+    program = next(folder.glob("front-*.py")).name
+    assert front == (
+        "FRONT_CERT=/etc/syntho/ray-tls/launcher-node.crt FRONT_KEY=/etc/syntho/ray-tls/node.key "
+        "FRONT_LISTEN='*' FRONT_PORT=8265 BACKEND=127.0.0.1:8265 "
+        f"FRONT_PIDFILE=/tmp/ray/tls-front.pid nohup python3 /etc/syntho/ray-tls/{program} "
+        ">> /tmp/ray/tls-front.log 2>&1 &")
+
+    code, out, err = run([*files.base(), "--provider", "local", *PROVIDER_ARGS["local"],
+                          "--ssh-private-key", str(files.key)], capsys)
+    assert code == 0 and "issued" not in out and "Ray speaks mutual TLS" in out, out + err
+    assert (folder / "launcher-node.crt").read_bytes() == cert.public_bytes(
+        serialization.Encoding.PEM)
+    code, out, err = run([*files.base(), "--provider", "local", *PROVIDER_ARGS["local"],
+                          "--worker-ip", "10.0.0.5", "--ssh-private-key", str(files.key)], capsys)
+    assert code == 0 and "issued the nodes' Ray TLS certificate" in out, out + err
+    renewed = x509.load_pem_x509_certificate((folder / "launcher-node.crt").read_bytes())
+    assert "10.0.0.5" in ray_tls.info_of(renewed).names
+    assert (folder / "node.key").read_text() == key  # the key is kept
+
+
+@pytest.mark.parametrize("provider,more,why", [
+    ("local", ["--no-ray-tls"], "--no-ray-tls"),
+    ("local", ["--no-auth"], "--no-auth"),
+    ("aws", [], "the cloud's VMs get their addresses only from `ray up`"),
+])
+def test_without_tls_the_config_is_plain_and_says_so(
+        files: Files, capsys: pytest.CaptureFixture[str], provider: str, more: list[str],
+        why: str) -> None:
+    extra = ["--ssh-private-key", str(files.key)] if provider == "local" else []
+    code, out, err = run([*files.base(), "--provider", provider, *PROVIDER_ARGS[provider],
+                          *extra, *more], capsys)
+    assert code == 0, out + err
+    assert f"Ray's traffic between the nodes is NOT encrypted ({why})" in out
+    config = yaml.safe_load(files.out.read_text())
+    assert not any("TLS" in option for option in config["docker"]["run_options"])
+    assert "--dashboard-host 0.0.0.0" in config["head_start_ray_commands"][1]
+    assert not (files.data / "ray-tls").exists()
+
+
+@pytest.mark.parametrize("more,message", [
+    (["--provider", "aws", "--ray-tls"], "--ray-tls with --provider aws: every node's "
+     "certificate must name its address"),
+    (["--provider", "local", *PROVIDER_ARGS["local"], "--ray-tls", "--no-auth"],
+     "--ray-tls needs token auth"),
+])
+def test_tls_that_cannot_work_is_one_line_and_exit_2(
+        files: Files, capsys: pytest.CaptureFixture[str], more: list[str], message: str) -> None:
+    key = ["--ssh-private-key", str(files.key)] if "local" in more else []
+    code, out, err = run([*files.base(), *key, *more], capsys)
+    assert code == 2 and err.count("\n") == 1 and message in err, out + err
+    assert not files.out.exists() and not (files.data / "ray-tls").exists()

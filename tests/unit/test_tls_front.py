@@ -362,3 +362,56 @@ def test_sigterm_ends_it_promptly_with_connections_open(
     finally:
         f.stop()
     assert f.log.read_text().splitlines()[-1] == "tls-front: stopping (SIGTERM)"
+
+
+def test_listen_star_serves_every_address_of_the_host_but_loopback(
+        pki: Pki, backend: int, tmp_path: Path) -> None:
+    """FRONT_LISTEN=* (Ray's launcher's head, whose addresses the config cannot know): the
+    same addresses the agent's own certificate names (ray_tls.local_ipv4)."""
+    from agent.ray_tls import local_ipv4
+
+    port = free_port()
+    env = {**environment(pki, port, backend), "FRONT_LISTEN": "*"}
+    log = tmp_path / "front.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, str(PROGRAM)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        assert poll(lambda: "TLS on" in log.read_text() or proc.poll() is not None, 20, "")
+        expected = ", ".join(f"{a}:{port}" for a in local_ipv4())
+        assert log.read_text().splitlines()[0] == (
+            f"tls-front: TLS on {expected}, relayed to 127.0.0.1:{backend}")
+        with pytest.raises(OSError):  # loopback stays the dashboard's
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_pidfile_makes_a_new_front_take_over_from_the_one_before(
+        pki: Pki, backend: int, tmp_path: Path) -> None:
+    """Each `ray up` starts the front again in the head's container: the one before stops
+    first (its port is then free), and a stale pidfile naming another program stops nothing."""
+    port = free_port()
+    pidfile = tmp_path / "front.pid"
+    env = {**environment(pki, port, backend), "FRONT_PIDFILE": str(pidfile)}
+    stranger = subprocess.Popen(["sleep", "60"])
+    pidfile.write_text(f"{stranger.pid}\n")  # a reused process id: not a front
+    fronts = []
+    try:
+        for n in range(2):
+            log = tmp_path / f"front{n}.log"
+            with log.open("wb") as err:
+                proc = subprocess.Popen([sys.executable, str(PROGRAM)], env=env,
+                                        stdout=subprocess.DEVNULL, stderr=err)
+            fronts.append(proc)
+            pid = str(proc.pid)
+            assert poll(lambda: pidfile.read_text().strip() == pid  # noqa: B023 (polled here)
+                        and handshake_completes(port), 20, "the front"), log.read_text()
+        assert fronts[0].wait(timeout=10) == 0  # stopped by the second
+        assert fronts[1].poll() is None and stranger.poll() is None
+        assert "stopping the front before this one" in (tmp_path / "front1.log").read_text()
+    finally:
+        for proc in (*fronts, stranger):
+            proc.kill()
+            proc.wait()
