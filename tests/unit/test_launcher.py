@@ -467,14 +467,14 @@ def test_local_clusters_speak_tls(files: Files, capsys: pytest.CaptureFixture[st
     loopback behind the TLS front; a re-run keeps the certificate, a new machine renews it."""
     from cryptography import x509
 
-    from agent import ray_tls
+    from agent import ray_tls, tls
 
     config = generate(files, capsys, "local", "--token", TOKEN)
     folder = files.data / "ray-tls"
     assert (folder / "ca.crt").read_text() == ray_tls.derived_ca(TOKEN).pem
     cert = x509.load_pem_x509_certificate((folder / "launcher-node.crt").read_bytes())
     assert ray_tls.signed_by(cert, ray_tls.derived_ca(TOKEN))
-    assert ray_tls.info_of(cert).names == ("localhost", "127.0.0.1", "10.0.0.2", "10.0.0.3",
+    assert tls.info_of(cert).names == ("localhost", "127.0.0.1", "10.0.0.2", "10.0.0.3",
                                            "10.0.0.4")
     assert stat.S_IMODE((folder / "node.key").stat().st_mode) == 0o600
     key = (folder / "node.key").read_text()
@@ -496,7 +496,7 @@ def test_local_clusters_speak_tls(files: Files, capsys: pytest.CaptureFixture[st
                           "--worker-ip", "10.0.0.5", "--ssh-private-key", str(files.key)], capsys)
     assert code == 0 and "issued the nodes' Ray TLS certificate" in out, out + err
     renewed = x509.load_pem_x509_certificate((folder / "launcher-node.crt").read_bytes())
-    assert "10.0.0.5" in ray_tls.info_of(renewed).names
+    assert "10.0.0.5" in tls.info_of(renewed).names
     assert (folder / "node.key").read_text() == key  # the key is kept
 
 
