@@ -27,6 +27,7 @@ from agent import (
     forecast,
     history,
     launcher,
+    metrics,
     ops,
     preview,
     restore,
@@ -73,10 +74,12 @@ def _run(action: Callable[[Engine, R, Callable[[str], None]], Spec], settings: R
     store.check_writable(settings.data_dir)
 
     def converge() -> tuple[Engine, Spec]:
-        engine = Engine.connect()
-        if not settings.skip_checks:  # the quick host checks: a fail stops here, unchanged
-            check.before_run(engine, settings, say)
-        return engine, action(engine, settings, say)
+        # Every run ends with the metrics file (agent/metrics.py): its result and the state.
+        with metrics.recorded(settings.data_dir, settings.instance, settings.command, say):
+            engine = Engine.connect()
+            if not settings.skip_checks:  # the quick host checks: a fail stops here, unchanged
+                check.before_run(engine, settings, say)
+            return engine, action(engine, settings, say)
 
     if not settings.watch:
         converge()
@@ -400,7 +403,8 @@ def backup_command(output: Path | None, show: bool, as_json: bool, **params: Any
         raise click.UsageError("--json goes with --list")
     store.ensure_dir(settings.data_dir)
     store.check_writable(settings.data_dir)
-    backup.run_backup(Engine.connect(), settings, output, say)
+    with metrics.recorded(settings.data_dir, settings.instance, "backup", say):
+        backup.run_backup(Engine.connect(), settings, output, say)
 
 
 @cli.command("restore")

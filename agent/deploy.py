@@ -22,6 +22,7 @@ from agent import (
     cluster,
     gates,
     history,
+    metrics,
     ray_release,
     ray_retention,
     ray_tls,
@@ -285,6 +286,7 @@ def refresher(engine: Engine, settings: RoleSettings, spec: Spec,
 
     seen, current = [newest()], [spec]
     pruned = [time.monotonic()]  # the run before the watcher pruned Ray's temp dir
+    sampled = [time.monotonic()]  # and wrote the metrics file
     certificate = [certificate_files(settings)]
 
     def head_moved(worker: WorkerSettings) -> bool:
@@ -301,6 +303,9 @@ def refresher(engine: Engine, settings: RoleSettings, spec: Spec,
                 and time.monotonic() - pruned[0] >= ray_retention.EVERY):
             pruned[0] = time.monotonic()
             prune_ray_temp(engine, settings, say)
+        if time.monotonic() - sampled[0] >= metrics.EVERY:
+            sampled[0] = time.monotonic()
+            metrics.publish(settings.data_dir, settings.instance, say, engine)
         again = newest() != seen[0]
         if not again and certificate[0] != (now := certificate_files(settings)):
             certificate[0] = now
@@ -313,7 +318,9 @@ def refresher(engine: Engine, settings: RoleSettings, spec: Spec,
             again = head_moved(settings)
         if not again:
             return None
-        made = run(engine, settings, say)
+        with metrics.recorded(settings.data_dir, settings.instance, settings.command, say,
+                              engine):
+            made = run(engine, settings, say)
         seen[0], current[0] = newest(), made
         return made
 

@@ -369,7 +369,9 @@ def disk_report(engine: Engine, data_dir: Path, instance: str) -> dict[str, Any]
     return {"filesystems": [fs for what, path in places if (fs := _filesystem(what, path))],
             "volumes": usage.volumes, "writable_layers": usage.containers,
             "backups": {"path": str(backup.backups_dir(data_dir)), "count": len(archives),
-                        "bytes": sum(b.size for b in archives)}}
+                        "bytes": sum(b.size for b in archives),
+                        "newest_created": archives[-1].header.get("created") if archives
+                        else None}}
 
 
 def _disk_lines(disk: dict[str, Any] | None) -> list[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from agent import cluster, ray_tls
+from agent import cluster, metrics, ray_tls
 from agent.waits import poll
 from tests.integration.agent_helpers import App, HeadVM, engine_snapshot, http, ok
 from tests.support.agent_cli import agent_cmd, agent_env, run_agent
@@ -82,6 +82,29 @@ def test_the_stack_is_healthy_wired_and_reachable(stack: App, head_vm: HeadVM) -
 
 def env_of(container: docker.models.containers.Container) -> dict[str, str]:
     return dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
+
+
+def test_each_run_leaves_the_metrics_file_of_its_result_and_the_state(
+        stack: App, head_vm: HeadVM) -> None:
+    """agent/metrics.py: what node-exporter's textfile collector publishes, written after the
+    run, from status's own report (the app's containers, its view of the cluster, its Ray
+    certificate) and the run's result; the head's file names its nodes and certificates."""
+    text = (stack.data_dir / "metrics" / "syntho_agent.prom").read_text().splitlines()
+    for line in ("syntho_agent_ready 1", 'syntho_agent_last_run_success{command="app"} 1',
+                 'syntho_agent_last_run_exit_code{command="app"} 0',
+                 'syntho_agent_ray_alive_nodes{role="app"} 2',
+                 'syntho_agent_ray_dashboard_answers{role="app"} 1',
+                 "syntho_agent_ray_tls_encrypted 1"):
+        assert line in text, line
+    ready = [ln for ln in text if ln.startswith("syntho_agent_container_ready{")]
+    assert len(ready) == len(stack.sandbox.client.containers.list(
+        filters={"name": stack.instance})) and all(ln.endswith(" 1") for ln in ready), ready
+    assert any(ln.startswith('syntho_agent_certificate_expiry_timestamp_seconds{certificate='
+                             '"ray_node"} ') for ln in text)
+    head = (head_vm.data_dir / "metrics" / "syntho_agent.prom").read_text().splitlines()
+    assert 'syntho_agent_last_run_success{command="head"} 1' in head
+    assert 'syntho_agent_ray_node_alive{role="head"} 1' in head
+    assert (head_vm.data_dir / "metrics" / "syntho-alerts.yml").exists()
 
 
 def test_a_new_clusters_ray_and_dashboard_speak_tls_with_the_tokens_ca(
@@ -317,8 +340,7 @@ def test_wrong_input_is_a_clear_error_and_changes_nothing(
         nobody.reload()
         nobody_ip = nobody.attrs["NetworkSettings"]["Networks"][stack.sandbox.network][
             "IPAddress"]
-    data_before = {p: p.read_bytes() for p in stack.data_dir.rglob("*") if p.is_file()
-                   and p.name != "agent.lock"}
+    data_before = data_files(stack.data_dir)
     snapshot = engine_snapshot(stack.sandbox.client)
     holder = socket.socket()
     try:
@@ -350,8 +372,18 @@ def test_wrong_input_is_a_clear_error_and_changes_nothing(
     assert result.returncode == code, result.stdout + result.stderr
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert engine_snapshot(stack.sandbox.client) == snapshot
-    assert {p: p.read_bytes() for p in stack.data_dir.rglob("*") if p.is_file()
-            and p.name != "agent.lock"} == data_before
+    assert data_files(stack.data_dir) == data_before
+    if code == 3:  # a run that reached the engine: its failure is in the metrics
+        assert metrics.runs(stack.data_dir)["app"]["exit_code"] == 3
+        assert 'syntho_agent_last_run_success{command="app"} 0' in (
+            stack.data_dir / "metrics" / "syntho_agent.prom").read_text()
+
+
+def data_files(data_dir: Path) -> dict[Path, bytes]:
+    """The data dir's files but the lock and the metrics, which tell of the failed run (as
+    they must: agent/metrics.py)."""
+    return {p: p.read_bytes() for p in data_dir.rglob("*") if p.is_file()
+            and p.name != "agent.lock" and "metrics" not in p.relative_to(data_dir).parts}
 
 
 def test_publishing_postgres_binds_the_named_address(stack: App) -> None:
