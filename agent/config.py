@@ -226,6 +226,20 @@ class RayTempOptions(Settings):
 
 
 @dataclass(frozen=True)
+class MonitoringOptions(Settings):
+    """The operator's Grafana and Prometheus, for the Ray dashboard's metrics tab (README
+    "Years unattended: metrics and alerts")."""
+
+    grafana_url: str | None = option(
+        "your Grafana, as the Ray dashboard's metrics tab links and embeds it (sets the head's "
+        "RAY_GRAFANA_HOST and RAY_GRAFANA_IFRAME_HOST; import the dashboards the head copies "
+        "into <data-dir>/metrics/grafana there)", validate.http_url)
+    prometheus_url: str | None = option(
+        "the Prometheus that scrapes the cluster, which the Ray dashboard queries (sets the "
+        "head's RAY_PROMETHEUS_HOST)", validate.http_url)
+
+
+@dataclass(frozen=True)
 class GcsOptions(Settings):
     """The head's GCS fault tolerance (README, "A head that restarts")."""
 
@@ -496,7 +510,8 @@ class LauncherOptions(Settings):
 
 @dataclass(frozen=True)
 class HeadSettings(Common, RayOptions, GcsOptions, ClusterOptions, RayTlsOptions, ImageSources,
-                   ReleaseOptions, LogOptions, RayTempOptions, WatchOption, CheckOption):
+                   ReleaseOptions, LogOptions, RayTempOptions, MonitoringOptions, WatchOption,
+                   CheckOption):
     command: ClassVar[str] = "head"
 
 

@@ -21,6 +21,7 @@ from agent import (
     app_steps,
     cluster,
     gates,
+    grafana,
     history,
     metrics,
     ray_release,
@@ -79,6 +80,8 @@ def _nothing(*args: Any) -> None:
 def _ray_done(engine: Engine, settings: HeadSettings | WorkerSettings, inputs: Inputs,
               spec: Spec, say: Say) -> None:
     prune_ray_temp(engine, settings, say)
+    if isinstance(settings, HeadSettings):  # Ray's dashboards, for the operator's Grafana
+        grafana.copy_dashboards(engine, settings.suffix("ray-head"), settings.data_dir, say)
 
 
 def prune_ray_temp(engine: Engine, settings: HeadSettings | WorkerSettings, say: Say) -> None:

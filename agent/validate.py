@@ -380,6 +380,10 @@ def https_url(v: str) -> str:
     return _url(v, ("https",), "https://HOST[:PORT]/PATH")
 
 
+def http_url(v: str) -> str:
+    return _url(v, ("http", "https"), "http(s)://HOST[:PORT]")
+
+
 TLS_MODES = ("off", "cert", "acme", "internal")
 
 

@@ -181,6 +181,18 @@ def _networks(settings: RayNodeSettings) -> tuple[s.Network, ...]:
     return () if settings.network == "host" else (s.Network(settings.network),)
 
 
+def monitoring_env(settings: HeadSettings) -> tuple[tuple[str, str], ...]:
+    """The operator's Grafana and Prometheus, where the dashboard's metrics tab finds them
+    (nothing when not given: the head's container as before)."""
+    pairs = []
+    if settings.grafana_url:
+        pairs += [("RAY_GRAFANA_HOST", settings.grafana_url),
+                  ("RAY_GRAFANA_IFRAME_HOST", settings.grafana_url)]
+    if settings.prometheus_url:
+        pairs.append(("RAY_PROMETHEUS_HOST", settings.prometheus_url))
+    return tuple(pairs)
+
+
 DASHBOARD_FRONT = "ray-dashboard-tls"
 
 
@@ -212,6 +224,7 @@ def head_spec(settings: HeadSettings, token: str | None,
                               dashboard_host="127.0.0.1" if front_of else "0.0.0.0"),
                "--labels", head_labels(settings.ray_image, settings.release)]
     head = _node(settings, "ray-head", command, token, material)
+    head = dataclasses.replace(head, env=head.env + monitoring_env(settings))
     front = (dashboard_front(settings, front_of),) if front_of else ()
     if gcs_password is None:
         return s.Spec(role="head", instance=settings.instance, containers=(head, *front),

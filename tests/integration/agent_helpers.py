@@ -163,7 +163,7 @@ class App:
                 "--core-image", i["core"], "--backend-image", i["backend"],
                 "--frontend-image", i["frontend"], "--postgres-image", i["postgres"],
                 "--redis-image", i["redis"], "--frontend-port", str(self.frontend_port),
-                "--backend-port", str(self.backend_port), "--ready-timeout", "240"]
+                "--backend-port", str(self.backend_port), "--ready-timeout", "360"]
 
     def run(self, *more: str) -> subprocess.CompletedProcess[str]:
         return run_agent("app", *self.args(), *more)

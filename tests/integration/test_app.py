@@ -105,6 +105,10 @@ def test_each_run_leaves_the_metrics_file_of_its_result_and_the_state(
     assert 'syntho_agent_last_run_success{command="head"} 1' in head
     assert 'syntho_agent_ray_node_alive{role="head"} 1' in head
     assert (head_vm.data_dir / "metrics" / "syntho-alerts.yml").exists()
+    # Ray's own Grafana dashboards, copied from the head for the operator's Grafana.
+    board = json.loads((head_vm.data_dir / "metrics" / "grafana" /
+                        "default_grafana_dashboard.json").read_text())
+    assert board["panels"], board.get("title")
 
 
 def test_a_new_clusters_ray_and_dashboard_speak_tls_with_the_tokens_ca(

@@ -204,3 +204,21 @@ def test_a_run_that_fails_is_recorded_with_its_exit_code_and_still_fails(
     assert 'syntho_agent_last_run_success{command="backup"} 0' in text
     assert 'syntho_agent_last_run_success{command="app"} 1' in text
     assert said == []
+
+
+def test_grafana_and_prometheus_urls_reach_the_heads_dashboard_and_nothing_else() -> None:
+    """--grafana-url and --prometheus-url: the environment Ray's dashboard reads for its
+    metrics tab, on the head's Ray container only; not given, the head is as before."""
+    from agent.config import HeadSettings
+    from agent.roles import ray
+
+    plain = ray.head_spec(HeadSettings(), "t" * 64)
+    given = ray.head_spec(HeadSettings(grafana_url="https://grafana.example:3000",
+                                       prometheus_url="http://10.0.0.9:9090"), "t" * 64)
+    env = dict(given.containers[0].env)
+    assert env["RAY_GRAFANA_HOST"] == env["RAY_GRAFANA_IFRAME_HOST"] == (
+        "https://grafana.example:3000")
+    assert env["RAY_PROMETHEUS_HOST"] == "http://10.0.0.9:9090"
+    assert not any(k.startswith(("RAY_GRAFANA", "RAY_PROMETHEUS"))
+                   for c in plain.containers for k, _ in c.env)
+    assert [c.env for c in plain.containers[1:]] == [c.env for c in given.containers[1:]]
