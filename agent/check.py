@@ -474,6 +474,10 @@ def run_checks(engine: Engine, settings: RoleSettings, quick: bool) -> list[Resu
         else:
             results.append(nofile_tried(engine, settings))
     results += [engine_disk(info), data_disk(settings)]
+    spill = getattr(settings, "spill_dir", None)
+    if spill is not None:
+        results.append(disk("Ray's spill dir", spill, GB, 10 * GB,
+                            "Ray spills objects there when its object store is full"))
     results += ports(engine, settings, quick)
     if not quick:
         results += ray_tls_certificates(settings)

@@ -223,6 +223,11 @@ class RayTempOptions(Settings):
     ray_temp_max_size: int = option(
         "the size Ray's temp dir is brought back under, oldest finished logs first (never a "
         "live process's log or a spilled object)", validate.size, 10 * 1024**3, shown="10gb")
+    spill_dir: Path | None = option(
+        "a host directory (a disk with room, writable by the Ray image's user) Ray spills "
+        "objects to when its object store is full, instead of /tmp/ray in the container's own "
+        "files; Ray stops spilling there at 95% full [default: /tmp/ray in the container]",
+        validate.existing_dir)
 
 
 @dataclass(frozen=True)

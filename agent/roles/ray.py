@@ -155,10 +155,28 @@ def tls_mounts(material: Material | None) -> tuple[s.Mount, ...]:
     return (s.Mount(str(material.folder), TLS_INSIDE, read_only=True),) if material else ()
 
 
+SPILL_INSIDE = "/ray-spill"  # where a node's container sees --spill-dir
+# With --spill-dir: the share of its file system past which Ray neither spills nor makes
+# objects there (Ray's own default, said where the dir is given): check's failure mark.
+SPILL_CAPACITY = "0.95"
+
+
+def _spill(settings: RayNodeSettings) -> tuple[list[str], tuple[s.Mount, ...],
+                                               tuple[tuple[str, str], ...]]:
+    """--spill-dir: Ray's flag, the directory mounted, its capacity threshold."""
+    if settings.spill_dir is None:
+        return [], (), ()
+    return (["--object-spilling-directory", SPILL_INSIDE],
+            (s.Mount(str(settings.spill_dir), SPILL_INSIDE),),
+            (("RAY_local_fs_capacity_threshold", SPILL_CAPACITY),))
+
+
 def _node(settings: RayNodeSettings, service: str, command: list[str],
           token: str | None, material: Material | None = None) -> s.Container:
     if settings.node_ip:
         command += ["--node-ip-address", settings.node_ip]
+    spill_args, spill_mounts, spill_env = _spill(settings)
+    command += spill_args
     return s.Container(
         service=service,
         name=settings.suffix(service),
@@ -166,8 +184,9 @@ def _node(settings: RayNodeSettings, service: str, command: list[str],
         command=tuple(command + list(settings.ray_arg)),
         env=node_env(settings.license_key, token) + (
             (("RAY_gcs_rpc_server_reconnect_timeout_s", str(settings.gcs_reconnect_timeout)),)
-            if settings.gcs_reconnect_timeout else ()) + (material.env() if material else ()),
-        mounts=tls_mounts(material),
+            if settings.gcs_reconnect_timeout else ()) + (material.env() if material else ())
+        + spill_env,
+        mounts=tls_mounts(material) + spill_mounts,
         network=settings.network,
         restart="always",
         shm_size=settings.shm_size,

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 
 from tests.integration.agent_helpers import Node, ok
+from tests.support.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -78,3 +80,36 @@ def test_the_head_role_prunes_rays_temp_dir_under_its_cap(head: Node) -> None:
     assert int(said[3]) == 1, said[0]
     code, listed = box.exec_run(["sh", "-c", "ls -d /tmp/ray/session_2*"])
     assert len(listed.split()) == 1 and b"2020-01-01" not in listed, listed
+
+
+# In the head's container: 8 objects of 20 MB kept referenced, twice the object store's 80 MB:
+# Ray spills the rest; then every object is read back whole.
+SPILL = """
+import ray
+ray.init(address="auto", log_to_driver=False)
+refs = [ray.put(bytes([i]) * 20_000_000) for i in range(8)]
+assert all(ray.get(r)[:1] == bytes([i]) and len(ray.get(r)) == 20_000_000
+           for i, r in enumerate(refs))
+print("read back")
+"""
+
+
+def test_with_a_spill_dir_spilled_objects_go_there_not_into_the_container(
+        sandbox: Sandbox, images: dict[str, str], tmp_path: Path) -> None:
+    """--spill-dir: the node's spilled objects in the host directory given (a disk of the
+    operator's choice), none in /tmp/ray of the container's own files."""
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    sandbox.create_network()
+    node = Node(sandbox, images, "spiller",
+                extra=["--spill-dir", str(spill), "--ray-arg=--object-store-memory=80000000"])
+    ok(node.run("head"))
+    box = node.container("ray-head")
+    code, out = box.exec_run(["python3", "-c", SPILL])
+    assert code == 0 and out.decode().strip().endswith("read back"), out.decode()
+    spilled = sum(p.stat().st_size for p in spill.rglob("*") if p.is_file())
+    assert spilled > 40_000_000, f"{spilled} bytes in {spill}"
+    code, out = box.exec_run(["sh", "-c", "find /tmp/ray -path '*spill*' -type f | wc -l"])
+    assert out.decode().strip() == "0", out.decode()
+    assert dict(e.split("=", 1) for e in box.attrs["Config"]["Env"])[
+        "RAY_local_fs_capacity_threshold"] == "0.95"

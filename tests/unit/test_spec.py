@@ -1,4 +1,5 @@
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +29,20 @@ def test_hash_follows_config_and_image() -> None:
     assert base.config_hash("sha256:1") == c("x", env=(("A", "1"),)).config_hash("sha256:1")
     assert base.config_hash("sha256:1") != base.config_hash("sha256:2")
     assert base.config_hash("sha256:1") != replace(base, env=(("A", "2"),)).config_hash("sha256:1")
+
+
+def test_a_spill_dir_is_rays_flag_a_mount_and_its_capacity_on_both_ray_roles(
+        tmp_path: Path) -> None:
+    from agent.config import HeadSettings, WorkerSettings
+    from agent.roles import ray
+
+    for spec in (ray.head_spec(HeadSettings(spill_dir=tmp_path), None),
+                 ray.worker_spec(WorkerSettings(head="10.0.0.4", spill_dir=tmp_path), None)):
+        node = spec.containers[0]
+        command = list(node.command or ())
+        assert command[command.index("--object-spilling-directory") + 1] == "/ray-spill"
+        assert s.Mount(str(tmp_path), "/ray-spill") in node.mounts
+        assert ("RAY_local_fs_capacity_threshold", "0.95") in node.env
+    plain = ray.head_spec(HeadSettings(), None).containers[0]
+    assert "--object-spilling-directory" not in (plain.command or ())
+    assert not any(m.target == "/ray-spill" for m in plain.mounts)
