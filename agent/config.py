@@ -572,22 +572,18 @@ class LauncherSettings(LauncherOptions):
         "`ray up` copies it to the nodes, which log in with it on standard input")
     ray_tls: bool | None = reuse(
         RayTlsOptions, "ray_tls", "Ray's traffic (and the dashboard's) in mutual TLS with the "
-        "CA the token carries: one certificate naming every --head-ip and --worker-ip. Local: "
-        "on with token auth; a cloud's: off (its VMs' addresses are known only once `ray up` "
-        "makes them)")
+        "CA the token carries: each node issues itself a certificate when Ray starts there "
+        "(on with token auth)")
     ray_tls_san: tuple[str, ...] = reuse(
         RayTlsOptions, "ray_tls_san", "another name or address the nodes are dialled at (a DNS "
-        "name, a NAT address), for their certificate (repeat for several)")
-    ray_tls_days: int = reuse(RayTlsOptions, "ray_tls_days", "days the nodes' Ray certificate "
-                              "is valid (re-run launcher-config and `ray up` to renew it)")
-    ray_tls_ca_cert: Path | None = reuse(RayTlsOptions, "ray_tls_ca_cert")
+        "name, a NAT address), for their certificates (repeat for several)")
+    ray_tls_days: int = reuse(RayTlsOptions, "ray_tls_days", "days a node's Ray certificate is "
+                              "valid (each start of Ray there issues a new one)")
+    ray_tls_ca_cert: Path | None = reuse(
+        RayTlsOptions, "ray_tls_ca_cert", "a CA of your own (PEM) for the nodes to issue their "
+        "Ray certificates from, instead of the one the token carries; its key goes to every "
+        "node, as the token does, with --ray-tls-ca-key")
     ray_tls_ca_key: Path | None = reuse(RayTlsOptions, "ray_tls_ca_key")
-    ray_tls_cert: Path | None = reuse(
-        RayTlsOptions, "ray_tls_cert", "the nodes' Ray certificate, issued elsewhere (PEM; its "
-        "names must cover 127.0.0.1, --head-ip and every --worker-ip), with --ray-tls-key and "
-        "--ray-tls-ca")
-    ray_tls_key: Path | None = reuse(RayTlsOptions, "ray_tls_key")
-    ray_tls_ca: Path | None = reuse(RayTlsOptions, "ray_tls_ca")
 
     @classmethod
     def options(cls) -> list[Option]:

@@ -37,13 +37,30 @@ TOKEN_ON_NODE = f"{NODE_DIR}/ray-token"
 LICENSE_ON_NODE = f"{NODE_DIR}/license-key"
 PASSWORD_ON_NODE = f"{NODE_DIR}/registry-password"
 PUBLIC_KEY_ON_NODE = "~/.ssh/id_rsa.pub"  # as in the guide
-# Ray's TLS files: the folder (a directory mount, so that a re-synced file is seen in the
-# container) and the certificate under a fixed name. Ray's launcher does not recreate a running
-# container when its options change, it re-runs the start commands: the environment that names
-# the files must stay the same across renewals.
+# Ray's TLS: the cluster's CA and the programs, delivered (a directory mount, so that a
+# re-synced file is seen in the container); each node's own key and certificate, made on the
+# node by ray-tls-issue.sh at every start of Ray, in the container's own files.
 TLS_ON_NODE = f"{NODE_DIR}/ray-tls"
-TLS_CERT = "launcher-node.crt"
+NODE_TLS = "/tmp/syntho-ray-tls"
+CA_KEY = "ca.key"
 FRONT_PID = "/tmp/ray/tls-front.pid"  # the dashboard's TLS front on the head: one at a time
+
+
+@dataclass(frozen=True)
+class NodeTls:
+    """What launcher-config delivers for Ray's TLS: the folder (the cluster's CA and its key,
+    the programs) and the programs' names there."""
+
+    folder: Path
+    issue: str  # ray-tls-issue-<digest>.sh
+    front: str  # front-<digest>.py
+
+    def env(self) -> tuple[tuple[str, str], ...]:
+        """Ray's TLS environment: the same names at every start (Ray's launcher keeps a
+        running container's options and re-runs its start commands)."""
+        return (("RAY_USE_TLS", "1"), ("RAY_TLS_SERVER_CERT", f"{NODE_TLS}/node.crt"),
+                ("RAY_TLS_SERVER_KEY", f"{NODE_TLS}/node.key"),
+                ("RAY_TLS_CA_CERT", f"{TLS_ON_NODE}/{ray_tls.CA_FILE}"))
 # With docker, Ray copies a file mount to this folder of the VM and bind-mounts it into the
 # container (ray.autoscaler.sdk.get_docker_host_mount_location); initialization commands run
 # on the VM before the container exists, so they read the file there.
@@ -101,7 +118,7 @@ def check(settings: LauncherSettings) -> None:
     else:
         _check_cloud(settings, provider)
     _check_registry(settings)
-    _check_tls(settings, provider)
+    _check_tls(settings)
 
 
 def _flag(key: str) -> str:
@@ -162,23 +179,17 @@ def _check_azure(settings: LauncherSettings) -> None:
                          f"{DEFAULTS['azure'].image}")
 
 
-def _check_tls(settings: LauncherSettings, provider: str) -> None:
+def _check_tls(settings: LauncherSettings) -> None:
     pki = resolve_tls.own_pki(settings)
-    if not (settings.ray_tls or pki):
-        return
-    if provider != "local":
-        raise UsageError(f"--ray-tls with --provider {provider}: every node's certificate must "
-                         "name its address, which a cloud gives only once `ray up` makes the VM; "
-                         "run the head and worker roles on the VMs for an encrypted cluster")
-    if not settings.auth and not pki:
+    if settings.ray_tls and not settings.auth and not pki:
         raise UsageError("--ray-tls needs token auth (the cluster's CA comes from its token) or "
                          "a CA of your own: drop --no-auth")
 
 
 def tls_on(settings: LauncherSettings) -> bool:
-    """Checked settings: whether the nodes' Ray speaks TLS (local, unless --no-ray-tls or
-    --no-auth without a CA of the operator's)."""
-    if settings.provider != "local" or settings.ray_tls is False:
+    """Checked settings: whether the nodes' Ray speaks TLS (unless --no-ray-tls, or --no-auth
+    without a CA of the operator's)."""
+    if settings.ray_tls is False:
         return False
     return settings.auth or bool(resolve_tls.own_pki(settings))
 
@@ -200,8 +211,7 @@ def _check_registry(settings: LauncherSettings) -> None:
 # --- the config: pure ---------------------------------------------------------------------------
 
 def cluster_config(settings: LauncherSettings, token_file: Path | None,
-                   license_file: Path | None, tls: ray_tls.Material | None = None
-                   ) -> dict[str, Any]:
+                   license_file: Path | None, tls: NodeTls | None = None) -> dict[str, Any]:
     """The whole `ray up` config for checked settings; token_file None means no token auth,
     tls None plain Ray."""
     provider = str(settings.provider)
@@ -238,9 +248,10 @@ def cluster_config(settings: LauncherSettings, token_file: Path | None,
                    "--autoscaling-config=~/ray_bootstrap_config.yaml"], *secrets)
     if provider == "local":
         head_start = f"{LOCAL_AUTOSCALER} && {head_start}"
-    config["head_start_ray_commands"] = ["ray stop", head_start, *(
+    issue = [_issue(settings, tls)] if tls else []
+    config["head_start_ray_commands"] = ["ray stop", *issue, head_start, *(
         [_dashboard_front(tls)] if tls else [])]
-    config["worker_start_ray_commands"] = ["ray stop", _ray_start(
+    config["worker_start_ray_commands"] = ["ray stop", *issue, _ray_start(
         settings, ray.start_command("$RAY_HEAD_IP", ray.node_ports(settings, "worker"),
                                     block=False), *secrets)]
     return config
@@ -295,11 +306,11 @@ def _auth(settings: LauncherSettings, provider: str) -> dict[str, Any]:
     return auth
 
 
-def _docker(settings: LauncherSettings, tls: ray_tls.Material | None) -> dict[str, Any]:
+def _docker(settings: LauncherSettings, tls: NodeTls | None) -> dict[str, Any]:
     """The head role's container settings, as `docker run` options (Ray adds --net=host); with
     TLS, Ray's environment for it (every process in the container reads it: `ray start`, and
     `ray status` or a job run there by `ray exec`)."""
-    tls_env = tls.env(TLS_ON_NODE, TLS_CERT) if tls else ()
+    tls_env = tls.env() if tls else ()
     return {
         "image": settings.ray_image,
         "container_name": settings.container_name,
@@ -385,10 +396,10 @@ def _azure_node(settings: LauncherSettings, size: str, spot: bool) -> dict[str, 
 
 
 def _file_mounts(settings: LauncherSettings, token_file: Path | None,
-                 license_file: Path | None, tls: ray_tls.Material | None) -> dict[str, str]:
+                 license_file: Path | None, tls: NodeTls | None) -> dict[str, str]:
     """Node path -> local path: what `ray up` copies to every node (and into its container)."""
     mounts = {PUBLIC_KEY_ON_NODE: str(public_key(settings))}
-    if tls is not None:  # the key travels as the token does: a 0600 file, never in the YAML
+    if tls is not None:  # the CA's key travels as the token does (0600, never in the YAML)
         mounts[TLS_ON_NODE] = str(tls.folder)
     if settings.registry:
         mounts[PASSWORD_ON_NODE] = str(settings.registry_password_file)
@@ -432,11 +443,20 @@ def _ray_start(settings: LauncherSettings, args: list[str], token: bool, license
     return " && ".join(steps)
 
 
-def _dashboard_front(tls: ray_tls.Material) -> str:
+def _issue(settings: LauncherSettings, tls: NodeTls) -> str:
+    """This node's key and certificate, made on the node before Ray starts (assets/
+    ray-tls-issue.sh): it names every address the node holds, known there and then."""
+    env = {"RAY_TLS_OUT": NODE_TLS, "RAY_TLS_DAYS": str(settings.ray_tls_days),
+           "RAY_TLS_SANS": " ".join(settings.ray_tls_san)}
+    assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    return f"{assigns} sh {TLS_ON_NODE}/{tls.issue}"
+
+
+def _dashboard_front(tls: NodeTls) -> str:
     """Start the dashboard's TLS front (assets/tls-front.py, as the head role's container runs
     it) in the background of the head's container, on every address of the VM but loopback; a
     front started by an earlier `ray up` stops first (FRONT_PIDFILE)."""
-    env = {"FRONT_CERT": f"{TLS_ON_NODE}/{TLS_CERT}", "FRONT_KEY": f"{TLS_ON_NODE}/{tls.key_file}",
+    env = {"FRONT_CERT": f"{NODE_TLS}/node.crt", "FRONT_KEY": f"{NODE_TLS}/node.key",
            "FRONT_LISTEN": "*", "FRONT_PORT": str(ray.DASHBOARD_PORT),
            "BACKEND": f"127.0.0.1:{ray.DASHBOARD_PORT}", "FRONT_PIDFILE": FRONT_PID}
     assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
@@ -488,30 +508,29 @@ def _token_file(settings: LauncherSettings, say: Say) -> Path | None:
     return path
 
 
-def _tls(settings: LauncherSettings, token_file: Path | None, say: Say) -> ray_tls.Material | None:
-    """The nodes' TLS files in <data-dir>/ray-tls: one certificate for every node, naming
-    each address given (a re-run renews it 30 days before it expires, or when a machine is
-    added), and the dashboard's TLS front."""
+def _tls(settings: LauncherSettings, token_file: Path | None, say: Say) -> NodeTls | None:
+    """<data-dir>/ray-tls: the cluster's CA (the token's, or the operator's) with its key, and
+    the programs the nodes run: each issues itself a certificate when Ray starts there."""
     if not tls_on(settings):
-        why = ("the cloud's VMs get their addresses only from `ray up`"
-               if settings.provider != "local" else "--no-ray-tls" if settings.ray_tls is False
-               else "--no-auth")
+        why = "--no-ray-tls" if settings.ray_tls is False else "--no-auth"
         say(f"Ray's traffic between the nodes is NOT encrypted ({why}): see docs/security.md")
         return None
-    token = (store.read_text(token_file) or "").strip() if token_file else None
-    names = ray_tls.named((str(settings.head_ip), *settings.worker_ip, *settings.ray_tls_san))
-    material = resolve_tls.issue(settings, token, names)
-    stable = material.folder / TLS_CERT
-    pem = store.read_text(material.folder / material.cert_file) or ""
-    if store.read_text(stable) != pem:
-        store.write_atomic(stable, pem, mode=0o644)
-    material = replace(material, front=ray_tls.write_front(material.folder))
-    if material.renewed:
-        say(resolve_tls.issued_line(settings, material, "the nodes'"))
-    say(f"Ray speaks mutual TLS: the nodes' certificate names {', '.join(names.all())}, "
-        f"expires {material.info.not_after:%Y-%m-%d}; re-run launcher-config and `ray up` "
-        "before then")
-    return material
+    if settings.ray_tls_ca_cert is not None and settings.ray_tls_ca_key is not None:
+        ca = ray_tls.operator_ca(settings.ray_tls_ca_cert, settings.ray_tls_ca_key)
+    else:
+        assert token_file is not None, "tls_on: token auth, or a CA of the operator's"
+        ca = ray_tls.derived_ca((store.read_text(token_file) or "").strip())
+    where = store.ensure_dir(ray_tls.folder(settings.data_dir), 0o755, exact=True)
+    for name, text, mode in ((ray_tls.CA_FILE, ca.pem, 0o644),
+                             (CA_KEY, ray_tls.key_pem(ca.key), 0o600)):
+        if store.read_text(where / name) != text:
+            store.write_atomic(where / name, text, mode=mode)
+    tls = NodeTls(where, ray_tls.write_program(where, ray_tls.ISSUE_ASSET),
+                  ray_tls.write_front(where))
+    say(f"Ray speaks mutual TLS: each node issues itself a certificate from the cluster's CA "
+        f"({where / ray_tls.CA_FILE}) when Ray starts there, valid {settings.ray_tls_days} "
+        "days (a `ray up` renews it)")
+    return tls
 
 
 def _license_file(settings: LauncherSettings) -> Path | None:

@@ -259,9 +259,7 @@ def _node_key(where: Path) -> CertificateIssuerPrivateKeyTypes:
     text = store.read_text(path)
     if text is None:
         key = ec.generate_private_key(ec.SECP256R1())
-        store.write_atomic(path, key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()).decode(), how="generate it")
+        store.write_atomic(path, key_pem(key), how="generate it")
         return key
     try:
         loaded = serialization.load_pem_private_key(text.encode(), password=None)
@@ -324,27 +322,40 @@ def node_material(data_dir: Path, issuer: str | CA, names: Names, days: int = DE
 
 
 FRONT_ASSET = "tls-front.py"
+ISSUE_ASSET = "ray-tls-issue.sh"  # launcher-config: a node issues its own certificate
 
 
-@functools.lru_cache(maxsize=1)
-def front_program() -> str:
+@functools.lru_cache(maxsize=4)
+def program(asset: str) -> str:
     from importlib import resources
 
-    return (resources.files("agent") / "assets" / FRONT_ASSET).read_text()
+    return (resources.files("agent") / "assets" / asset).read_text()
 
 
-def write_front(where: Path) -> str:
-    """The dashboard's TLS front program in the node's folder, under a name that carries its
-    digest (a changed program is a changed container, never a file swapped under one); the
-    file's name. Older versions are removed."""
-    text = front_program()
-    name = f"front-{hashlib.sha256(text.encode()).hexdigest()[:16]}.py"
+def write_program(where: Path, asset: str) -> str:
+    """An asset program in the node's folder, under a name that carries its digest (a changed
+    program is a changed container or command, never a file swapped under one); the file's
+    name. Older versions are removed."""
+    text = program(asset)
+    stem, _, suffix = asset.rpartition(".")
+    stem = "front" if asset == FRONT_ASSET else stem
+    name = f"{stem}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.{suffix}"
     if store.read_text(where / name) != text:
         store.write_atomic(where / name, text, mode=0o644)
-    for old in where.glob("front-*.py"):
+    for old in where.glob(f"{stem}-*.{suffix}"):
         if old.name != name:
             store.remove(old)
     return name
+
+
+def write_front(where: Path) -> str:
+    """The dashboard's TLS front program in the node's folder (write_program)."""
+    return write_program(where, FRONT_ASSET)
+
+
+def key_pem(key: CertificateIssuerPrivateKeyTypes) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
 
 
 def renewal_due(data_dir: Path, now: datetime | None = None) -> bool:
@@ -460,12 +471,10 @@ def provided_material(data_dir: Path, cert_path: Path, key_path: Path, ca_path: 
     where = store.ensure_dir(folder(data_dir), 0o755, exact=True)
     ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM).decode()
     pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
     if store.read_text(where / CA_FILE) != ca_pem:
         store.write_atomic(where / CA_FILE, ca_pem, mode=0o644)
-    if store.read_text(where / KEY_FILE) != key_pem:
-        store.write_atomic(where / KEY_FILE, key_pem, how="copy it")
+    if store.read_text(where / KEY_FILE) != key_pem(key):
+        store.write_atomic(where / KEY_FILE, key_pem(key), how="copy it")
     name = f"node-{hashlib.sha256(pem.encode()).hexdigest()[:16]}.crt"
     renewed = ""
     if store.read_text(where / name) != pem:

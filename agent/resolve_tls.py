@@ -49,7 +49,7 @@ def head_tls_on(settings: HeadSettings, say: Say) -> bool:
 
 
 TlsSettings = Union[HeadSettings, WorkerSettings, AppSettings]
-# launcher-config issues the certificate of every node of Ray's launcher the same way.
+# launcher-config's nodes issue their certificates from the same CAs.
 PkiSettings = Union[HeadSettings, WorkerSettings, AppSettings, LauncherSettings]
 
 
@@ -58,7 +58,8 @@ def own_pki(settings: PkiSettings) -> str:
     issue from) or "cert" (this node's certificate, issued elsewhere). UsageError for a half
     given pair, both kinds at once, or either with --no-ray-tls."""
     ca = (settings.ray_tls_ca_cert, settings.ray_tls_ca_key)
-    cert = (settings.ray_tls_cert, settings.ray_tls_key, settings.ray_tls_ca)
+    cert = tuple(getattr(settings, key, None)  # launcher-config has no node certificate
+                 for key in ("ray_tls_cert", "ray_tls_key", "ray_tls_ca"))
     if any(ca) and not all(ca):
         raise UsageError("--ray-tls-ca-cert and --ray-tls-ca-key go together: give both (a CA "
                          "of your own and its key)")
@@ -85,38 +86,30 @@ def trusted_ca(settings: TlsSettings, token: str | None) -> str | None:
     return ray_tls.derived_ca(token).pem if token else None
 
 
-def issue(settings: PkiSettings, token: str | None, names: ray_tls.Names) -> ray_tls.Material:
-    """The TLS files in the data dir for a certificate naming `names`, made or renewed as
-    needed, from the PKI the operator chose (own_pki) or the token's CA."""
-    pki = own_pki(settings)
-    if pki == "cert":
-        assert settings.ray_tls_cert and settings.ray_tls_key and settings.ray_tls_ca
-        return ray_tls.provided_material(settings.data_dir, settings.ray_tls_cert,
-                                         settings.ray_tls_key, settings.ray_tls_ca, names)
-    issuer: str | ray_tls.CA
-    if pki == "ca":
-        assert settings.ray_tls_ca_cert and settings.ray_tls_ca_key
-        issuer = ray_tls.operator_ca(settings.ray_tls_ca_cert, settings.ray_tls_ca_key)
-    else:
-        assert token, "the CA the token carries needs a token"
-        issuer = token
-    return ray_tls.node_material(settings.data_dir, issuer, names, settings.ray_tls_days)
-
-
-def issued_line(settings: PkiSettings, material: ray_tls.Material, whose: str) -> str:
-    """What a run that made a new certificate says."""
-    verb = "took" if own_pki(settings) == "cert" else "issued"
-    return (f"{verb} {whose} Ray TLS certificate ({material.renewed}): "
-            f"{ray_tls.folder(settings.data_dir) / material.cert_file}")
-
-
 def node_tls(settings: TlsSettings, token: str | None, say: Say) -> ray_tls.Material:
     """This node's TLS files, made or renewed (a renewal restarts only this node's Ray)."""
     node_ip = getattr(settings, "node_ip", None)
     names = ray_tls.host_names((*settings.ray_tls_san, *((node_ip,) if node_ip else ())))
-    material = replace(issue(settings, token, names), listen=tuple(ray_tls.local_ipv4()))
+    pki = own_pki(settings)
+    if pki == "cert":
+        assert settings.ray_tls_cert and settings.ray_tls_key and settings.ray_tls_ca
+        material = ray_tls.provided_material(settings.data_dir, settings.ray_tls_cert,
+                                             settings.ray_tls_key, settings.ray_tls_ca, names)
+    else:
+        issuer: str | ray_tls.CA
+        if pki == "ca":
+            assert settings.ray_tls_ca_cert and settings.ray_tls_ca_key
+            issuer = ray_tls.operator_ca(settings.ray_tls_ca_cert, settings.ray_tls_ca_key)
+        else:
+            assert token, "the CA the token carries needs a token"
+            issuer = token
+        material = ray_tls.node_material(settings.data_dir, issuer, names,
+                                         settings.ray_tls_days)
+    material = replace(material, listen=tuple(ray_tls.local_ipv4()))
     if material.renewed:
-        say(issued_line(settings, material, "this node's"))
+        verb = "took" if pki == "cert" else "issued"
+        say(f"{verb} this node's Ray TLS certificate ({material.renewed}): "
+            f"{ray_tls.folder(settings.data_dir) / material.cert_file}")
     return material
 
 

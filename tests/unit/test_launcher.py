@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
 
 from agent import cli, launcher
 from agent.config import LauncherSettings as Settings
@@ -35,8 +35,8 @@ PASSWORD = "registry-pass-7f3a9c"
 TOKEN = "0123456789abcdef0123456789abcdef-token"
 LICENSE = "signed-license-key-b3c7e1"
 # Ray's TLS environment of a local cluster's containers: the same names across renewals.
-TLS_ENV = ["-e RAY_USE_TLS=1", "-e RAY_TLS_SERVER_CERT=/etc/syntho/ray-tls/launcher-node.crt",
-           "-e RAY_TLS_SERVER_KEY=/etc/syntho/ray-tls/node.key",
+TLS_ENV = ["-e RAY_USE_TLS=1", "-e RAY_TLS_SERVER_CERT=/tmp/syntho-ray-tls/node.crt",
+           "-e RAY_TLS_SERVER_KEY=/tmp/syntho-ray-tls/node.key",
            "-e RAY_TLS_CA_CERT=/etc/syntho/ray-tls/ca.crt"]
 
 
@@ -109,24 +109,26 @@ def generate(files: Files, capsys: pytest.CaptureFixture[str], provider: str, *m
 def test_every_provider_gets_the_head_roles_ray_settings(
         files: Files, capsys: pytest.CaptureFixture[str], provider: str) -> None:
     config = generate(files, capsys, provider)
-    local = provider == "local"  # Ray's TLS on: see test_local_clusters_speak_tls
+    local = provider == "local"
     assert config["cluster_name"] == "syntho-cluster"
     assert config["provider"]["type"] == provider
     assert config["docker"] == {
         "image": "syntho-ray:latest", "container_name": "syntho-ray", "pull_before_run": True,
         "run_options": ["--shm-size=4g", "--ulimit nofile=65536:65536",
-                        "-e RAY_SCHEDULER_SPREAD_THRESHOLD=0.0", *(TLS_ENV if local else [])]}
+                        "-e RAY_SCHEDULER_SPREAD_THRESHOLD=0.0", *TLS_ENV]}
     assert config["auth"]["ssh_user"] == "ubuntu"
     v1 = V1_AUTOSCALER if local else ""
-    head = HEAD_START.replace("0.0.0.0", "127.0.0.1") if local else HEAD_START
-    assert config["head_start_ray_commands"][:2] == ["ray stop", v1 + TOKEN_STEPS + head]
-    assert len(config["head_start_ray_commands"]) == (3 if local else 2)  # TLS: the front
-    assert config["worker_start_ray_commands"] == ["ray stop", TOKEN_STEPS + WORKER_START]
+    # Ray's TLS (test_each_node_issues_itself_a_certificate_from_the_tokens_ca): each node
+    # issues its certificate first; the head's dashboard on loopback, its TLS front last.
+    head = HEAD_START.replace("0.0.0.0", "127.0.0.1")
+    assert config["head_start_ray_commands"][2] == v1 + TOKEN_STEPS + head
+    assert len(config["head_start_ray_commands"]) == 4
+    assert config["worker_start_ray_commands"][2:] == [TOKEN_STEPS + WORKER_START]
     assert config["setup_commands"] == [] and config["worker_setup_commands"] == []
     assert "head_setup_commands" not in config  # Ray's default: the cloud SDK for the autoscaler
     assert config["file_mounts"] == {
         "~/.ssh/id_rsa.pub": str(files.pub), "/etc/syntho/ray-token": str(files.data / "ray-token"),
-        **({"/etc/syntho/ray-tls": str(files.data / "ray-tls")} if local else {})}
+        "/etc/syntho/ray-tls": str(files.data / "ray-tls")}
     assert config["initialization_commands"] == [
         "sudo usermod -aG docker $USER || true", "sleep 10", "touch ~/.sudo_as_admin_successful"]
     assert os.stat(files.out).st_mode & 0o777 == 0o644
@@ -195,10 +197,10 @@ def test_local_keeps_every_worker(files: Files, capsys: pytest.CaptureFixture[st
     the head among its capped node type and never starts the last worker (the live run: 2 of 3
     nodes, "Adding 1 nodes to satisfy min count" forever); the head's command turns it off
     after Ray's own export, and only for local."""
-    head = generate(files, capsys, "local")["head_start_ray_commands"][1]
+    head = generate(files, capsys, "local")["head_start_ray_commands"][2]  # after TLS's
     assert head.startswith(V1_AUTOSCALER)
     assert "RAY_enable_autoscaler_v2" not in generate(files, capsys, "local")[
-        "worker_start_ray_commands"][1]
+        "worker_start_ray_commands"][2]
     for cloud in ("aws", "gcp", "azure"):
         assert "autoscaler_v2" not in str(generate(files, capsys, cloud))
 
@@ -265,8 +267,8 @@ def test_flags_override_every_default(files: Files, capsys: pytest.CaptureFixtur
     assert worker["labels"] == {"ray.io/market-type": "spot"} and "labels" not in head
     assert (worker["min_workers"], worker["max_workers"]) == (0, 10)
     assert config["head_setup_commands"] == ["pip install -q boto3"]
-    assert config["head_start_ray_commands"][1].endswith(
-        HEAD_START + " --num-gpus=0 '--labels=a b'")
+    assert config["head_start_ray_commands"][2].endswith(
+        HEAD_START.replace("0.0.0.0", "127.0.0.1") + " --num-gpus=0 '--labels=a b'")
 
 
 @pytest.mark.parametrize("provider,path,value", [
@@ -360,7 +362,7 @@ def test_no_secret_reaches_the_yaml_or_the_terminal(
     assert stat.S_IMODE(license_file.stat().st_mode) == 0o600
     assert config["file_mounts"]["/etc/syntho/license-key"] == str(license_file)
     assert (files.data / "ray-token").read_text().strip() == TOKEN
-    assert config["head_start_ray_commands"][1].startswith(
+    assert config["head_start_ray_commands"][2].startswith(
         'LICENSE_KEY_SIGNED="$(cat /etc/syntho/license-key)" && test -n "$LICENSE_KEY_SIGNED" '
         "&& export LICENSE_KEY_SIGNED && RAY_AUTH_TOKEN=")
 
@@ -461,49 +463,73 @@ def test_the_builder_is_pure(tmp_path: Path) -> None:
     assert not (tmp_path / "never-made").exists()
 
 
-def test_local_clusters_speak_tls(files: Files, capsys: pytest.CaptureFixture[str]) -> None:
-    """One certificate from the token's CA for every machine given (Ray dials each at its
-    address), its key beside the token (0600, never in the YAML); the head's dashboard on
-    loopback behind the TLS front; a re-run keeps the certificate, a new machine renews it."""
+@pytest.mark.parametrize("provider", ["local", "aws"])
+def test_each_node_issues_itself_a_certificate_from_the_tokens_ca(
+        files: Files, capsys: pytest.CaptureFixture[str], provider: str, tmp_path: Path) -> None:
+    """The cluster's CA (the token's) and its key go to every node as the token does (0600,
+    never in the YAML); before Ray starts, each node runs ray-tls-issue.sh, which makes its key
+    and a certificate naming every address it holds (run here for real, with openssl); the
+    head's dashboard on loopback behind the TLS front."""
     from cryptography import x509
 
     from agent import ray_tls, tls
 
-    config = generate(files, capsys, "local", "--token", TOKEN)
+    config = generate(files, capsys, provider, "--token", TOKEN, "--ray-tls-san", "ray.example")
     folder = files.data / "ray-tls"
-    assert (folder / "ca.crt").read_text() == ray_tls.derived_ca(TOKEN).pem
-    cert = x509.load_pem_x509_certificate((folder / "launcher-node.crt").read_bytes())
-    assert ray_tls.signed_by(cert, ray_tls.derived_ca(TOKEN))
-    assert tls.info_of(cert).names == ("localhost", "127.0.0.1", "10.0.0.2", "10.0.0.3",
-                                           "10.0.0.4")
-    assert stat.S_IMODE((folder / "node.key").stat().st_mode) == 0o600
-    key = (folder / "node.key").read_text()
-    assert "PRIVATE KEY" in key and key not in files.out.read_text()
-    front = config["head_start_ray_commands"][2]
-    program = next(folder.glob("front-*.py")).name
+    ca = ray_tls.derived_ca(TOKEN)
+    assert (folder / "ca.crt").read_text() == ca.pem
+    assert stat.S_IMODE((folder / "ca.key").stat().st_mode) == 0o600
+    assert (folder / "ca.key").read_text() == ray_tls.key_pem(ca.key)
+    assert (folder / "ca.key").read_text() not in files.out.read_text()
+    program = next(folder.glob("ray-tls-issue-*.sh")).name
+    issue = ("RAY_TLS_OUT=/tmp/syntho-ray-tls RAY_TLS_DAYS=365 RAY_TLS_SANS=ray.example "
+             f"sh /etc/syntho/ray-tls/{program}")
+    assert config["head_start_ray_commands"][:2] == ["ray stop", issue]
+    assert config["worker_start_ray_commands"][:2] == ["ray stop", issue]
+    front = config["head_start_ray_commands"][3]
     assert front == (
-        "FRONT_CERT=/etc/syntho/ray-tls/launcher-node.crt FRONT_KEY=/etc/syntho/ray-tls/node.key "
+        "FRONT_CERT=/tmp/syntho-ray-tls/node.crt FRONT_KEY=/tmp/syntho-ray-tls/node.key "
         "FRONT_LISTEN='*' FRONT_PORT=8265 BACKEND=127.0.0.1:8265 "
-        f"FRONT_PIDFILE=/tmp/ray/tls-front.pid nohup python3 /etc/syntho/ray-tls/{program} "
+        "FRONT_PIDFILE=/tmp/ray/tls-front.pid nohup python3 "
+        f"/etc/syntho/ray-tls/{next(folder.glob('front-*.py')).name} "
         ">> /tmp/ray/tls-front.log 2>&1 &")
 
-    code, out, err = run([*files.base(), "--provider", "local", *PROVIDER_ARGS["local"],
-                          "--ssh-private-key", str(files.key)], capsys)
-    assert code == 0 and "issued" not in out and "Ray speaks mutual TLS" in out, out + err
-    assert (folder / "launcher-node.crt").read_bytes() == cert.public_bytes(
-        serialization.Encoding.PEM)
-    code, out, err = run([*files.base(), "--provider", "local", *PROVIDER_ARGS["local"],
-                          "--worker-ip", "10.0.0.5", "--ssh-private-key", str(files.key)], capsys)
-    assert code == 0 and "issued the nodes' Ray TLS certificate" in out, out + err
-    renewed = x509.load_pem_x509_certificate((folder / "launcher-node.crt").read_bytes())
-    assert "10.0.0.5" in tls.info_of(renewed).names
-    assert (folder / "node.key").read_text() == key  # the key is kept
+    # The script as a node runs it: this machine for the node, the folder as delivered.
+    out = tmp_path / "node-tls"
+    run_it = subprocess.run(
+        ["sh", str(folder / program)], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "RAY_TLS_OUT": str(out), "RAY_TLS_DAYS": "30",
+             "RAY_TLS_SANS": "ray.example 203.0.113.9"})
+    assert run_it.returncode == 0, run_it.stderr
+    cert = x509.load_pem_x509_certificate((out / "node.crt").read_bytes())
+    assert ray_tls.signed_by(cert, ca)
+    names = tls.info_of(cert).names
+    assert {"localhost", "127.0.0.1", "ray.example", "203.0.113.9",
+            *ray_tls.local_ipv4()} <= set(names), names
+    assert stat.S_IMODE((out / "node.key").stat().st_mode) == 0o600
+    assert sorted(p.name for p in out.iterdir()) == ["node.crt", "node.key"]
+    days = (cert.not_valid_after_utc - cert.not_valid_before_utc).days
+    assert days == 30
+    # A re-run (the next `ray up`) changes nothing it delivered.
+    delivered = {p.name: p.read_bytes() for p in folder.iterdir()}
+    generate(files, capsys, provider, "--token", TOKEN, "--ray-tls-san", "ray.example")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == delivered
+
+
+def test_without_its_ca_the_script_says_so_in_one_line(tmp_path: Path) -> None:
+    from agent import ray_tls
+
+    script = tmp_path / "issue.sh"
+    script.write_text(ray_tls.program(ray_tls.ISSUE_ASSET))
+    run_it = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "RAY_TLS_OUT": str(tmp_path / "out")})
+    assert run_it.returncode == 1
+    assert run_it.stderr == f"ray-tls-issue: the cluster's CA is not in {tmp_path}\n"
 
 
 @pytest.mark.parametrize("provider,more,why", [
     ("local", ["--no-ray-tls"], "--no-ray-tls"),
-    ("local", ["--no-auth"], "--no-auth"),
-    ("aws", [], "the cloud's VMs get their addresses only from `ray up`"),
+    ("aws", ["--no-auth"], "--no-auth"),
 ])
 def test_without_tls_the_config_is_plain_and_says_so(
         files: Files, capsys: pytest.CaptureFixture[str], provider: str, more: list[str],
@@ -520,14 +546,15 @@ def test_without_tls_the_config_is_plain_and_says_so(
 
 
 @pytest.mark.parametrize("more,message", [
-    (["--provider", "aws", "--ray-tls"], "--ray-tls with --provider aws: every node's "
-     "certificate must name its address"),
+    (["--provider", "aws", "--ray-tls-ca-cert", "PASSWORD"], "--ray-tls-ca-cert and "
+     "--ray-tls-ca-key go together"),
     (["--provider", "local", *PROVIDER_ARGS["local"], "--ray-tls", "--no-auth"],
      "--ray-tls needs token auth"),
 ])
 def test_tls_that_cannot_work_is_one_line_and_exit_2(
         files: Files, capsys: pytest.CaptureFixture[str], more: list[str], message: str) -> None:
     key = ["--ssh-private-key", str(files.key)] if "local" in more else []
+    more = [str(files.password) if a == "PASSWORD" else a for a in more]
     code, out, err = run([*files.base(), *key, *more], capsys)
     assert code == 2 and err.count("\n") == 1 and message in err, out + err
     assert not files.out.exists() and not (files.data / "ray-tls").exists()
