@@ -13,7 +13,9 @@ out=${RAY_TLS_OUT:?RAY_TLS_OUT is not set}
 days=${RAY_TLS_DAYS:-365}
 fail() { echo "ray-tls-issue: $*" >&2; exit 1; }
 command -v openssl >/dev/null 2>&1 || fail "openssl is missing in this image: install it (package openssl)"
-[ -r "$src/ca.crt" ] && [ -r "$src/ca.key" ] || fail "the cluster's CA is not in $src"
+if [ ! -r "$src/ca.crt" ] || [ ! -r "$src/ca.key" ]; then
+    fail "the cluster's CA is not in $src"
+fi
 
 sans="DNS:localhost,IP:127.0.0.1"
 name=$(hostname 2>/dev/null || true)
