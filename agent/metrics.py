@@ -248,6 +248,13 @@ def write(data_dir: Path, report: dict[str, Any] | None, now: float | None = Non
     file), with the alert rules beside it for the operator's Prometheus."""
     t = time.time() if now is None else now
     where = store.ensure_dir(folder(data_dir), 0o755)
+    for stale in where.glob(".*"):  # a write killed with SIGKILL leaves its temporary file
+        try:
+            old = t - stale.stat().st_mtime > 600
+        except FileNotFoundError:  # another run's, renamed meanwhile
+            continue
+        if old:
+            store.remove(stale)
     path = where / FILE
     store.write_atomic(path, render(samples(report, runs(data_dir), t)), mode=0o644)
     rules = rules_text()
@@ -276,14 +283,14 @@ def _report(engine: Engine | None, data_dir: Path, instance: str) -> dict[str, A
 
 
 def publish(data_dir: Path, instance: str, say: Say, engine: Engine | None = None,
-            run: tuple[str, float, int] | None = None) -> None:
+            run: tuple[str, float, int] | None = None, ask: bool = True) -> None:
     """The metrics file written anew (run: a run of a command that just ended, recorded first:
-    its name, start time and exit code). A file that cannot be written is said in one line,
-    and never fails what ran."""
+    its name, start time and exit code; ask False: the engine is not asked, the file tells the
+    runs alone). A file that cannot be written is said in one line, and never fails what ran."""
     try:
         if run is not None:
             record_run(data_dir, *run)
-        write(data_dir, _report(engine, data_dir, instance))
+        write(data_dir, _report(engine, data_dir, instance) if ask else None)
     except OSError as exc:
         say(f"metrics: cannot write {folder(data_dir) / FILE}: {exc.strerror or exc}")
 
@@ -293,15 +300,18 @@ def recorded(data_dir: Path, instance: str, command: str, say: Say,
              engine: Engine | None = None) -> Iterator[None]:
     """The run of `command` inside, then the metrics file with how it ended (whatever the end:
     a failure is what the file must tell)."""
-    started, code = time.time(), 1
+    started, code, stopping = time.time(), 1, False
     try:
         yield
         code = 0
-    except (AgentError, Interrupted) as exc:
+    except AgentError as exc:
         code = exc.exit_code
+        raise
+    except Interrupted as exc:  # asked to stop: the run's end is told, the engine not asked
+        code, stopping = exc.exit_code, True
         raise
     except OSError:
         code = EXIT_ENVIRONMENT
         raise
     finally:
-        publish(data_dir, instance, say, engine, (command, started, code))
+        publish(data_dir, instance, say, engine, (command, started, code), ask=not stopping)

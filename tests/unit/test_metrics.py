@@ -222,3 +222,17 @@ def test_grafana_and_prometheus_urls_reach_the_heads_dashboard_and_nothing_else(
     assert not any(k.startswith(("RAY_GRAFANA", "RAY_PROMETHEUS"))
                    for c in plain.containers for k, _ in c.env)
     assert [c.env for c in plain.containers[1:]] == [c.env for c in given.containers[1:]]
+
+
+def test_a_write_killed_before_leaves_no_temporary_file_for_long(tmp_path: Path) -> None:
+    import os
+
+    where = tmp_path / "metrics"
+    where.mkdir()
+    old, new = where / ".syntho_agent.prom.a1b2c3", where / ".runs.json.d4e5f6"
+    for p in (old, new):
+        p.write_text("half")
+    os.utime(old, (NOW - 3600, NOW - 3600))
+    os.utime(new, (NOW - 60, NOW - 60))
+    metrics.write(tmp_path, None, now=NOW)
+    assert not old.exists() and new.exists()  # a younger one may be another run's, writing
