@@ -81,7 +81,9 @@ def _ray_done(engine: Engine, settings: HeadSettings | WorkerSettings, inputs: I
               spec: Spec, say: Say) -> None:
     prune_ray_temp(engine, settings, say)
     if isinstance(settings, HeadSettings):  # Ray's dashboards, for the operator's Grafana
-        grafana.copy_dashboards(engine, settings.suffix("ray-head"), settings.data_dir, say)
+        grafana.copy_dashboards(engine, settings.suffix("ray-head"),
+                                inputs.image_ids.get(settings.ray_image, settings.ray_image),
+                                settings.data_dir, say)
 
 
 def prune_ray_temp(engine: Engine, settings: HeadSettings | WorkerSettings, say: Say) -> None:

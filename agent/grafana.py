@@ -2,8 +2,9 @@
 operator's Grafana (README "Years unattended: metrics and alerts").
 
 Ray's dashboard writes them at its start into its session folder, made for the Ray version
-that runs, so they are copied after every run of the head role (a new Ray release brings its
-own), as files of their own names, a changed one replaced whole.
+that runs: they are copied after a run of the head role whose Ray image is not the one they
+were copied from (a new Ray release brings its own), as files of their own names, a changed
+one replaced whole.
 """
 
 from __future__ import annotations
@@ -30,9 +31,16 @@ def folder(data_dir: Path) -> Path:
     return metrics.folder(data_dir) / FOLDER
 
 
-def copy_dashboards(engine: Engine, head: str, data_dir: Path, say: Say) -> list[str]:
-    """The dashboards Ray made in the head's container `head`, in the data dir; their names.
+SOURCE = "ray-image"  # in the folder: the ID of the Ray image they were copied from
+
+
+def copy_dashboards(engine: Engine, head: str, image_id: str, data_dir: Path,
+                    say: Say) -> list[str]:
+    """The dashboards Ray made in the head's container `head`, in the data dir, unless they
+    were copied from the same Ray image already; their names ([] when nothing was copied).
     One line when they cannot be read (a copy that fails never fails the role)."""
+    if store.read_text(folder(data_dir) / SOURCE) == image_id:
+        return []
     try:
         code, out = engine.exec(head, ["python3", "-c", _READ, INSIDE])
         found = json.loads(out) if code == 0 else None
@@ -45,4 +53,6 @@ def copy_dashboards(engine: Engine, head: str, data_dir: Path, say: Say) -> list
     for name, text in found.items():
         if "/" not in name and store.read_text(where / name) != text:
             store.write_atomic(where / name, text, mode=0o644)
+    if found:  # none yet (a dashboard still starting): the next run copies them
+        store.write_atomic(where / SOURCE, image_id, mode=0o644)
     return sorted(found)

@@ -271,13 +271,16 @@ def rules_text() -> str:
 
 # ---- when: after each run, and every minute from --watch ---------------------------------------
 
-def _report(engine: Engine | None, data_dir: Path, instance: str) -> dict[str, Any] | None:
-    """status --json's report, or None when the engine does not answer."""
+def _report(engine: Engine | None, data_dir: Path, instance: str,
+            sizes: bool) -> dict[str, Any] | None:
+    """status --json's report (sizes False: without the volumes' and writable layers' sizes),
+    or None when the engine does not answer."""
     try:
         engine = engine or Engine.connect()
         if engine is None:  # unit tests put none in its place
             return None
-        return ops.engine_report(engine, ops.managed(engine, instance), data_dir, instance)
+        return ops.engine_report(engine, ops.managed(engine, instance), data_dir, instance,
+                                 sizes)
     except AgentError:
         return None
 
@@ -285,12 +288,14 @@ def _report(engine: Engine | None, data_dir: Path, instance: str) -> dict[str, A
 def publish(data_dir: Path, instance: str, say: Say, engine: Engine | None = None,
             run: tuple[str, float, int] | None = None, ask: bool = True) -> None:
     """The metrics file written anew (run: a run of a command that just ended, recorded first:
-    its name, start time and exit code; ask False: the engine is not asked, the file tells the
-    runs alone). A file that cannot be written is said in one line, and never fails what ran."""
+    its name, start time and exit code; then the sizes of volumes and writable layers are left
+    to --watch's samples, to keep a run quick; ask False: the engine is not asked, the file
+    tells the runs alone). A file that cannot be written is said in one line, and never fails
+    what ran."""
     try:
         if run is not None:
             record_run(data_dir, *run)
-        write(data_dir, _report(engine, data_dir, instance) if ask else None)
+        write(data_dir, _report(engine, data_dir, instance, sizes=run is None) if ask else None)
     except OSError as exc:
         say(f"metrics: cannot write {folder(data_dir) / FILE}: {exc.strerror or exc}")
 

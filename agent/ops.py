@@ -29,7 +29,7 @@ from agent import (
 )
 from agent import spec as s
 from agent.config import RAY_PORTS
-from agent.engine import Engine, Observed
+from agent.engine import DiskUsage, Engine, Observed
 from agent.errors import UsageError
 from agent.redact import redact, secrets_in_env
 from agent.roles.ray import DASHBOARD_PORT, GCS_PORT, TOKEN_ENV
@@ -322,12 +322,12 @@ def _ray_tls_lines(found: dict[str, Any] | None) -> list[str]:
 
 
 def engine_report(engine: Engine, observed: list[Observed], data_dir: Path,
-                  instance: str) -> dict[str, Any]:
+                  instance: str, sizes: bool = True) -> dict[str, Any]:
     """status_report, and what only the engine can tell: the leftovers, and whether the
     backend's path to the Ray dashboard (the relay) works, asked from inside the relay."""
     report = status_report(observed, data_dir, instance)
     report["leftovers"] = leftovers(engine, instance)
-    report["disk"] = disk = disk_report(engine, data_dir, instance) if observed else None
+    report["disk"] = disk = disk_report(engine, data_dir, instance, sizes) if observed else None
     for fs in (disk or {}).get("filesystems", []):
         if fs["level"] == check.FAIL:
             report["not_ready"].append(f"disk: {fs['what']} {fs['path']} is "
@@ -356,7 +356,8 @@ def _filesystem(what: str, path: Path) -> dict[str, Any] | None:
             "level": check.fullness(full)}
 
 
-def disk_report(engine: Engine, data_dir: Path, instance: str) -> dict[str, Any]:
+def disk_report(engine: Engine, data_dir: Path, instance: str,
+                sizes: bool = True) -> dict[str, Any]:
     """The disks this VM's role lives on (how full, against the 80% and 95% marks) and what
     the agent's own things take there: its volumes, its containers' writable layers (a Ray
     container's /tmp/ray: session logs, spilled objects) and the backups."""
@@ -364,7 +365,9 @@ def disk_report(engine: Engine, data_dir: Path, instance: str) -> dict[str, Any]
     places = [("the data dir", data_dir)]
     if info.local and info.root_dir:
         places.insert(0, ("the engine's root", Path(info.root_dir)))
-    usage = engine.disk_usage(instance)
+    # The sizes of volumes and writable layers are the engine's disk usage, its slowest
+    # question (a tenth of a second or more): a role run's metrics leave them to --watch.
+    usage = engine.disk_usage(instance) if sizes else DiskUsage({}, {})
     archives = backup.listed(backup.backups_dir(data_dir))
     return {"filesystems": [fs for what, path in places if (fs := _filesystem(what, path))],
             "volumes": usage.volumes, "writable_layers": usage.containers,
