@@ -44,23 +44,6 @@ TLS_ON_NODE = f"{NODE_DIR}/ray-tls"
 NODE_TLS = "/tmp/syntho-ray-tls"
 CA_KEY = "ca.key"
 FRONT_PID = "/tmp/ray/tls-front.pid"  # the dashboard's TLS front on the head: one at a time
-
-
-@dataclass(frozen=True)
-class NodeTls:
-    """What launcher-config delivers for Ray's TLS: the folder (the cluster's CA and its key,
-    the programs) and the programs' names there."""
-
-    folder: Path
-    issue: str  # ray-tls-issue-<digest>.sh
-    front: str  # front-<digest>.py
-
-    def env(self) -> tuple[tuple[str, str], ...]:
-        """Ray's TLS environment: the same names at every start (Ray's launcher keeps a
-        running container's options and re-runs its start commands)."""
-        return (("RAY_USE_TLS", "1"), ("RAY_TLS_SERVER_CERT", f"{NODE_TLS}/node.crt"),
-                ("RAY_TLS_SERVER_KEY", f"{NODE_TLS}/node.key"),
-                ("RAY_TLS_CA_CERT", f"{TLS_ON_NODE}/{ray_tls.CA_FILE}"))
 # With docker, Ray copies a file mount to this folder of the VM and bind-mounts it into the
 # container (ray.autoscaler.sdk.get_docker_host_mount_location); initialization commands run
 # on the VM before the container exists, so they read the file there.
@@ -103,6 +86,23 @@ ONLY_FOR: dict[str, tuple[str, ...]] = {
     "min_worker_nodes": CLOUDS, "max_worker_nodes": CLOUDS, "spot": CLOUDS, "vm_image": CLOUDS,
     "idle_timeout_minutes": CLOUDS,
 }
+
+
+@dataclass(frozen=True)
+class NodeTls:
+    """What launcher-config delivers for Ray's TLS: the folder (the cluster's CA and its key,
+    the programs) and the programs' names there."""
+
+    folder: Path
+    issue: str  # ray-tls-issue-<digest>.sh
+    front: str  # front-<digest>.py
+
+    def env(self) -> tuple[tuple[str, str], ...]:
+        """Ray's TLS environment: the same names at every start (Ray's launcher keeps a
+        running container's options and re-runs its start commands)."""
+        return (("RAY_USE_TLS", "1"), ("RAY_TLS_SERVER_CERT", f"{NODE_TLS}/node.crt"),
+                ("RAY_TLS_SERVER_KEY", f"{NODE_TLS}/node.key"),
+                ("RAY_TLS_CA_CERT", f"{TLS_ON_NODE}/{ray_tls.CA_FILE}"))
 
 
 # --- checks: every combination `ray up` would refuse, or quietly get wrong ---------------------
