@@ -123,6 +123,7 @@ class Observed:
     published: tuple[Published, ...]
     started_at: str
     restart_count: int
+    binds: tuple[tuple[str, str], ...] = ()  # (host path, path inside) of its bind mounts
 
     def label(self, key: str) -> str:
         return dict(self.labels).get(key, "")
@@ -195,6 +196,8 @@ def observe_attrs(attrs: dict[str, Any]) -> Observed:
                         if b.get("HostPort")),
         started_at=str(state.get("StartedAt", "")),
         restart_count=int(attrs.get("RestartCount") or 0),
+        binds=tuple((str(m.get("Source", "")), str(m.get("Destination", "")))
+                    for m in attrs.get("Mounts") or [] if m.get("Type") == "bind"),
     )
 
 

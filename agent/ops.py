@@ -32,7 +32,7 @@ from agent.config import RAY_PORTS
 from agent.engine import DiskUsage, Engine, Observed
 from agent.errors import UsageError
 from agent.redact import redact, secrets_in_env
-from agent.roles.ray import DASHBOARD_PORT, GCS_PORT, TOKEN_ENV
+from agent.roles.ray import DASHBOARD_PORT, GCS_PORT, SPILL_INSIDE, TOKEN_ENV
 from agent.validate import printable
 
 Say = Callable[[str], None]
@@ -327,7 +327,8 @@ def engine_report(engine: Engine, observed: list[Observed], data_dir: Path,
     backend's path to the Ray dashboard (the relay) works, asked from inside the relay."""
     report = status_report(observed, data_dir, instance)
     report["leftovers"] = leftovers(engine, instance)
-    report["disk"] = disk = disk_report(engine, data_dir, instance, sizes) if observed else None
+    report["disk"] = disk = (disk_report(engine, data_dir, instance, sizes, observed)
+                             if observed else None)
     for fs in (disk or {}).get("filesystems", []):
         if fs["level"] == check.FAIL:
             report["not_ready"].append(f"disk: {fs['what']} {fs['path']} is "
@@ -356,13 +357,15 @@ def _filesystem(what: str, path: Path) -> dict[str, Any] | None:
             "level": check.fullness(full)}
 
 
-def disk_report(engine: Engine, data_dir: Path, instance: str,
-                sizes: bool = True) -> dict[str, Any]:
+def disk_report(engine: Engine, data_dir: Path, instance: str, sizes: bool = True,
+                observed: list[Observed] | None = None) -> dict[str, Any]:
     """The disks this VM's role lives on (how full, against the 80% and 95% marks) and what
     the agent's own things take there: its volumes, its containers' writable layers (a Ray
     container's /tmp/ray: session logs, spilled objects) and the backups."""
     info = engine.info()
     places = [("the data dir", data_dir)]
+    places += [("Ray's spill dir", Path(source)) for o in observed or ()
+               for source, inside in o.binds if inside == SPILL_INSIDE]
     if info.local and info.root_dir:
         places.insert(0, ("the engine's root", Path(info.root_dir)))
     # The sizes of volumes and writable layers are the engine's disk usage, its slowest

@@ -6,6 +6,7 @@ cap it is given, and keeps the logs of the live processes."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -114,3 +115,6 @@ def test_with_a_spill_dir_spilled_objects_go_there_not_into_the_container(
     assert code == 0 and out.decode().strip() == "", out.decode()
     assert dict(e.split("=", 1) for e in box.attrs["Config"]["Env"])[
         "RAY_local_fs_capacity_threshold"] == "0.95"
+    # `status` judges that disk with the others.
+    disks = json.loads(node.cmd("status", "--json").stdout)["disk"]["filesystems"]
+    assert any(fs["what"] == "Ray's spill dir" and fs["path"] == str(spill) for fs in disks), disks
