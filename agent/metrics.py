@@ -110,8 +110,12 @@ def record_run(data_dir: Path, command: str, started: float, exit_code: int,
 # ---- samples from status's report --------------------------------------------------------------
 
 def _epoch(iso: str | None) -> float | None:
-    """An ISO 8601 time (a backup's "...Z" too: Python before 3.11 reads no Z) as epoch."""
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() if iso else None
+    """An ISO 8601 time (a backup's "...Z" too: Python before 3.11 reads no Z) as epoch; None
+    when there is none, or it is not one."""
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() if iso else None
+    except ValueError:
+        return None
 
 
 def _containers(report: dict[str, Any]) -> Iterable[Sample]:
@@ -182,9 +186,9 @@ def _disk(report: dict[str, Any]) -> Iterable[Sample]:
     if "app" in report.get("roles", []) or backups["count"]:
         yield "syntho_agent_backups", {}, float(backups["count"])
         yield "syntho_agent_backups_bytes", {}, float(backups["bytes"])
-        if backups.get("newest_created"):
-            yield ("syntho_agent_backup_last_success_timestamp_seconds", {},
-                   _epoch(backups["newest_created"]) or 0.0)
+        newest = _epoch(backups.get("newest_created"))
+        if newest is not None:
+            yield "syntho_agent_backup_last_success_timestamp_seconds", {}, newest
 
 
 def _runs(found: dict[str, dict[str, Any]]) -> Iterable[Sample]:
@@ -298,6 +302,8 @@ def publish(data_dir: Path, instance: str, say: Say, engine: Engine | None = Non
         write(data_dir, _report(engine, data_dir, instance, sizes=run is None) if ask else None)
     except OSError as exc:
         say(f"metrics: cannot write {folder(data_dir) / FILE}: {exc.strerror or exc}")
+    except Exception as exc:  # what the metrics cannot tell never fails the run
+        say(f"metrics: not written ({type(exc).__name__}: {exc})")
 
 
 @contextmanager

@@ -236,3 +236,18 @@ def test_a_write_killed_before_leaves_no_temporary_file_for_long(tmp_path: Path)
     os.utime(new, (NOW - 60, NOW - 60))
     metrics.write(tmp_path, None, now=NOW)
     assert not old.exists() and new.exists()  # a younger one may be another run's, writing
+
+
+def test_what_the_metrics_cannot_tell_never_fails_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report the file cannot be made of (a damaged backup's header, an engine's odd
+    answer) is one line; the run it follows ends as it would have."""
+    odd = report()
+    odd["disk"]["backups"]["newest_created"] = "not a time"
+    assert "backup_last_success" not in metrics.render(metrics.samples(odd, {}, NOW))
+    monkeypatch.setattr(metrics, "_report", lambda *args: {"containers": [{"name": "x"}]})
+    said: list[str] = []
+    with metrics.recorded(tmp_path, "", "worker", said.append):
+        pass
+    assert said == ["metrics: not written (KeyError: 'role')"]
+    assert metrics.runs(tmp_path)["worker"]["exit_code"] == 0
