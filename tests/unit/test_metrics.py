@@ -245,7 +245,7 @@ def test_what_the_metrics_cannot_tell_never_fails_the_run(
     odd = report()
     odd["disk"]["backups"]["newest_created"] = "not a time"
     assert "backup_last_success" not in metrics.render(metrics.samples(odd, {}, NOW))
-    monkeypatch.setattr(metrics, "_report", lambda *args: {"containers": [{"name": "x"}]})
+    monkeypatch.setattr(metrics, "_report", lambda *args, **kw: {"containers": [{"name": "x"}]})
     said: list[str] = []
     with metrics.recorded(tmp_path, "", "worker", said.append):
         pass
