@@ -249,5 +249,5 @@ def test_what_the_metrics_cannot_tell_never_fails_the_run(
     said: list[str] = []
     with metrics.recorded(tmp_path, "", "worker", said.append):
         pass
-    assert said == ["metrics: not written (KeyError: 'role')"]
+    assert said == ["metrics: not written (KeyError: 'ready')"]
     assert metrics.runs(tmp_path)["worker"]["exit_code"] == 0
