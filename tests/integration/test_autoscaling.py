@@ -100,9 +100,12 @@ def generate(root: Path) -> tuple[dict[str, Any], str]:
     (root / "id.pub").write_text("ssh-ed25519 AAAAC3Nza test\n")
     out = root / "aws.yaml"
     env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("SYNTHO_AGENT_")}
+    # Ray in plain: the fake provider's "nodes" are raylets in one container, not machines
+    # that issue their own certificates (test_ray_up runs Ray's TLS from the launcher live).
     result = CliRunner().invoke(cli.cli, [
         "launcher-config", *ARGS, "--data-dir", str(root / "data"), "--ssh-public-key",
-        str(root / "id.pub"), "--output", str(out)], env=env, catch_exceptions=False)
+        str(root / "id.pub"), "--output", str(out), "--no-ray-tls"], env=env,
+        catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return yaml.safe_load(out.read_text()), cluster.token_path(root / "data").read_text().strip()
 

@@ -188,8 +188,13 @@ def test_ray_up_runs_the_cluster_the_app_joins_and_it_survives_a_reboot(
         assert ray_container(vm) == ray_image, vm.name
         env = raylet_env(vm).splitlines()
         assert "RAY_AUTH_MODE=token" in env and "RAY_USE_TLS=1" in env, vm.name
-        processes = vm.inner(f"docker exec {CONTAINER} ps -eo args")
-        assert "raylet" in processes and token not in processes, vm.name
+        # Counted inside the VM: the whole list through the engine's exec stream once broke
+        # the SDK's framing ("46 is not a valid stream").
+        code, out, err = vm.sh(f"docker exec {CONTAINER} ps -eo args > /tmp/ps.txt && "
+                               'grep -c raylet /tmp/ps.txt; grep -cF "$T" /tmp/ps.txt; true',
+                               env={"T": token})
+        counts = out.split()
+        assert code == 0 and int(counts[0]) > 0 and counts[1] == "0", (vm.name, out, err)
 
     # What the guide tells the operator to run for the cluster's state (docs/launcher.md): the
     # autoscaler lists the workers as active once its updaters have finished on them (they may
