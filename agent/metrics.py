@@ -1,11 +1,11 @@
 """This VM's agent state as Prometheus metrics, in node-exporter's textfile format.
 
 <data-dir>/metrics/syntho_agent.prom is rewritten (atomically) after every run of a role or a
-backup, and every minute by `--watch` and after each of its heals; node-exporter's textfile
-collector (`--collector.textfile.directory=<data-dir>/metrics`) publishes it, and Prometheus
-reads it there with the host's own metrics (its disks among them). Why a file rather than an
-endpoint of the agent: it needs no process of ours to stay up (a VM without --watch still tells
-its last run), no new port, and no secret to guard; and node-exporter is what a Prometheus
+backup, and every minute by `--watch`; node-exporter's textfile collector
+(`--collector.textfile.directory=<data-dir>/metrics`) publishes it, and Prometheus reads it
+there with the host's own metrics (its disks among them). Why a file rather than an endpoint of
+the agent: it needs no process of ours to stay up (a VM without --watch still tells its last
+run), no new port, and no secret to guard; and node-exporter is what an operator's Prometheus
 scrapes on every VM anyway. The alert rules that read these metrics:
 agent/assets/syntho-alerts.yml (README "Metrics and alerts").
 
