@@ -91,9 +91,7 @@ def _run(action: Callable[[Engine, R, Callable[[str], None]], Spec], settings: R
         # A worker that follows the head looks at it more often than the resync.
         watch.follow(engine, spec, settings, say,
                      resync=FOLLOW_RESYNC if deploy.follows_head(settings) else RESYNC,
-                     refresh=deploy.refresher(engine, settings, spec, say),
-                     healed=lambda: metrics.publish(settings.data_dir, settings.instance, say,
-                                                    engine))
+                     refresh=deploy.refresher(engine, settings, spec, say))
     except Interrupted as exc:  # `systemctl stop` or Ctrl-C: a normal end for a watcher
         say(f"stopped watching ({exc.name}); the containers keep running")
 

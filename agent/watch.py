@@ -52,12 +52,10 @@ def heal(engine: Engine, spec: s.Spec, settings: RoleSettings, say: Say) -> int:
 
 def follow(engine: Engine, spec: s.Spec, settings: RoleSettings, say: Say,
            resync: float = 30.0, stop_after: float | None = None,
-           refresh: Callable[[], s.Spec | None] | None = None,
-           healed: Callable[[], None] | None = None) -> None:
+           refresh: Callable[[], s.Spec | None] | None = None) -> None:
     """Heal until interrupted (or for stop_after seconds, for tests and benchmarks).
     `refresh`, asked at every resync, returns a new spec when the role has run again (a
-    release changed: agent.deploy.refresher); `healed` is called after a heal that changed
-    something (the metrics file tells it at once: agent/metrics.py)."""
+    release changed: agent.deploy.refresher)."""
     end = time.monotonic() + stop_after if stop_after else None
     say(f"watching {len(spec.containers)} container(s) of the {spec.role} role "
         "(Ctrl-C stops watching; the containers keep running)")
@@ -68,12 +66,11 @@ def follow(engine: Engine, spec: s.Spec, settings: RoleSettings, say: Say,
             # Subscribe first, then converge: an event during the converge is not lost.
             events = engine.events(spec.instance, spec.role, until=int(time.time() + window) + 1)
             spec = (refresh() if refresh is not None else None) or spec
-            if heal(engine, spec, settings, say) and healed is not None:
-                healed()
+            heal(engine, spec, settings, say)
             backoff = 0.5
             for action in events:
-                if action in TRIGGERS and heal(engine, spec, settings, say) and healed:
-                    healed()
+                if action in TRIGGERS:
+                    heal(engine, spec, settings, say)
                 if end is not None and time.monotonic() >= end:
                     events.close()
                     break

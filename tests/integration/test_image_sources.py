@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,19 +161,9 @@ def test_watch_heals_a_removed_a_stopped_and_a_killed_container(
         assert second != first
         sandbox.client.containers.get(name).stop(timeout=1)
         assert poll(container_running, 30, "started after stop")
-        killed = time.time()
         sandbox.client.containers.get(name).kill("SIGKILL")
         assert poll(container_running, 30, "running after SIGKILL")
         assert sandbox.client.containers.get(name).id == second
-        # A heal is in the metrics file at once (agent/metrics.py), not at the next minute.
-        prom = sandbox.tmp / "h" / "metrics" / "syntho_agent.prom"
-
-        def sampled_since_the_kill() -> bool:
-            line = next(ln for ln in prom.read_text().splitlines()
-                        if ln.startswith("syntho_agent_sampled_timestamp_seconds "))
-            return float(line.split()[1]) >= killed
-
-        assert poll(sampled_since_the_kill, 10, "the metrics written after the heal")
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
