@@ -41,6 +41,10 @@ class EngineLost(EngineError):
     """The engine stopped answering (dockerd restarted, the socket went away)."""
 
 
+class ContainerGone(EngineError):
+    """A container the run was looking at was removed meanwhile (by someone else)."""
+
+
 class EngineAbsent(EnvironmentProblem):
     """No engine answers where it should (not started yet, or restarting)."""
 
@@ -54,7 +58,9 @@ def _sdk(fn: F) -> F:
             return fn(*args, **kwargs)
         except docker.errors.APIError as exc:
             explanation = str(exc.explanation or exc)
-            raise EngineError(f"the Docker engine failed: {explanation}", explanation) from None
+            kind = (ContainerGone if isinstance(exc, docker.errors.NotFound)
+                    and explanation.startswith("No such container") else EngineError)
+            raise kind(f"the Docker engine failed: {explanation}", explanation) from None
         except (docker.errors.DockerException, requests.exceptions.RequestException,
                 ConnectionError) as exc:
             raise EngineLost(f"the Docker engine stopped answering ({type(exc).__name__}); "

@@ -15,7 +15,7 @@ from typing import Callable, TypeVar
 
 from agent import spec as s
 from agent.config import RoleSettings
-from agent.engine import Engine, EngineAbsent, EngineLost
+from agent.engine import ContainerGone, Engine, EngineAbsent, EngineLost
 from agent.errors import AgentError
 from agent.lock import data_dir_lock
 from agent.reconcile import reconcile
@@ -28,13 +28,14 @@ MAX_BACKOFF = 5.0
 
 def through_engine_restarts(work: Callable[[], T], say: Say) -> T:
     """work(), run again while the engine does not answer: a watcher's first converge rides
-    out a restart of dockerd under it, or a boot that started the agent before the engine, as
-    its watch loop does later (a run without --watch exits 3 instead)."""
+    out a restart of dockerd under it, or a boot that started the agent before the engine, or
+    a container removed while it looked at it, as its watch loop does later (a run without
+    --watch exits 3 instead)."""
     backoff = 0.5
     while True:
         try:
             return work()
-        except (EngineLost, EngineAbsent) as exc:
+        except (EngineLost, EngineAbsent, ContainerGone) as exc:
             say(f"{exc}; trying again in {min(backoff, MAX_BACKOFF):.1f} s")
             time.sleep(min(backoff, MAX_BACKOFF))
             backoff *= 2
