@@ -26,7 +26,6 @@ import ipaddress
 import os
 import socket
 import ssl
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -136,12 +135,13 @@ def local_ipv4() -> list[str]:
     return found
 
 
-def named(given: Iterable[str]) -> Names:
-    """Names for a certificate: loopback (Ray dials 127.0.0.1) and each of `given`, a DNS
-    name or an address, in order, once."""
+def host_names(extra: tuple[str, ...] = ()) -> Names:
+    """What a node on this host's network is dialled at: loopback, the host's names and every
+    address it holds, and the operator's extra names (--ray-tls-san: a DNS name or a NAT
+    address the other VMs use)."""
     dns = ["localhost"]
     ips = ["127.0.0.1"]
-    for name in given:
+    for name in (socket.gethostname(), *extra):
         try:
             ipaddress.ip_address(name)
             bucket = ips
@@ -149,14 +149,10 @@ def named(given: Iterable[str]) -> Names:
             bucket = dns
         if name and name not in bucket:
             bucket.append(name)
+    for address in local_ipv4():
+        if address not in ips:
+            ips.append(address)
     return Names(tuple(dns), tuple(ips))
-
-
-def host_names(extra: tuple[str, ...] = ()) -> Names:
-    """What a node on this host's network is dialled at: loopback, the host's names and every
-    address it holds, and the operator's extra names (--ray-tls-san: a DNS name or a NAT
-    address the other VMs use)."""
-    return named((socket.gethostname(), *extra, *local_ipv4()))
 
 
 def _issue(ca: CA, key: CertificateIssuerPrivateKeyTypes, names: Names, days: int,
