@@ -23,9 +23,11 @@ import requests.exceptions
 from docker.types import Mount as SdkMount
 
 from agent import spec as s
+from agent import waits
 from agent.errors import EnvironmentProblem, UsageError
 
 NS = 1_000_000_000
+REMOVAL_WAIT = 120  # s: a removal the engine began for an agent that was killed meanwhile
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -543,6 +545,20 @@ class Engine:
             self._client.api.remove_container(container_id, force=True)
         except docker.errors.NotFound:
             pass
+        except docker.errors.APIError as exc:
+            # An agent killed mid-removal leaves the engine finishing it: wait for its end.
+            if "already in progress" not in str(exc.explanation or exc):
+                raise
+            if not waits.poll(lambda: not self._exists(container_id), REMOVAL_WAIT,
+                              "a removal already under way"):
+                raise
+
+    def _exists(self, container_id: str) -> bool:
+        try:
+            self._client.api.inspect_container(container_id)
+            return True
+        except docker.errors.NotFound:
+            return False
 
     @_sdk
     def stop(self, container_id: str, timeout: int = 10) -> None:

@@ -4,11 +4,14 @@ and the race where a container vanishes between reading the engine and acting on
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import Counter
 
+import docker.errors
 import pytest
 
 from agent import spec as s
+from agent import waits
 from agent.engine import Engine
 from agent.errors import EnvironmentProblem
 from agent.reconcile import apply, preflight, reconcile
@@ -102,3 +105,31 @@ def test_a_container_made_by_hand_with_a_wanted_name_is_refused_untouched(
     assert squatter.status == "running"
     assert not sandbox.client.containers.list(
         all=True, filters={"name": spec.containers[0].name})
+
+
+def test_a_removal_left_running_by_a_killed_agent_is_waited_out(
+        sandbox: Sandbox, images: dict[str, str]) -> None:
+    # A restore killed while the engine removed a container: the next run's removal of the same
+    # container is refused with a 409 ("removal ... is already in progress") until the first
+    # ends. Many files in its writable layer make the first removal last long enough to meet.
+    heavy = sandbox.run(images["busybox"], "heavy", command=[
+        "sh", "-c", "mkdir /m && cd /m && seq 50000 | xargs touch"])
+    assert heavy.wait(timeout=120)["StatusCode"] == 0
+    first = threading.Thread(target=sandbox.client.api.remove_container, args=(heavy.id,),
+                             kwargs={"force": True})
+    first.start()
+    try:
+        assert waits.poll(lambda: removing(sandbox, heavy.id), 30, "the first removal")
+        Engine(sandbox.client).remove(heavy.id)
+        assert not sandbox.client.containers.list(all=True, filters={"id": heavy.id})
+    finally:
+        first.join()
+
+
+def removing(sandbox: Sandbox, container_id: str) -> bool:
+    """Whether the engine is in the middle of removing a container (its state says so)."""
+    try:
+        state = sandbox.client.api.inspect_container(container_id)["State"]
+    except docker.errors.NotFound:
+        return False
+    return bool(state.get("Status") == "removing")
