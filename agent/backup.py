@@ -28,13 +28,14 @@ from typing import Any, BinaryIO, Callable
 
 from agent import __version__, archive, pgclient, secret_files, store
 from agent.config import BackupSettings
-from agent.engine import Engine, Observed
+from agent.engine import Engine, Observed, OutputLost
 from agent.errors import EnvironmentProblem, UsageError
 from agent.lock import data_dir_lock
 
 Say = Callable[[str], None]
 KEY_ENV = "SYNTHO_AGENT_BACKUP_KEY"
 SUFFIX = ".syntho-backup"
+DUMP_ATTEMPTS = 3  # a dump the engine garbled on its way here is made again (engine.OutputLost)
 AGENT_ID = ".agent-id"  # in the data dir: tells this agent's backups from copied-in ones
 
 
@@ -189,14 +190,7 @@ def _dump_databases(engine: Engine, settings: BackupSettings, staging: Path,
                             ("backend", settings.backend_db_name)):
         target = staging / f"{label}.dump"
         started = time.monotonic()
-        try:  # hashed as it arrives (no second read); not synced: the archive is
-            with target.open("wb") as raw:
-                hashing = _Hashing(raw)
-                with io.BufferedWriter(hashing, archive.COPY) as out:
-                    code, errors = pgclient.run(engine, settings,
-                                                ["pg_dump", "-Fc", "-d", database], out)
-        except OSError as exc:  # a full disk, most likely: name the folder the operator chose
-            raise store.tag(exc, staging.parent, "write", f"the dump of {database}") from None
+        code, errors, hashing = _dump(engine, settings, database, target, say)
         if code != 0:
             raise EnvironmentProblem(f"pg_dump of {database} failed (exit {code}): "
                                      f"{errors.strip()[-300:]}")
@@ -205,6 +199,29 @@ def _dump_databases(engine: Engine, settings: BackupSettings, staging: Path,
         parts.append((archive.Part(f"{label}.dump", hashing.size,
                                    hashing.digest.hexdigest()), target))
     return parts
+
+
+def _dump(engine: Engine, settings: BackupSettings, database: str, target: Path,
+          say: Say) -> tuple[int, str, _Hashing]:
+    """pg_dump of one database into target, hashed as it arrives (no second read; not synced:
+    the archive is). Dumped again from the start when the engine lost part of it on the way."""
+    for attempt in range(1, DUMP_ATTEMPTS + 1):
+        try:
+            with target.open("wb") as raw:
+                hashing = _Hashing(raw)
+                with io.BufferedWriter(hashing, archive.COPY) as out:
+                    code, errors = pgclient.run(engine, settings,
+                                                ["pg_dump", "-Fc", "-d", database], out)
+            return code, errors, hashing
+        except OutputLost:
+            if attempt == DUMP_ATTEMPTS:
+                raise
+            say(f"the engine lost part of the dump of {database} on its way here: dumping it "
+                "again")
+        except OSError as exc:  # a full disk, most likely: name the folder the operator chose
+            raise store.tag(exc, target.parent.parent, "write", f"the dump of {database}") \
+                from None
+    raise AssertionError("unreachable")
 
 
 class _Hashing(io.RawIOBase):

@@ -10,6 +10,8 @@ words) or `EngineLost` (it went away, as when dockerd restarts).
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import os
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -567,57 +569,145 @@ class Engine:
         except docker.errors.NotFound:
             pass
 
-    @_sdk
     def exec(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
-        container = self._client.containers.get(name)
-        code, out = container.exec_run(cmd, environment=env or {}, demux=False)
-        return int(code), (out or b"").decode(errors="replace")
+        """Run an idempotent command in a running container: (exit code, its standard output
+        then its standard error), checked end to end as exec_to's."""
+        out = io.BytesIO()
+        code, errors = self.exec_to(name, cmd, out, env)
+        return code, out.getvalue().decode(errors="replace") + errors
 
     @_sdk
     def exec_to(self, name: str, cmd: list[str], out: IO[bytes] | None,
                 env: dict[str, str] | None = None) -> tuple[int, str]:
         """Run cmd in a running container, its standard output streamed into `out` (a dump
-        of any size, a chunk at a time; None: dropped); (exit code, the tail of its standard
-        error)."""
-        exec_id = self._client.api.exec_create(name, cmd, environment=env or {})["Id"]
-        errors = b""
-        for stdout, stderr in self._client.api.exec_start(exec_id, stream=True, demux=True):
-            if stdout and out is not None:
-                out.write(stdout)
-            if stderr:
-                errors = (errors + stderr)[-4000:]
-        code = self._client.api.exec_inspect(exec_id).get("ExitCode")
-        return int(code if code is not None else -1), errors.decode(errors="replace")
+        of any size, a chunk at a time; None: dropped) and checked end to end (see
+        _received); (exit code, the tail of its standard error)."""
+        api = self._client.api
+
+        def once(into: _Digesting | None) -> tuple[int, bytes]:
+            exec_id = api.exec_create(name, cmd if into is None else _checked(cmd),
+                                      environment=env or {})["Id"]
+            errors = _drain(api.exec_start(exec_id, stream=True, demux=True), into, cmd)
+            code = api.exec_inspect(exec_id).get("ExitCode")
+            return int(code if code is not None else -1), errors
+
+        return _received(once, out, cmd)
 
     @_sdk
     def run_to(self, image: str, cmd: list[str], network: str, out: IO[bytes] | None, *,
                labels: dict[str, str], env: dict[str, str] | None = None,
                binds: dict[str, str] | None = None, name: str | None = None) -> tuple[int, str]:
         """Run cmd in a throw-away container on a network (its standard output streamed into
-        `out`, binary-safe: attached before it starts, never through the log driver), then
-        remove it; (exit code, the tail of its standard error). binds: host dir -> container
-        dir, read-only. name: the container's (the engine picks one without)."""
+        `out`, binary-safe and checked as exec_to's: attached before it starts, never through
+        a log driver: a dump must not be written twice), then remove it; (exit code, the tail
+        of its standard error). binds: host dir -> container dir, read-only. name: the
+        container's (the engine picks one without)."""
         api = self._client.api
         host = api.create_host_config(
-            network_mode=network, binds={src: {"bind": dst, "mode": "ro"}
-                                         for src, dst in (binds or {}).items()})
-        # The program itself as the entrypoint: an image's entrypoint may switch users or do
-        # more than run it (the Postgres image's starts a server for its own command).
-        created = api.create_container(image, cmd[1:], entrypoint=cmd[:1],
-                                       environment=env or {}, host_config=host,
-                                       labels=labels, name=name)
-        cid = created["Id"]
+            network_mode=network, log_config=docker.types.LogConfig(type="none"),
+            binds={src: {"bind": dst, "mode": "ro"} for src, dst in (binds or {}).items()})
+
+        def once(into: _Digesting | None) -> tuple[int, bytes]:
+            run = cmd if into is None else _checked(cmd)
+            # The program itself as the entrypoint: an image's entrypoint may switch users or
+            # do more than run it (the Postgres image's starts a server for its own command).
+            created = api.create_container(image, run[1:], entrypoint=run[:1],
+                                           environment=env or {}, host_config=host,
+                                           labels=labels, name=name)
+            cid = created["Id"]
+            try:
+                frames = api.attach(cid, stdout=True, stderr=True, stream=True, demux=True)
+                api.start(cid)
+                errors = _drain(frames, into, cmd)
+                return int(api.wait(cid).get("StatusCode", -1)), errors
+            finally:
+                api.remove_container(cid, force=True)
+
+        return _received(once, out, cmd)
+
+
+# ---- output checked end to end ------------------------------------------------------------------
+
+# Some engines lose part of what a command prints on its way to an attached client (all of a
+# short exec's output, the tail of a container's attach stream, or the frames' headers: about 1
+# run in 300 on engine 20.10) and say nothing. A command whose output is read therefore runs
+# under a shell that copies its standard output through sha256sum and prints, on standard
+# error, the command's exit code and that digest, which the agent compares with what arrived.
+CHECKED_SH = 'exec 3>&1; ( "$@"; echo "syntho-exit=$?" >&2 ) | tee /dev/fd/3 | sha256sum >&2'
+CHECKED_ATTEMPTS = 3
+
+
+class OutputLost(EngineError):
+    """The engine lost or garbled part of a command's output on its way here."""
+
+
+def _checked(cmd: list[str]) -> list[str]:
+    return ["sh", "-c", CHECKED_SH, "sh", *cmd]
+
+
+def _drain(frames: Iterator[tuple[bytes | None, bytes | None]], into: _Digesting | None,
+           cmd: list[str]) -> bytes:
+    """Standard output into `into` (None: dropped), frame by frame; the tail of standard
+    error."""
+    errors = b""
+    try:
+        for stdout, stderr in frames:
+            if stdout and into is not None:
+                into.write(stdout)
+            if stderr:
+                errors = (errors + stderr)[-4000:]
+    except ValueError as exc:  # the SDK met bytes where a frame's header belongs
+        if into is not None:  # else only the exit code matters, which comes another way
+            raise OutputLost(f"the engine garbled the output of {cmd[0]} ({exc})") from None
+    return errors
+
+
+class _Digesting(io.RawIOBase):
+    """What is written through it goes on to `into`, hashed on the way."""
+
+    def __init__(self, into: IO[bytes]) -> None:
+        self.into = into
+        self.digest = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self.digest.update(b)
+        self.into.write(b)
+        return len(b)
+
+
+def _received(once: Callable[[_Digesting | None], tuple[int, bytes]], out: IO[bytes] | None,
+              cmd: list[str]) -> tuple[int, str]:
+    """(exit code, standard error's tail) of a command run by once(into), the output that
+    arrived in `out` checked against the digest its shell printed. A lost output is asked for
+    again when `out` can be rewound (up to CHECKED_ATTEMPTS runs: these commands read, they
+    change nothing); otherwise OutputLost, for the caller to start its file again."""
+    if out is None:
+        code, errors = once(None)
+        return code, errors.decode(errors="replace")
+    start = out.tell() if out.seekable() else None
+    for attempt in range(1, CHECKED_ATTEMPTS + 1):
+        into = _Digesting(out)
         try:
-            stream = api.attach(cid, stdout=True, stderr=False, stream=True, logs=True)
-            api.start(cid)
-            for chunk in stream:
-                if out is not None:
-                    out.write(chunk)
-            code = api.wait(cid).get("StatusCode", -1)
-            errors = api.logs(cid, stdout=False, stderr=True, tail=20)
-            return int(code), bytes(errors).decode(errors="replace")
-        finally:
-            api.remove_container(cid, force=True)
+            code, errors = once(into)
+        except OutputLost:
+            if start is None or attempt == CHECKED_ATTEMPTS:
+                raise
+            errors = b""
+        lines = errors.rstrip(b"\n").split(b"\n")
+        exit_line, digest_line = [b"", b"", *lines][-2:]
+        if (exit_line.startswith(b"syntho-exit=") and exit_line[12:].isdigit()
+                and digest_line[:64].decode(errors="replace") == into.digest.hexdigest()):
+            return int(exit_line[12:]), b"".join(x + b"\n" for x in lines[:-2]).decode(
+                errors="replace")
+        if start is None or attempt == CHECKED_ATTEMPTS:
+            raise OutputLost(f"the engine lost part of what {cmd[0]} printed (its digest did not "
+                             f"match what arrived, {attempt} time(s)); run it again")
+        out.seek(start)
+        out.truncate()
+    raise AssertionError("unreachable")
 
 
 def _streamed(stream: Any) -> Generator[Any, None, None]:

@@ -18,6 +18,7 @@ import pytest
 
 from agent.spec import LABEL_PREFIX
 from agent.waits import poll, tcp_open
+from tests.support import reads
 from tests.support.agent_cli import run_agent
 from tests.support.constants import NOFILE, TEST_LABEL
 from tests.support.ports import free_port
@@ -180,10 +181,9 @@ class App:
         return {p.name: p.read_text() for p in sorted(folder.iterdir())}
 
     def psql(self, db: str, sql: str) -> str:
-        code, out = self.container("postgres").exec_run(
-            ["psql", "-U", "syntho", "-d", db, "-Atc", sql])
+        code, out = reads.psql(self.container("postgres"), db, sql)
         assert code == 0, out
-        return str(out.decode().strip())
+        return out
 
 
 def why_unhealthy(app: App) -> str:

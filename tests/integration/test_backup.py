@@ -14,6 +14,7 @@ from cryptography.fernet import Fernet
 
 from agent.waits import poll
 from tests.integration.agent_helpers import App, HeadVM, engine_snapshot, http, ok
+from tests.support import reads
 from tests.support.agent_cli import run_agent
 from tests.support.sandbox import Sandbox
 
@@ -149,8 +150,7 @@ def test_an_external_postgres_is_backed_up_and_restored(
     module_sandbox.client.api.connect_container_to_network(db.id, network, aliases=["extdb"])
 
     def psql(database: str, sql: str) -> tuple[int, str]:
-        code, out = db.exec_run(["psql", "-U", "syntho", "-d", database, "-Atc", sql])
-        return code, out.decode().strip()
+        return reads.psql(db, database, sql)
 
     def created(name: str) -> bool:  # (its server restarts once after initialising)
         code, out = psql("postgres", f'CREATE DATABASE "{name}"')

@@ -25,6 +25,7 @@ import pytest
 from agent import cluster
 from agent.waits import poll
 from tests.integration.agent_helpers import ok
+from tests.support import reads
 from tests.support.agent_cli import agent_cmd, agent_env, run_agent
 from tests.support.constants import AGENT_INSTANCE_LABEL, NOFILE, REPO
 from tests.support.engine_calls import CallCounter, counting_engine
@@ -36,6 +37,7 @@ from tests.support.releases import (
     USER,
     ReleaseRegistry,
     health_version,
+    remove_local,
     retag_and_push,
 )
 from tests.support.sandbox import Sandbox
@@ -106,10 +108,9 @@ class Deployment:
         return list(json.loads(out)["releases"])
 
     def psql(self, sql: str) -> str:
-        code, out = self.container("postgres").exec_run(
-            ["psql", "-U", "syntho", "-d", "syntho-backend", "-Atc", sql])
+        code, out = reads.psql(self.container("postgres"), "syntho-backend", sql)
         assert code == 0, out
-        return str(out.decode().strip())
+        return out
 
     def leftovers(self) -> list[str]:
         """Containers of the app that are not one of its services' (kept or replaced)."""
@@ -291,6 +292,7 @@ def test_a_moving_tag_is_picked_up_by_pull_always_only(deployment: Deployment,
     assert "--pull always: 1 of 1 image(s) changed in the registry" in out, out
     assert running()[1] == "B" and running()[0] != first[0]
     d.sandbox.client.containers.get(name).remove(force=True)
+    remove_local(docker_client, [moving])  # this engine's copy of the tag
 
 
 def test_a_watching_worker_follows_the_head_to_a_new_release(deployment: Deployment) -> None:
