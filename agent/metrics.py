@@ -68,6 +68,8 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "syntho_agent_backups_bytes": ("gauge", "Bytes of the backups kept in the data dir"),
     "syntho_agent_backup_last_success_timestamp_seconds": ("gauge", "When the newest backup "
                                                            "kept was made"),
+    "syntho_agent_backup_schedule_seconds": ("gauge", "Seconds between scheduled backups (the "
+                                             "timer `install app` wrote)"),
     "syntho_agent_last_run_timestamp_seconds": ("gauge", "When the last run of a command "
                                                 "ended"),
     "syntho_agent_last_run_duration_seconds": ("gauge", "How long the last run of a command "
@@ -189,6 +191,8 @@ def _disk(report: dict[str, Any]) -> Iterable[Sample]:
         newest = _epoch(backups.get("newest_created"))
         if newest is not None:
             yield "syntho_agent_backup_last_success_timestamp_seconds", {}, newest
+        if backups.get("schedule_seconds"):
+            yield "syntho_agent_backup_schedule_seconds", {}, float(backups["schedule_seconds"])
 
 
 def _runs(found: dict[str, dict[str, Any]]) -> Iterable[Sample]:

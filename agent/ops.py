@@ -24,6 +24,7 @@ from agent import (
     relay,
     secret_files,
     store,
+    systemd,
     tls,
     validate,
 )
@@ -377,7 +378,7 @@ def disk_report(engine: Engine, data_dir: Path, instance: str, sizes: bool = Tru
             "backups": {"path": str(backup.backups_dir(data_dir)), "count": len(archives),
                         "bytes": sum(b.size for b in archives),
                         "newest_created": archives[-1].header.get("created") if archives
-                        else None}}
+                        else None, "schedule_seconds": systemd.backup_schedule()}}
 
 
 def _disk_lines(disk: dict[str, Any] | None) -> list[str]:

@@ -123,6 +123,17 @@ def _environment(executable: list[str]) -> str:
 
 # ---- the units ---------------------------------------------------------------------------------
 
+def backup_schedule(root: Path = Path("/")) -> int | None:
+    """Seconds between scheduled backups, as the timer `install app` wrote says; None
+    without one (backups by hand, or none)."""
+    try:
+        text = _under(root, UNITS / f"{BACKUP}.timer").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^OnUnitActiveSec=(\d+)s$", text, re.MULTILINE)
+    return int(found.group(1)) if found else None
+
+
 def backup_units(every: int, executable: list[str]) -> dict[str, str]:
     """The backup service (one run) and its timer, by file name."""
     command = command_line([*executable, "backup", "--config", str(BACKUP_CONFIG)])

@@ -77,6 +77,7 @@ def test_install_app_schedules_backups_and_uninstall_removes_them(
     timer = (units / "syntho-agent-backup.timer").read_text()
     service = (units / "syntho-agent-backup.service").read_text()
     assert "OnUnitActiveSec=21600s" in timer and "WantedBy=timers.target" in timer
+    assert systemd.backup_schedule(tmp_path) == 21600  # what the metrics' backup alert reads
     assert "backup --config /etc/syntho-agent/backup.yaml" in service
     assert "Type=oneshot" in service
     config = tmp_path / "etc/syntho-agent/backup.yaml"
@@ -101,6 +102,7 @@ def test_install_app_schedules_backups_and_uninstall_removes_them(
     runner.invoke(cli.cli, ["uninstall", "--root", str(tmp_path), "--no-enable"])
     assert runner.invoke(cli.cli, [*args, "--backup-every", "0"]).exit_code == 0
     assert not (units / "syntho-agent-backup.timer").exists() and not config.exists()
+    assert systemd.backup_schedule(tmp_path) is None
     result = runner.invoke(cli.cli, [*args, "--backup-every", "5s"])
     assert result.exit_code == 2 and "from 1m to 366d" in result.output
 
