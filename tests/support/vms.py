@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import secrets
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ import docker.models.containers
 
 from agent.waits import poll
 from tests.integration.agent_helpers import start_registry
+from tests.support import reads
 from tests.support.constants import REPO, TEST_LABEL
 from tests.support.sandbox import Sandbox
 
@@ -54,17 +56,28 @@ class VM:
     container: docker.models.containers.Container
 
     def sh(self, script: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-        code, (out, err) = self.container.exec_run(["sh", "-c", script], environment=env or {},
-                                                   demux=True)
-        return int(code), (out or b"").decode(errors="replace"), (err or b"").decode(
-            errors="replace")
+        return self._run(["sh", "-c", script], env)
 
     def agent(self, *args: str, env: dict[str, str] | None = None) -> str:
-        code, (out, err) = self.container.exec_run(["syntho-agent", *args],
-                                                   environment=env or {}, demux=True)
-        text = (out or b"").decode(errors="replace")
-        assert code == 0, f"{self.name}: syntho-agent {args[0]} exited {code}\n{text}\n{err!r}"
-        return text
+        code, out, err = self._run(["syntho-agent", *args], env)
+        assert code == 0, f"{self.name}: syntho-agent {args[0]} exited {code}\n{out}\n{err}"
+        return out
+
+    def _run(self, argv: list[str], env: dict[str, str] | None) -> tuple[int, str, str]:
+        """(exit code, standard output, standard error) of argv, run once in the VM. Its output
+        goes to files there, read back checked end to end (tests/support/reads.py: an exec's
+        output may be lost on the way, and argv need not be safe to run twice; a read is)."""
+        files = f"/tmp/.vm-exec-{secrets.token_hex(6)}"
+        code = self.container.exec_run(
+            ["sh", "-c", f'"$@" > {files}.out 2> {files}.err', "sh", *argv],
+            environment=env or {}).exit_code
+        texts = []
+        for stream in ("out", "err"):
+            found, text = reads.read(self.container, ["cat", f"{files}.{stream}"])
+            assert found == 0, f"{self.name}: the output of {argv[0]} is gone: {text}"
+            texts.append(text)
+        self.container.exec_run(["rm", "-f", f"{files}.out", f"{files}.err"])
+        return int(code), texts[0], texts[1]
 
     def inner(self, *cmd: str) -> str:
         code, out, err = self.sh(" ".join(cmd))
