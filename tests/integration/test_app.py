@@ -22,6 +22,7 @@ import pytest
 from agent import cluster, metrics, ray_tls
 from agent.waits import poll
 from tests.integration.agent_helpers import App, HeadVM, engine_snapshot, http, ok
+from tests.support import reads
 from tests.support.agent_cli import agent_cmd, agent_env, run_agent
 from tests.support.constants import REPO
 from tests.support.ports import free_port
@@ -45,8 +46,8 @@ def test_the_stack_is_healthy_wired_and_reachable(stack: App, head_vm: HeadVM) -
     dashboard = body["dependencies"]["ray_dashboard"]
     assert dashboard["ok"] and dashboard["detail"].startswith("Ray "), dashboard
     # core ran a real Ray task on the cluster: head + worker.
-    code, out = stack.container("core").exec_run(
-        ["curl", "-fsS", "http://localhost:8080/api/v1/status"])
+    code, out = reads.read(stack.container("core"),
+                           ["curl", "-fsS", "http://localhost:8080/api/v1/status"])
     ray = json.loads(out)["dependencies"]["ray"]
     assert ray["task_result"] == 49 and ray["alive_nodes"] == 2
     assert ray["address"] == head_vm.node_ip
@@ -436,6 +437,6 @@ def test_external_postgres_and_redis_replace_the_bundled_ones(
     assert f"syntho-redis-{app.instance}" not in names
     assert not sandbox.client.volumes.list(filters={"name": f"syntho-database-data-{app.instance}"})
     # The backend really used the external database: its admin account is there.
-    code, users = pg.exec_run(["psql", "-U", "extuser", "-d", "syntho-backend", "-Atc",
-                               "SELECT username FROM standin_users"])
-    assert code == 0 and users.decode().strip() == "admin"
+    code, users = reads.psql(pg, "syntho-backend", "SELECT username FROM standin_users",
+                             user="extuser")
+    assert code == 0 and users == "admin"

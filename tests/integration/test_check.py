@@ -23,6 +23,7 @@ from agent.config import RAY_PORTS
 from agent.roles import ray
 from agent.waits import poll
 from tests.integration.agent_helpers import HeadVM, engine_snapshot
+from tests.support import reads
 from tests.support.agent_cli import run_agent
 from tests.support.constants import NOFILE
 from tests.support.ports import free_port
@@ -143,10 +144,10 @@ def test_check_of_a_worker_needs_head() -> None:
 def listening(docker_client: docker.DockerClient, name: str) -> set[tuple[str, int]]:
     """(address, port) of every TCP listener of the container's own processes: on the host
     network `ss` sees every socket of the host, but names only the processes it can see."""
-    code, out = docker_client.containers.get(name).exec_run(["ss", "-ltnpH"])
+    code, out = reads.read(docker_client.containers.get(name), ["ss", "-ltnpH"])
     assert code == 0, out
     found = set()
-    for line in out.decode().splitlines():
+    for line in out.splitlines():
         if "users:((" in line:
             address, _, port = line.split()[3].rpartition(":")
             found.add((address, int(port)))

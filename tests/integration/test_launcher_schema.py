@@ -27,6 +27,7 @@ from click.testing import CliRunner
 from agent import cli, cluster
 from agent.waits import poll
 from tests.integration.agent_helpers import ip_on
+from tests.support import reads
 from tests.support.constants import TEST_LABEL
 from tests.support.engine import tar
 from tests.support.sandbox import Sandbox
@@ -210,9 +211,9 @@ def test_the_start_commands_form_an_authenticated_cluster(
                 == 0, 60, "the autoscaler's loop")
     # The token is in no process's command line, on either node.
     for node in (head, worker):
-        code, out = node.exec_run(["ps", "-eo", "args"])
-        assert code == 0 and b"raylet" in out  # the check sees Ray's processes
-        assert token.encode() not in out
+        code, out = reads.read(node, ["ps", "-eo", "args"])
+        assert code == 0 and "raylet" in out  # the check sees Ray's processes
+        assert token not in out
     # The license key reached Ray's processes from its file.
-    code, out = head.exec_run(["bash", "-c", "cat /proc/$(pgrep -f raylet | head -1)/environ"])
-    assert code == 0 and b"LICENSE_KEY_SIGNED=test-license" in out
+    code, out = reads.read(head, ["bash", "-c", "cat /proc/$(pgrep -f raylet | head -1)/environ"])
+    assert code == 0 and "LICENSE_KEY_SIGNED=test-license" in out

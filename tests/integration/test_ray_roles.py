@@ -20,6 +20,7 @@ from agent import cluster
 from agent.roles.ray import head_labels
 from agent.waits import poll
 from tests.integration.agent_helpers import Node, engine_snapshot, ip_on, ok
+from tests.support import reads
 from tests.support.agent_cli import agent_cmd, run_agent
 from tests.support.constants import NOFILE, REPO
 from tests.support.processes import started
@@ -33,8 +34,7 @@ def alive(head_ip: str, token: str | None) -> int:
 
 
 def ray_active_nodes(head: Node) -> int:
-    out: str = head.container("ray-head").exec_run(["ray", "status"]).output.decode(
-        errors="replace")
+    _, out = reads.read(head.container("ray-head"), ["ray", "status"])
     return out.split("Active:")[-1].split("Pending:")[0].count("node_")
 
 

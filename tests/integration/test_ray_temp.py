@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.agent_helpers import Node, ok
+from tests.support import reads
 from tests.support.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
@@ -36,7 +37,7 @@ print(len(ray.get([chatty.remote(i) for i in range({tasks})])))
 
 
 def temp_size(node: Node) -> int:
-    code, out = node.container("ray-head").exec_run(["du", "-sk", "/tmp/ray"])
+    code, out = reads.read(node.container("ray-head"), ["du", "-sk", "/tmp/ray"])
     assert code == 0, out
     return int(out.split()[0]) * 1024
 
@@ -67,8 +68,8 @@ def test_the_head_role_prunes_rays_temp_dir_under_its_cap(head: Node) -> None:
     print(f"ray temp: {after / 2**20:.1f} MB after the retention ({said[0]})", flush=True)
     assert after < start + (grown - start) * 0.1, "the finished processes' logs are gone"
     # The live processes' own logs stay (the raylet's among them), and Ray still works.
-    code, listed = box.exec_run(["ls", "/tmp/ray/session_latest/logs/"])
-    assert b"raylet.out" in listed, listed
+    code, listed = reads.read(box, ["ls", "/tmp/ray/session_latest/logs/"])
+    assert "raylet.out" in listed, listed
     code, out = box.exec_run(["python3", "-c", CHATTY.replace("{tasks}", "2")])
     assert code == 0, out.decode()
 
@@ -79,8 +80,8 @@ def test_the_head_role_prunes_rays_temp_dir_under_its_cap(head: Node) -> None:
                   "mkdir -p $d && head -c 3000000 /dev/zero > $d/raylet.out"])
     said = freed(ok(head.run("head")))
     assert int(said[3]) == 1, said[0]
-    code, listed = box.exec_run(["sh", "-c", "ls -d /tmp/ray/session_2*"])
-    assert len(listed.split()) == 1 and b"2020-01-01" not in listed, listed
+    code, listed = reads.read(box, ["sh", "-c", "ls -d /tmp/ray/session_2*"])
+    assert len(listed.split()) == 1 and "2020-01-01" not in listed, listed
 
 
 # In the head's container: 8 objects of 20 MB kept referenced, twice the object store's 80 MB:
