@@ -13,6 +13,7 @@ import functools
 import hashlib
 import io
 import os
+import re
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Callable, TypeVar, cast
@@ -702,6 +703,9 @@ def _received(once: Callable[[_Digesting | None], tuple[int, bytes]], out: IO[by
                 and digest_line[:64].decode(errors="replace") == into.digest.hexdigest()):
             return int(exit_line[12:]), b"".join(x + b"\n" for x in lines[:-2]).decode(
                 errors="replace")
+        if re.search(rb"(tee|sha256sum)\b.*not found", errors):
+            raise EnvironmentProblem(f"cannot check what {cmd[0]} prints: its image has no "
+                                     "tee or sha256sum (the agent needs both, and sh)")
         if start is None or attempt == CHECKED_ATTEMPTS:
             raise OutputLost(f"the engine lost part of what {cmd[0]} printed (its digest did not "
                              f"match what arrived, {attempt} time(s)); run it again")

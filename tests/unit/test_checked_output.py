@@ -11,6 +11,7 @@ import pytest
 
 from agent import engine
 from agent.engine import CHECKED_SH, OutputLost, _Digesting, _received
+from agent.errors import EnvironmentProblem
 
 DATA = b"".join(b"%d\n" % i for i in range(5000))
 
@@ -84,3 +85,11 @@ def test_the_shell_reports_the_commands_code_and_the_digest_of_its_output(code: 
                           capture_output=True, check=True)
     assert done.stdout == DATA
     assert done.stderr == b"said\n" + trailer(DATA, code)
+
+
+def test_an_image_without_sha256sum_is_named_not_retried() -> None:
+    def once(into: _Digesting | None) -> tuple[int, bytes]:
+        return 0, b"syntho-exit=0\nsh: 1: sha256sum: not found\n"
+
+    with pytest.raises(EnvironmentProblem, match="no tee or sha256sum"):
+        _received(once, io.BytesIO(), ["pg_dump"])
