@@ -14,7 +14,9 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from agent import (
+    __version__,
     backup,
+    buildinfo,
     check,
     cluster,
     history,
@@ -277,7 +279,27 @@ def status_report(observed: list[Observed], data_dir: Path, instance: str) -> di
     return {"schema": SCHEMA, "instance": instance, "roles": roles, "ready": not not_ready,
             "not_ready": not_ready, "containers": containers, "ray": ray,
             "releases": _releases(roles, data_dir), "https": _https(observed, data_dir),
-            "ray_tls": _ray_tls(observed, data_dir)}
+            "ray_tls": _ray_tls(observed, data_dir), "agent": _agent()}
+
+
+def _agent() -> dict[str, Any]:
+    """This agent's version and commit, and the agent install put where the units run it."""
+    return {"version": __version__, "commit": buildinfo.COMMIT,
+            "installed": systemd.installed_agent()}
+
+
+def _agent_lines(found: dict[str, Any]) -> list[str]:
+    line = f"agent: syntho-agent {found['version']} (commit {found['commit']})"
+    installed = found["installed"]
+    if installed is not None:
+        same = (installed.get("version"), installed.get("commit")) == (found["version"],
+                                                                       found["commit"])
+        line += (f"; the units run {installed.get('path')}: "
+                 + ("this one" if same else f"{installed.get('version')} (commit "
+                    f"{installed.get('commit')}), NOT this one")
+                 + (f", sha256 {str(installed['sha256'])[:16]}..." if installed.get("sha256")
+                    else ""))
+    return [line]
 
 
 RAY_CLIENTS = ("ray-head", "ray-worker", "core")  # the containers whose Ray may speak TLS
@@ -486,7 +508,7 @@ def status(engine: Engine, data_dir: Path, instance: str, say: Say) -> int:
         say("  ".join(f"{v:<{w}}" for v, w in zip(r, widths)) + "  " + r[-1])
     for line in [*_leftover_lines(report["leftovers"]), *_ray_lines(report["ray"]),
                  *_ray_tls_lines(report["ray_tls"]), *_disk_lines(report.get("disk")),
-                 *_release_lines(report),
+                 *_release_lines(report), *_agent_lines(report["agent"]),
                  *(_https_lines(report["https"]) or app_urls(observed))]:
         say(line)
     return len(report["not_ready"])

@@ -17,19 +17,22 @@ systemd.service(5) "Command lines"), which is not a shell's: see command_line.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import re
 import shlex
 import shutil
 import subprocess
 import sys
 import zipfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 import yaml
 
-from agent import store
+from agent import __version__, buildinfo, store
 from agent.config import ALL_OPTIONS, Common
 from agent.errors import EXIT_USAGE, EnvironmentProblem, UsageError
 from agent.sources import read_config_file
@@ -42,6 +45,7 @@ ROLES = ("head", "worker", "app")
 BACKUP = "syntho-agent-backup"  # its .service and .timer
 CONFIGS = Path("/etc/syntho-agent")
 BACKUP_CONFIG = CONFIGS / "backup.yaml"
+AGENT_RECORD = CONFIGS / "agent.json"  # which agent install put where the units run it
 UNITS = Path("/etc/systemd/system")
 BACKUP_KEEP = 5  # the newest 5 kept unless --keep says otherwise
 
@@ -205,6 +209,35 @@ def this_executable(root: Path) -> list[str]:
     return [sys.executable, "-m", "agent"]
 
 
+def record_agent(root: Path, executable: list[str]) -> dict[str, Any]:
+    """Which agent the units run (its version, commit and the SHA-256 of its file; no file
+    when they run a Python module), kept in AGENT_RECORD for status and upgrades."""
+    path = executable[0] if len(executable) == 1 else None
+    digest = None
+    if path is not None:
+        sha = hashlib.sha256()
+        with _under(root, Path(path)).open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                sha.update(chunk)
+        digest = sha.hexdigest()
+    record = {"version": __version__, "commit": buildinfo.COMMIT,
+              "path": path or " ".join(executable), "sha256": digest,
+              "installed": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    store.ensure_dir(_under(root, CONFIGS), mode=0o755)
+    store.write_atomic(_under(root, AGENT_RECORD), json.dumps(record, indent=2) + "\n",
+                       mode=0o644)
+    return record
+
+
+def installed_agent(root: Path = Path("/")) -> dict[str, Any] | None:
+    """AGENT_RECORD as install wrote it; None without one (or one that is not a record)."""
+    try:
+        found = json.loads(_under(root, AGENT_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) and "version" in found else None
+
+
 # ---- the config files: written once, then the operator's ---------------------------------------
 
 def yaml_value(value: Any) -> Any:
@@ -323,6 +356,10 @@ def install(role: str, values: dict[str, Any], root: Path, enable: bool, say: Sa
         _kept(config, f"then `systemctl restart {unit_name(role)}`", held, values, say, other)
     store.write_atomic(_under(root, unit), text, mode=0o644)
     say(f"wrote {unit}")
+    record = record_agent(root, executable)
+    if record["sha256"]:
+        say(f"recorded in {AGENT_RECORD}: syntho-agent {record['version']} at {record['path']} "
+            f"(sha256 {record['sha256'][:16]}...)")
     starts = [unit_name(role)]
     if timers:
         keep = backup_values.get("keep", BACKUP_KEEP)

@@ -23,6 +23,7 @@ from typing import Any
 import docker.models.containers
 import pytest
 
+from agent import __version__
 from agent.spec import LABEL_INSTANCE, LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE
 from agent.waits import poll
 from tests.integration.agent_helpers import Node, ip_on, ok
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.integration
 
 # The keys README "status --json" documents (schema 1).
 TOP = {"schema", "instance", "roles", "ready", "not_ready", "containers", "ray", "releases",
-       "https", "leftovers", "ray_tls", "disk"}
+       "https", "leftovers", "ray_tls", "disk", "agent"}
 FILESYSTEM = {"what", "path", "free_bytes", "used_share", "level"}
 CONTAINER = {"name", "role", "service", "image", "image_id", "state", "health", "started_at",
              "uptime_seconds", "restart_count", "ports", "ready"}
@@ -109,6 +110,8 @@ def test_status_json_holds_the_documented_keys_with_real_values(
     assert code == 0, report["not_ready"]
     assert set(report) == TOP
     assert report["schema"] == 1 and report["instance"] == cluster.head.instance
+    assert report["agent"]["version"] == __version__ and set(report["agent"]) == {
+        "version", "commit", "installed"}
     assert report["roles"] == ["head", "app"]
     assert report["ready"] is True and report["not_ready"] == []
     by_service = {c["service"]: c for c in report["containers"]}

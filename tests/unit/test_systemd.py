@@ -1,5 +1,6 @@
 """install/uninstall write a unit and a config file that loads back to the same settings."""
 
+import hashlib
 import io
 import shutil
 import stat
@@ -431,3 +432,35 @@ def test_installed_roles_that_disagree_are_named_and_nothing_is_guessed(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--data-dir" in err and "--config" in err
     assert "head.yaml" in err and "app.yaml" in err
+
+
+def test_install_records_the_agent_it_runs_and_status_says_whether_it_is_this_one(
+        tmp_path: Path) -> None:
+    """k3s-style upgrades need to know which agent each VM runs: install records the file the
+    units run (its version, commit and SHA-256), status compares it with the running one."""
+    from agent import ops
+
+    binary = tmp_path / "usr/local/bin/syntho-agent"
+    binary.parent.mkdir(parents=True)
+    binary.write_bytes(b"PK a zipapp's bytes")
+    record = systemd.record_agent(tmp_path, ["/usr/local/bin/syntho-agent"])
+    assert record["sha256"] == hashlib.sha256(b"PK a zipapp's bytes").hexdigest()
+    assert systemd.installed_agent(tmp_path) == record
+    assert stat.S_IMODE((tmp_path / "etc/syntho-agent/agent.json").stat().st_mode) == 0o644
+    found = {"version": record["version"], "commit": record["commit"], "installed": record}
+    assert ops._agent_lines(found)[0].endswith(
+        f"the units run /usr/local/bin/syntho-agent: this one, sha256 {record['sha256'][:16]}...")
+    older = {**found, "installed": {**record, "version": "0.0.1"}}
+    assert "0.0.1 (commit" in ops._agent_lines(older)[0]
+    assert "NOT this one" in ops._agent_lines(older)[0]
+    assert "the units run" not in ops._agent_lines({**found, "installed": None})[0]
+    (tmp_path / "etc/syntho-agent/agent.json").write_text("[]")
+    assert systemd.installed_agent(tmp_path) is None
+    # install (from a checkout: the units run this Python's module, no file to hash)
+    result = CliRunner().invoke(cli.cli, ["install", "worker", "--root", str(tmp_path),
+                                          "--no-enable", "--head", "10.0.0.4"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    installed = systemd.installed_agent(tmp_path)
+    assert installed is not None and installed["sha256"] is None
+    assert installed["path"].endswith(" -m agent")
