@@ -353,16 +353,16 @@ def test_an_upgrade_behind_the_proxy_drops_no_request(tls_app: Tls) -> None:
     for service in ("frontend", "backend"):
         assert f"recreated syntho-{service}-{app.instance} with no request dropped" in out, out
     assert poller.failures == [], poller.failures[:5]
-    # Each path moved from the test images (no release) to B. A graceful reload lets Caddy's
-    # old configuration take a last connection or two while the new one starts, so the old
-    # release may answer once more right at the switch (never a failure: the old container
-    # stops only after its requests are done).
+    # Each path moved from the test images (no release) to B. At a graceful reload Caddy's
+    # old configuration still serves what it accepted during the handover (our reading of
+    # its reloads: not traced), so the old release may answer again right at the switch: one
+    # such window (17 answers once, on a loaded machine), never a failure (the old container
+    # stops only after its requests are done), and only B once the run has returned.
     for path, seen in poller.versions.items():
         assert seen[0] == "" and seen[-1] == "B", (path, changes(seen))
-        first_b = seen.index("B")
-        late = [v for v in seen[first_b:] if v != "B"]
         after = seen[upgraded[path]:]
-        assert len(late) <= 3 and after and set(after) == {"B"}, (path, changes(seen), len(late))
+        assert changes(seen) in (["", "B"], ["", "B", "", "B"]), (path, changes(seen))
+        assert after and set(after) == {"B"}, (path, changes(seen))
     # The old containers were kept stopped until the new release was healthy, then removed (as
     # for any release change); the new ones have their names.
     assert "removed the previous release's 3 kept container(s)" in out  # worker's too
