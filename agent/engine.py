@@ -386,7 +386,10 @@ class Engine:
         filters = [f"{s.LABEL_MANAGED}=true", f"{s.LABEL_INSTANCE}={instance}"]
         if role:
             filters.append(f"{s.LABEL_ROLE}={role}")
-        found = self._client.containers.list(all=True, filters={"label": filters})
+        # ignore_removed: one another agent (or an operator) removed between the list and its
+        # inspect is not here any more, as a list a moment later would say.
+        found = self._client.containers.list(all=True, filters={"label": filters},
+                                             ignore_removed=True)
         return [observe_attrs(c.attrs) for c in found]
 
     @_sdk

@@ -133,3 +133,25 @@ def removing(sandbox: Sandbox, container_id: str) -> bool:
     except docker.errors.NotFound:
         return False
     return bool(state.get("Status") == "removing")
+
+
+def test_a_container_removed_while_the_agent_lists_them_is_left_out(
+        sandbox: Sandbox, images: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another agent removes a container between this one's list and its inspect of it (CI
+    saw a waiting agent's pre-lock look fail on "No such container"): the list goes without
+    it, as a list a moment later would."""
+    spec = busybox_spec(sandbox, images["busybox"], 3)
+    engine = Engine(sandbox.client)
+    reconcile(engine, spec, quiet, ready_timeout=60)
+    victim = sandbox.client.containers.get(spec.containers[1].name).id
+    inspect = sandbox.client.api.inspect_container
+
+    def racing(container: str) -> object:
+        if container == victim:
+            sandbox.client.api.remove_container(victim, force=True)  # the other agent's remove
+        return inspect(container)
+
+    monkeypatch.setattr(sandbox.client.api, "inspect_container", racing)
+    found = engine.managed(spec.instance)
+    assert sorted(o.name for o in found) == sorted(
+        c.name for c in spec.containers if c.name != spec.containers[1].name)

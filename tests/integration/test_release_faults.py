@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -115,11 +116,15 @@ def bad_rollback_fresh(d: Deployment) -> Refusal:
 
 
 def bad_registry_down(d: Deployment) -> Refusal:
-    down = f"127.0.0.1:{free_port()}"  # nothing listens there
     rel = d.releases["A"]
-    done = run_agent("app", *d.app_common(), "--registry", down, "--registry-user", USER,
-                     "--postgres-image", rel["postgres"], "--redis-image", rel["redis"],
-                     "--release", "A", "--pull", "always", env=ENV)
+    # A port held and never listened on: a connection is refused, and no other test's server
+    # can take it meanwhile (CI once saw a free port picked here become another's registry).
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        down = f"127.0.0.1:{held.getsockname()[1]}"
+        done = run_agent("app", *d.app_common(), "--registry", down, "--registry-user", USER,
+                         "--postgres-image", rel["postgres"], "--redis-image", rel["redis"],
+                         "--release", "A", "--pull", "always", env=ENV)
     return done, 3, down
 
 
