@@ -555,16 +555,9 @@ class Engine:
             # An agent killed mid-removal leaves the engine finishing it: wait for its end.
             if "already in progress" not in str(exc.explanation or exc):
                 raise
-            if not waits.poll(lambda: not self._exists(container_id), REMOVAL_WAIT,
+            if not waits.poll(lambda: self.observe(container_id) is None, REMOVAL_WAIT,
                               "a removal already under way"):
                 raise
-
-    def _exists(self, container_id: str) -> bool:
-        try:
-            self._client.api.inspect_container(container_id)
-            return True
-        except docker.errors.NotFound:
-            return False
 
     @_sdk
     def stop(self, container_id: str, timeout: int = 10) -> None:
